@@ -1,0 +1,5 @@
+"""The one exception type for bad user input. The CLI turns it into a single line on stderr and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user (file, key, value or case). The message names what is wrong and where."""

@@ -1,0 +1,229 @@
+"""The one model interface of flashdistill, `v = model(z_t, t, cond)`, on diffusers' QwenImageTransformer2DModel.
+
+`FlowModel` wraps the real Qwen-Image MMDiT class, so the small embedded teachers and a full Qwen-Image(-Edit)
+checkpoint are driven by the same code. It speaks the pipelines' language exactly:
+
+- Packing: (B, C, H, W) -> (B, H/2·W/2, C·4) with `QwenImagePipeline._pack_latents`' element order (2x2 patches,
+  channel-major inside a patch), so `in_channels = C·4`; `unpack` is `_unpack_latents` without the VAE factor.
+  In the embedded world C=3 pixels in [-1, 1]; for a real checkpoint C=16 VAE latents.
+- Time: diffusers' scheduler timesteps are sigma·1000 and the pipelines call the transformer with
+  `timestep / 1000`, i.e. sigma in [0, 1]; the model's sinusoidal embedding multiplies by 1000 itself
+  (`Timesteps(scale=1000)`). Our t is sigma (see flashdistill.flow), so t goes in unchanged.
+- Editing (QwenImageEditPipeline): the source latents are packed the same way and appended after the target tokens
+  along the sequence, `img_shapes` gets a second entry per sample `[(1, h, w), (1, h_src, w_src)]` (RoPE gives the
+  source frame index 1), and only the first N (target) output tokens are kept.
+- Text: token embeddings (B, L, D) with a bool mask; padding is excluded from attention by the mask and text RoPE
+  positions start at a fixed offset, so trailing padding never changes the output. We trim columns that are
+  padding in every row before calling the model, because attention cost grows with the sequence length.
+
+A batch may mix T2I items and edit items (`Cond.has_source`). They have different sequence lengths, so the two
+groups run as two forwards and the outputs are scattered back into batch order; autograd flows through both.
+
+Save/load: `save_pretrained(folder)` writes `folder/transformer/` with diffusers' own save_pretrained (config.json
++ safetensors, loadable by `QwenImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")`, the
+pipelines' layout) and `folder/flashdistill_model.json` with our config. Tests: `pytest tests/test_mmdit.py`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from diffusers import QwenImageTransformer2DModel
+from torch import nn
+
+from flashdistill.errors import UserError
+
+Tensor = torch.Tensor
+CONFIG_FILE = "flashdistill_model.json"
+TRANSFORMER_FOLDER = "transformer"
+
+
+@dataclass
+class MMDiTConfig:
+    """Shape of the model; `tiny()` for tests, `small()` for the embedded teachers."""
+
+    resolution: int = 32  # side of z_t in model space (pixels here, latents for a real checkpoint)
+    channels: int = 3
+    patch_size: int = 2
+    num_layers: int = 5
+    num_attention_heads: int = 6
+    attention_head_dim: int = 32
+    joint_attention_dim: int = 384  # all-MiniLM-L6-v2 hidden size
+    axes_dims_rope: tuple[int, int, int] = (8, 12, 12)  # (frame, height, width); sums to attention_head_dim
+
+    def __post_init__(self):
+        self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
+        if len(self.axes_dims_rope) != 3 or sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise UserError(f"axes_dims_rope {self.axes_dims_rope} must be 3 numbers summing to attention_head_dim "
+                            f"{self.attention_head_dim}")
+        if any(a % 2 for a in self.axes_dims_rope):
+            raise UserError(f"axes_dims_rope {self.axes_dims_rope} must all be even (complex rotary pairs)")
+        if self.resolution % self.patch_size:
+            raise UserError(f"resolution {self.resolution} must be a multiple of patch_size {self.patch_size}")
+
+    @classmethod
+    def tiny(cls) -> MMDiTConfig:
+        """~0.35M parameters: for tests."""
+        return cls(num_layers=2, num_attention_heads=2, attention_head_dim=32, axes_dims_rope=(8, 12, 12))
+
+    @classmethod
+    def small(cls) -> MMDiTConfig:
+        """~6.9M parameters (width 192, 5 double-stream blocks): the embedded teachers."""
+        return cls(num_layers=5, num_attention_heads=6, attention_head_dim=32, axes_dims_rope=(8, 12, 12))
+
+    def transformer_kwargs(self) -> dict:
+        c = self.channels * self.patch_size**2
+        return dict(patch_size=self.patch_size, in_channels=c, out_channels=self.channels,
+                    num_layers=self.num_layers, attention_head_dim=self.attention_head_dim,
+                    num_attention_heads=self.num_attention_heads, joint_attention_dim=self.joint_attention_dim,
+                    axes_dims_rope=self.axes_dims_rope)
+
+    @classmethod
+    def from_transformer(cls, transformer: QwenImageTransformer2DModel, resolution: int) -> MMDiTConfig:
+        """Our config for an existing diffusers transformer (e.g. a real Qwen-Image checkpoint)."""
+        cfg = transformer.config
+        return cls(resolution=resolution, channels=cfg.out_channels or cfg.in_channels // cfg.patch_size**2,
+                   patch_size=cfg.patch_size, num_layers=cfg.num_layers,
+                   num_attention_heads=cfg.num_attention_heads, attention_head_dim=cfg.attention_head_dim,
+                   joint_attention_dim=cfg.joint_attention_dim, axes_dims_rope=tuple(cfg.axes_dims_rope))
+
+
+@dataclass
+class Cond:
+    """What a prediction is conditioned on. One batch may mix T2I items and edit items (`has_source`)."""
+
+    text: Tensor  # (B, L, D) float token embeddings
+    text_mask: Tensor  # (B, L) bool, True on real tokens
+    source: Tensor | None = None  # (B, C, H, W) edit source in model space; rows with has_source False are ignored
+    has_source: Tensor | None = None  # (B,) bool; None means "all rows" when source is given, else "no rows"
+    category: list[str] | None = None
+
+    def __post_init__(self):
+        b = self.text.shape[0]
+        if self.text.ndim != 3 or tuple(self.text_mask.shape) != tuple(self.text.shape[:2]):
+            raise ValueError(f"text must be (B, L, D) and text_mask (B, L); got {tuple(self.text.shape)} and "
+                             f"{tuple(self.text_mask.shape)}")
+        if self.has_source is None:
+            self.has_source = torch.full((b,), self.source is not None, dtype=torch.bool, device=self.text.device)
+        self.has_source = self.has_source.to(torch.bool)
+        if self.has_source.shape != (b,):
+            raise ValueError(f"has_source must be ({b},), got {tuple(self.has_source.shape)}")
+        if self.source is None and bool(self.has_source.any()):
+            raise ValueError("has_source marks edit rows but no source was given")
+        if self.source is not None and self.source.shape[0] != b:
+            raise ValueError(f"source has {self.source.shape[0]} rows, text has {b}")
+        if self.category is not None and len(self.category) != b:
+            raise ValueError(f"category has {len(self.category)} entries, the batch has {b}")
+
+    @property
+    def batch_size(self) -> int:
+        return self.text.shape[0]
+
+    def select(self, idx: Tensor) -> Cond:
+        """The rows `idx` (a 1-D index tensor) of this condition."""
+        cats = None if self.category is None else [self.category[i] for i in idx.tolist()]
+        src = None if self.source is None else self.source[idx]
+        return Cond(self.text[idx], self.text_mask[idx], src, self.has_source[idx], cats)
+
+
+def pack(x: Tensor, p: int = 2) -> Tensor:
+    """(B, C, H, W) -> (B, H/p·W/p, C·p²), the element order of QwenImagePipeline._pack_latents (p=2)."""
+    b, c, h, w = x.shape
+    x = x.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpack(tokens: Tensor, height: int, width: int, p: int = 2) -> Tensor:
+    """(B, H/p·W/p, C·p²) -> (B, C, H, W), the inverse of `pack` (QwenImagePipeline._unpack_latents' order)."""
+    b, _, d = tokens.shape
+    c = d // (p * p)
+    x = tokens.view(b, height // p, width // p, c, p, p).permute(0, 3, 1, 4, 2, 5)  # (B, C, h, p, w, p)
+    return x.reshape(b, c, height, width)
+
+
+class FlowModel(nn.Module):
+    """v = model(z_t, t, cond): the velocity (eps - x) at z_t (B, C, H, W), t (B,) in [0, 1] (1 = noise)."""
+
+    def __init__(self, config: MMDiTConfig, transformer: QwenImageTransformer2DModel | None = None):
+        super().__init__()
+        if transformer is None:
+            transformer = QwenImageTransformer2DModel(**config.transformer_kwargs())
+        inner = MMDiTConfig.from_transformer(transformer, config.resolution)
+        if inner != config:
+            raise UserError(f"the transformer does not match the config: it is {inner}, the config says {config}")
+        self.config = config
+        self.transformer = transformer
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, z_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        b = z_t.shape[0]
+        t = torch.as_tensor(t, device=z_t.device, dtype=torch.float32).expand(b)  # (B,)
+        if cond.batch_size != b:
+            raise ValueError(f"cond has {cond.batch_size} rows, z_t has {b}")
+        edit = cond.has_source
+        if not bool(edit.any()):
+            return self._group(z_t, t, cond.text, cond.text_mask, None)
+        if bool(edit.all()):
+            return self._group(z_t, t, cond.text, cond.text_mask, cond.source)
+        # Mixed batch: T2I rows (N tokens) and edit rows (N + N_src tokens) cannot share one sequence length.
+        rows_t2i, rows_edit = (~edit).nonzero().squeeze(1), edit.nonzero().squeeze(1)
+        v_t2i = self._group(z_t[rows_t2i], t[rows_t2i], cond.text[rows_t2i], cond.text_mask[rows_t2i], None)
+        v_edit = self._group(z_t[rows_edit], t[rows_edit], cond.text[rows_edit], cond.text_mask[rows_edit],
+                             cond.source[rows_edit])
+        inverse = torch.argsort(torch.cat([rows_t2i, rows_edit]))
+        return torch.cat([v_t2i, v_edit])[inverse]  # (B, C, H, W) back in batch order
+
+    def _group(self, z_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, source: Tensor | None) -> Tensor:
+        """One forward of the transformer for rows that all have (or all lack) an edit source."""
+        b, _, h, w = z_t.shape
+        p = self.config.patch_size
+        dtype = self.transformer.img_in.weight.dtype
+        text, text_mask = _trim_text(text, text_mask)
+        tokens = pack(z_t, p)  # (B, N, C·p²)
+        n = tokens.shape[1]
+        shapes = [(1, h // p, w // p)]
+        if source is not None:
+            tokens = torch.cat([tokens, pack(source.to(z_t.dtype), p)], dim=1)  # (B, N + N_src, C·p²)
+            shapes.append((1, source.shape[2] // p, source.shape[3] // p))
+        out = self.transformer(
+            hidden_states=tokens.to(dtype),
+            encoder_hidden_states=text.to(dtype),
+            encoder_hidden_states_mask=None if bool(text_mask.all()) else text_mask,
+            timestep=t.to(dtype),  # sigma in [0, 1], as the pipelines pass `timestep / 1000`
+            img_shapes=[shapes] * b,
+            return_dict=False,
+        )[0]
+        return unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
+        meta = {"format": 1, "model": "mmdit", "config": asdict(self.config)}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> FlowModel:
+        folder = Path(folder)
+        meta_path = folder / CONFIG_FILE
+        if not meta_path.is_file():
+            raise UserError(f"no flashdistill model in {folder}: {CONFIG_FILE} is missing")
+        raw = json.loads(meta_path.read_text())["config"]
+        known = {f.name for f in fields(MMDiTConfig)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise UserError(f"{meta_path}: unknown config keys {unknown}")
+        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+        transformer = QwenImageTransformer2DModel.from_pretrained(folder / TRANSFORMER_FOLDER, **kwargs)
+        return cls(MMDiTConfig(**raw), transformer)
+
+
+def _trim_text(text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop trailing columns that are padding in every row (masked tokens never reach the image tokens)."""
+    real = text_mask.any(0).nonzero()
+    n = int(real.max()) + 1 if real.numel() else 1
+    return text[:, :n], text_mask[:, :n]

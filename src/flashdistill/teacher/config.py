@@ -1,0 +1,256 @@
+"""`TeacherConfig`: what a teacher training run is, loaded from YAML with strict validation and dotted overrides.
+
+Layout (every group optional in YAML; a missing key takes the default below):
+
+    model:     preset (tiny | small), resolution, optional explicit dims that override the preset
+    train:     steps, batch_size, lr, min_lr_ratio, warmup_steps, weight_decay, grad_clip, ema_decay,
+               text_dropout, source_dropout, bf16, seed
+    timesteps: shift, logit_mean, logit_std      (flow-matching training times, see flashdistill.flow)
+    mix:       t2i_weight, edit_weight, composition {category: w}, edit_mix {edit_category: w}
+    run:       checkpoint_every, log_every, init_from, text_cache
+
+Strictness: an unknown key, a wrong type or an impossible value raises UserError naming the dotted key
+(`train.lr: must be > 0, got -0.1`). Overrides are `key.sub=value` strings whose value is parsed with
+yaml.safe_load, so `train.lr=1e-4`, `train.bf16=true` and `mix.composition.text=3` all work, and are validated
+exactly like the file. Load one with `load_config(path, overrides)`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+import yaml
+
+from flashdistill.data.batches import TaskMix
+from flashdistill.errors import UserError
+from flashdistill.models.mmdit import MMDiTConfig
+from flashdistill.world.render import check_resolution
+
+PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
+# Keys that change bookkeeping only, never the weights a step produces: a resumed run may change them.
+RESUMABLE_KEYS = ("train.steps", "run.checkpoint_every", "run.log_every", "run.text_cache")
+
+
+@dataclass
+class ModelSection:
+    preset: str = "small"
+    resolution: int = 32
+    num_layers: int | None = None  # explicit dims replace the preset's value when given
+    num_attention_heads: int | None = None
+    attention_head_dim: int | None = None
+    axes_dims_rope: list[int] | None = None
+
+    def check(self) -> None:
+        if self.preset not in PRESETS:
+            raise UserError(f"model.preset: must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        try:
+            check_resolution(self.resolution)
+        except UserError as err:
+            raise UserError(f"model.resolution: {err}") from None
+        for name in ("num_layers", "num_attention_heads", "attention_head_dim"):
+            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+        try:
+            self.mmdit()
+        except UserError as err:
+            raise UserError(f"model: {err}") from None
+
+    def mmdit(self) -> MMDiTConfig:
+        base = PRESETS[self.preset]()
+        dims = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("preset", "resolution")}
+        dims = {k: (tuple(v) if k == "axes_dims_rope" else v) for k, v in dims.items() if v is not None}
+        return replace(base, resolution=self.resolution, **dims)
+
+
+@dataclass
+class TrainSection:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr·min_lr_ratio at the last step
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still logged)
+    ema_decay: float = 0.995
+    text_dropout: float = 0.1  # P(prompt -> ""): trains the unconditional branch of classifier-free guidance
+    source_dropout: float = 0.05  # P(edit source dropped): the row trains as T2I on the target with the instruction
+    bf16: bool = False  # bf16 autocast; measured slower than float32 on the 2-core CPU, so off by default
+    seed: int = 0
+
+    def check(self) -> None:
+        _require(self.steps >= 1, "train.steps", "must be >= 1")
+        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
+        _require(0 <= self.text_dropout < 1, "train.text_dropout", "must be in [0, 1)")
+        _require(0 <= self.source_dropout <= 1, "train.source_dropout", "must be in [0, 1]")
+        _require(self.seed >= 0, "train.seed", "must be >= 0")
+
+
+@dataclass
+class TimestepSection:
+    """t = shift_time(sigmoid(N(logit_mean, logit_std²)), shift): logit-normal training times (SD3)."""
+
+    shift: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def check(self) -> None:
+        _require(self.shift > 0, "timesteps.shift", "must be > 0")
+        _require(self.logit_std > 0, "timesteps.logit_std", "must be > 0")
+
+
+@dataclass
+class RunSection:
+    checkpoint_every: int = 100
+    log_every: int = 10
+    init_from: str | None = None  # a teacher folder (FlowModel.save_pretrained) to start from
+    text_cache: str | None = None  # embedding cache folder; default: <out>/../text-cache, shared by runs
+
+    def check(self) -> None:
+        _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        _require(self.log_every >= 1, "run.log_every", "must be >= 1")
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    timesteps: TimestepSection = field(default_factory=TimestepSection)
+    mix: TaskMix = field(default_factory=TaskMix)
+    run: RunSection = field(default_factory=RunSection)
+
+    def check(self) -> TeacherConfig:
+        for section in (self.model, self.train, self.timesteps, self.run):
+            section.check()
+        self.mix.validate("mix")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {why}")
+
+
+def _convert(value, tp, key: str):
+    """`value` as type `tp` (int, float, bool, str, X | None, list[X], dict[str, X], a dataclass), or UserError."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key)
+    if is_dataclass(tp):
+        return from_dict(tp, value, key + ".")
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{key}: must be a list, got {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{key}: must be a mapping, got {value!r}")
+        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{key}: must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        value = _yaml11_float(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{key}: must be a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise TypeError(f"{key}: no converter for type {tp}")
+
+
+def _yaml11_float(value):
+    """YAML 1.1 (PyYAML) reads `2e-4` (no dot) as a string; take it as the number everyone means."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def from_dict(cls, raw, prefix: str = ""):
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise UserError with the dotted key."""
+    where = prefix.rstrip(".") or "config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in known:
+            raise UserError(f"{prefix}{key}: unknown key; known keys here: {', '.join(known)}")
+    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in raw.items()})
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); value via yaml.safe_load."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise UserError(f"override {key}: cannot parse value {text!r}: {err}") from None
+        node, parts = raw, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise UserError(f"override {key}: {'.'.join(parts[:i + 1])} is a value, not a group")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> TeacherConfig:
+    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []))
+    return from_dict(TeacherConfig, raw).check()
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TeacherConfig:
+    """Read a YAML teacher config, apply dotted overrides, validate. Bad input -> UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"config {path}: the top level must be a mapping")
+    return config_from_raw(raw, overrides)
+
+
+def resume_fingerprint(config: TeacherConfig) -> dict:
+    """The config minus RESUMABLE_KEYS: a resume is refused when this differs from the checkpoint's."""
+    data = config.to_dict()
+    for key in RESUMABLE_KEYS:
+        group, name = key.split(".")
+        data[group].pop(name)
+    return data

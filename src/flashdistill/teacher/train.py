@@ -1,0 +1,288 @@
+"""Flow-matching teacher training on the embedded world: `python -m flashdistill.teacher.train CONFIG --out DIR`.
+
+One step (paper eq. 2): batch `step` from `make_batch` (joint T2I + edit rows), prompts dropped to "" with
+probability `text_dropout` and edit sources dropped with `source_dropout` (the row then trains as T2I: CFG's
+unconditional branch for text, a source-free prior for edits), t from the logit-normal + shift of
+`flashdistill.flow.sample_training_t`, z_t = (1-t)·x + t·eps and loss = ||v_θ(z_t, t, c) - (eps - x)||².
+AdamW with linear warmup + cosine decay, global-norm clipping, and an EMA of the weights after every step.
+
+Exact resume: batch choice is a pure function of (seed, step) and every other draw (dropout, t, eps) comes from a
+torch.Generator seeded by (seed, step), so nothing but the checkpoint (weights, EMA, optimizer, scheduler, step)
+carries state from one step to the next. A run killed at any point and resumed with `--resume` reaches the weights
+of an uninterrupted run. Checkpoints are atomic and pickle-free (see `checkpoint.py`).
+
+Outputs in `--out`: `checkpoint/`, `tb/` (tensorboard: loss, lr, grad norm, step time), `log.jsonl`, and at the
+end `teacher/` = the EMA weights (FlowModel.save_pretrained) + `teacher.json` (config, steps, wall time, hardware,
+command). Timestep choice: logit-normal(0, 1) times (SD3: best among the densities it compared; it concentrates
+training where the velocity is least predictable) with shift 1, because 32x32 images are 256 tokens, the size at
+which SD3's resolution-dependent shift rule is anchored at 1; a sampler should use the `shift` in teacher.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flashdistill.data.batches import Batch, make_batch
+from flashdistill.errors import UserError
+from flashdistill.flow import interpolate, sample_training_t, velocity_target
+from flashdistill.models.mmdit import Cond, FlowModel
+from flashdistill.teacher.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from flashdistill.teacher.config import (TeacherConfig, TimestepSection, TrainSection, load_config,
+                                         resume_fingerprint)
+from flashdistill.teacher.logs import RunLogger
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; training stops before the bad step touches the weights."""
+
+
+@dataclass
+class TrainState:
+    model: FlowModel
+    ema: FlowModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+
+
+def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup to 1 over `warmup` steps, then cosine from 1 to `min_ratio` at the last step."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_state(config: TeacherConfig) -> TrainState:
+    """Model (seeded init, or the `run.init_from` teacher), its EMA copy, AdamW and the LR schedule."""
+    torch.manual_seed(config.train.seed)
+    model = FlowModel(config.model.mmdit())
+    if config.run.init_from:
+        if not (Path(config.run.init_from) / "flashdistill_model.json").is_file():
+            raise UserError(f"run.init_from: {config.run.init_from} is not a teacher folder (train the base teacher "
+                            f"first: flashdistill teacher train configs/teacher_base.yaml)")
+        base = FlowModel.from_pretrained(config.run.init_from)
+        if base.config != model.config:
+            raise UserError(f"run.init_from: {config.run.init_from} is a {base.config}, the config asks for "
+                            f"{model.config}")
+        model.load_state_dict(base.state_dict())
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    tc = config.train
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_steps, tc.min_lr_ratio))
+    return TrainState(model.train(), ema, optimizer, scheduler)
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch.Generator for every random draw of step `step`: independent of make_batch's stream."""
+    state = np.random.SeedSequence([int(seed), int(step), 1]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def prepare_inputs(batch: Batch, cache, train: TrainSection, timesteps: TimestepSection, gen: torch.Generator):
+    """(x, eps, t, cond) for the flow-matching loss, with CFG dropout applied; all draws from `gen`."""
+    b = batch.x.shape[0]
+    drop_text = torch.rand(b, generator=gen) < train.text_dropout  # (B,)
+    drop_source = (torch.rand(b, generator=gen) < train.source_dropout) & batch.has_source  # (B,)
+    texts = ["" if d else text for text, d in zip(batch.texts, drop_text.tolist())]
+    has_source = batch.has_source & ~drop_source
+    source = batch.source * has_source[:, None, None, None]  # a dropped source is zeros, as on T2I rows
+    emb, mask = cache.get(texts)  # (B, L, D), (B, L)
+    t = sample_training_t(b, gen, timesteps.shift, timesteps.logit_mean, timesteps.logit_std)  # (B,)
+    eps = torch.randn(batch.x.shape, generator=gen)  # (B, C, H, W)
+    return batch.x, eps, t, Cond(emb, mask, source, has_source, list(batch.category))
+
+
+def flow_matching_loss(model, x, eps, t, cond: Cond, bf16: bool = False) -> torch.Tensor:
+    """Paper eq. 2: mean ||v_θ(z_t, t, c) - (eps - x)||² with z_t = (1-t)·x + t·eps."""
+    z_t = interpolate(x, eps, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        v = model(z_t, t, cond)
+    return torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1-decay)·model, parameter by parameter."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
+
+
+def train_step(state: TrainState, config: TeacherConfig, cache, step: int) -> dict:
+    """One optimizer step on batch `step`; returns its metrics. Raises TrainingDiverged on a non-finite loss."""
+    tc = config.train
+    start = time.perf_counter()
+    batch = make_batch(step, tc.batch_size, config.mix, tc.seed, "train", config.model.resolution)
+    x, eps, t, cond = prepare_inputs(batch, cache, tc, config.timesteps, step_generator(tc.seed, step))
+    loss = flow_matching_loss(state.model, x, eps, t, cond, tc.bf16)
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {state.scheduler.get_last_lr()[0]:.3g}); "
+                               f"lower train.lr or set train.grad_clip, then --resume from the last checkpoint")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+    lr = state.scheduler.get_last_lr()[0]
+    state.optimizer.step()
+    state.scheduler.step()
+    ema_update(state.ema, state.model, tc.ema_decay)
+    return {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+            "edit_rows": int(batch.has_source.sum()), "step_time": time.perf_counter() - start}
+
+
+def open_cache(config: TeacherConfig, out: Path, encoder=None):
+    """The text-embedding cache: `run.text_cache`, or `<out>/../text-cache` shared by sibling runs."""
+    from flashdistill.models.text import EmbeddingCache, TextEncoder
+
+    folder = Path(config.run.text_cache) if config.run.text_cache else out.parent / "text-cache"
+    return EmbeddingCache(folder, encoder if encoder is not None else TextEncoder())
+
+
+def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    diffs = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("composition", "edit_mix"):
+            diffs += _config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            diffs.append(f"{prefix}{k}")
+    return diffs
+
+
+def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -> tuple[int, float]:
+    """(first step, wall seconds already spent): 0 for a fresh run, the checkpoint's step for --resume."""
+    for stale in out.glob(".checkpoint-tmp-*"):  # left by a kill during a checkpoint write
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = find_checkpoint(out)
+    if folder is None:
+        if resume:
+            print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
+        return 0, 0.0
+    saved = read_state(folder)
+    if not resume:
+        raise UserError(f"{out} already holds a checkpoint at step {saved['step']}: pass --resume to continue it, "
+                        f"or choose another --out")
+    diff = _config_diff(saved["meta"]["fingerprint"], resume_fingerprint(config))
+    if diff:
+        raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(diff)} "
+                        f"(only train.steps and logging/checkpoint intervals may change)")
+    saved = load_checkpoint(folder, state.model, state.ema, state.optimizer, state.scheduler)
+    return int(saved["step"]), float(saved["meta"].get("wall_time_s", 0.0))
+
+
+def hardware() -> dict:
+    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def export_teacher(ema: FlowModel, out: Path, info: dict) -> Path:
+    """Write `<out>/teacher/` (EMA weights + teacher.json) atomically; returns its path."""
+    final = out / "teacher"
+    tmp = out / f".teacher-tmp-{uuid.uuid4().hex[:8]}"
+    ema.save_pretrained(tmp)
+    (tmp / "teacher.json").write_text(json.dumps(info, indent=1) + "\n")
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
+def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encoder=None,
+                  command: str | None = None, stop_after: int | None = None) -> dict:
+    """Train (or continue) a teacher into `out`; returns a summary. `encoder` replaces MiniLM (tests share one).
+
+    `stop_after` ends this call after that many total steps, with a checkpoint and no export, as a job that is
+    time-sliced (or interrupted) would: the LR schedule still follows `train.steps`, so `--resume` continues it.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    state = build_state(config)  # first: a bad init_from should not leave an empty run folder behind
+    out.mkdir(parents=True, exist_ok=True)
+    start, wall_before = restore(state, config, out, resume)
+    if start > config.train.steps:
+        raise UserError(f"train.steps: {config.train.steps} is fewer than the {start} steps the checkpoint has done")
+    cache = open_cache(config, out, encoder)
+    steps, t0, metrics = config.train.steps, time.perf_counter(), {}
+    end = steps if stop_after is None else max(start, min(steps, stop_after))
+    meta = {"fingerprint": resume_fingerprint(config), "config": config.to_dict()}
+    with RunLogger(out, start) as logger:
+        bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", dynamic_ncols=True)
+        for step in range(start, end):
+            metrics = train_step(state, config, cache, step)
+            done = step + 1
+            logger.add(metrics, log_now=done % config.run.log_every == 0 or done in (1, end))
+            bar.update(1)
+            bar.set_postfix(loss=f"{logger.smoothed:.4f}", lr=f"{metrics['lr']:.2e}")
+            if done % config.run.checkpoint_every == 0 or done == end:
+                cache.flush()  # so a resumed run finds this run's embeddings on disk
+                meta["wall_time_s"] = wall_before + time.perf_counter() - t0
+                save_checkpoint(out, state.model, state.ema, state.optimizer, state.scheduler, done, meta)
+        bar.close()
+    wall = wall_before + time.perf_counter() - t0
+    if end < steps or (start == steps and (out / "teacher").is_dir()):  # interrupted on purpose, or nothing to do
+        teacher = str(out / "teacher") if end == steps else None
+        return {"steps": end, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+                "teacher": teacher, "checkpoint": str(out / "checkpoint")}
+    info = {"format": 1, "config": config.to_dict(), "steps": steps, "wall_time_s": round(wall, 1),
+            "final_loss": metrics.get("loss"), "hardware": hardware(), "command": command,
+            "text_encoder": getattr(cache.encoder, "id", None), "sampling": {"shift": config.timesteps.shift},
+            "weights": "EMA", "ema_decay": config.train.ema_decay}
+    teacher = export_teacher(state.ema, out, info)
+    return {"steps": steps, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+            "teacher": str(teacher), "checkpoint": str(out / "checkpoint")}
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Train a flow-matching teacher on the embedded world.")
+    parser.add_argument("config", metavar="CONFIG", help="teacher YAML (see configs/teacher_*.yaml)")
+    parser.add_argument("--out", help="run folder (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                        help="dotted config overrides, e.g. train.steps=200 train.bf16=true")
+    return parser
+
+
+def main_train(argv: list[str] | None = None, prog: str = "flashdistill teacher train",
+               require_init: bool = False) -> int:
+    """CLI entry: returns the exit code (0 done, 2 bad input, 1 diverged)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+        if require_init and not config.run.init_from:
+            raise UserError("run.init_from: specialize needs a base teacher folder to start from")
+        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        summary = train_teacher(config, out, args.resume, command=f"{prog} {shlex.join(argv)}")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        print(f"error: training diverged: {err}", file=sys.stderr)
+        return 1
+    loss = summary["final_loss"]
+    print(f"teacher after {summary['steps']} steps (final loss {'n/a' if loss is None else f'{loss:.4f}'}, "
+          f"{summary['wall_time_s'] / 60:.1f} min) -> {summary['teacher']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_train())

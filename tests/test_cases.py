@@ -1,0 +1,86 @@
+"""The JSONL case format: the shipped mini benches, user files and their errors (file:line, exit code 2)."""
+
+import json
+
+import pytest
+
+from flashdistill.bench.cases import load_cases, write_cases
+from flashdistill.cli import BUILTIN_CASES, main
+from flashdistill.errors import UserError
+from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
+
+
+def test_shipped_mini_benches_have_the_documented_size():
+    t2i = load_cases(BUILTIN_CASES["t2i"], "t2i")
+    edit = load_cases(BUILTIN_CASES["edit"], "edit")
+    assert len(t2i) == 600 and len(edit) == 300
+    assert {c.category for c in t2i} == {"landscape", "portrait", "text"}
+    assert len({c.category for c in edit}) == 6
+
+
+def test_shipped_files_are_regenerated_exactly_from_bench_seeds(tmp_path):
+    write_cases(tmp_path / "t2i.jsonl", t2i_bench_cases(200))
+    write_cases(tmp_path / "edit.jsonl", edit_bench_cases(50))
+    assert (tmp_path / "t2i.jsonl").read_bytes() == BUILTIN_CASES["t2i"].read_bytes()
+    assert (tmp_path / "edit.jsonl").read_bytes() == BUILTIN_CASES["edit"].read_bytes()
+
+
+def test_limit_takes_first_n_per_category():
+    cases = load_cases(BUILTIN_CASES["edit"], "edit", limit=3)
+    assert len(cases) == 18 and [c.id for c in cases[:3]] == [f"scene_transformation-000{i}" for i in range(3)]
+
+
+def _write(tmp_path, lines):
+    path = tmp_path / "cases.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD = json.dumps({"id": "a", "category": "text", "prompt": "a sign", "seed": 1})
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"id": "b", "category": "text", "seed": 1}), "missing key 'prompt'"),
+    (json.dumps({"id": "b", "category": "sky", "prompt": "x", "seed": 1}), "unknown T2I category 'sky'"),
+    (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": "1"}), "'seed' must be an integer"),
+    (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": 1, "colour": 2}), "unknown key 'colour'"),
+    (GOOD, "duplicate case id 'a'"),
+])
+def test_malformed_line_names_file_and_line(tmp_path, line, message):
+    path = _write(tmp_path, [GOOD, line])
+    with pytest.raises(UserError, match=message) as err:
+        load_cases(path, "t2i")
+    assert f"{path}:2:" in str(err.value)
+
+
+def test_cli_reports_bad_case_file_with_exit_2(tmp_path, capsys):
+    path = _write(tmp_path, [GOOD, "[1, 2]"])
+    code = main(["bench", "t2i", "--model", "noise", "--cases", str(path), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{path}:2:" in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_edit_case_needs_exactly_one_source(tmp_path):
+    both = json.dumps({"id": "e", "category": "style_transfer", "instruction": "x", "seed": 0,
+                       "source": {}, "source_image": "x.png"})
+    with pytest.raises(UserError, match="exactly one of 'source'"):
+        load_cases(_write(tmp_path, [both]), "edit")
+    missing = json.dumps({"id": "e", "category": "style_transfer", "instruction": "x", "seed": 0,
+                          "source_image": "nope.png"})
+    with pytest.raises(UserError, match="source_image 'nope.png' not found"):
+        load_cases(_write(tmp_path, [missing]), "edit")
+
+
+def test_world_record_in_a_case_is_validated(tmp_path):
+    from flashdistill.world.pools import t2i_item
+
+    item = t2i_item("portrait", 0, "bench")
+    bad = {"id": "p", "category": "portrait", "prompt": item.prompt, "seed": 0,
+           "record": {**item.record, "eye_color": "violet"}}
+    with pytest.raises(UserError, match=r"cases.jsonl:1: record: attribute 'eye_color'"):
+        load_cases(_write(tmp_path, [json.dumps(bad)]), "t2i")
+    edit = {"id": "e", "category": "style_transfer", "instruction": "x", "seed": 0, "source": item.record,
+            "edit": {"kind": "style", "op": "watercolour"}}
+    with pytest.raises(UserError, match="edit.op 'watercolour'"):
+        load_cases(_write(tmp_path, [json.dumps(edit)]), "edit")
