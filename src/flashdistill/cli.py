@@ -56,8 +56,10 @@ def cmd_bench_run(args) -> None:
     cases_file = Path(args.cases) if args.cases else BUILTIN_CASES[args.bench]
     cases = load_cases(cases_file, args.bench, args.limit)
     label = str(cases_file) if args.cases else f"builtin:{cases_file.name}"
-    results = run_bench(args.bench, load_model(args.model, args.resolution), _judge(args, args.resolution), cases,
-                        Path(args.out), args.nfe, label, args.resolution, args.batch_size)
+    model = load_model(args.model, args.resolution, args.cfg, args.batch_size)
+    nfe = args.nfe if args.nfe is not None else getattr(model, "default_nfe", None)
+    results = run_bench(args.bench, model, _judge(args, args.resolution), cases, Path(args.out), nfe, label,
+                        args.resolution, args.batch_size)
     print(f"{results['bench']} {results['model']}: average {results['average']} over {results['n_cases']} cases "
           f"({results['n_failed']} failed) -> {Path(args.out) / 'results.json'}")
 
@@ -87,6 +89,60 @@ def cmd_bench_calibrate(args) -> None:
         sys.exit(1)
 
 
+# ---- generate / edit --------------------------------------------------------------------------------------
+def _pipeline(args):
+    from flashdistill.bench.models import load_model
+
+    model = load_model(args.model, args.resolution, args.cfg)
+    if not hasattr(model, "sample"):
+        raise UserError(f"--model {args.model} is a reference model of the benchmarks; generate needs a network "
+                        f"(teacher:base, teacher:specialized or a model folder)")
+    return model
+
+
+def _save_outputs(images, out: str, seeds: list[int]) -> None:
+    from flashdistill.imageio import save_png
+
+    path = Path(out)
+    if len(images) == 1:
+        save_png(path, images[0])
+        print(f"wrote {path}")
+        return
+    for img, seed in zip(images, seeds):
+        save_png(path.with_name(f"{path.stem}-seed{seed}{path.suffix}"), img)
+    print(f"wrote {len(images)} images {path.with_name(path.stem + '-seed*' + path.suffix)}")
+
+
+def cmd_generate(args) -> None:
+    model = _pipeline(args)
+    seeds = [args.seed + i for i in range(args.n)]
+    images = model.sample([args.prompt] * args.n, [None] * args.n, seeds, args.nfe)
+    _save_outputs(images, args.out, seeds)
+
+
+def cmd_edit(args) -> None:
+    from flashdistill.imageio import load_png
+
+    model = _pipeline(args)
+    source = load_png(args.image, model.resolution)
+    seeds = [args.seed + i for i in range(args.n)]
+    images = model.sample([args.instruction] * args.n, [source] * args.n, seeds, args.nfe)
+    _save_outputs(images, args.out, seeds)
+
+
+def _add_sampling_args(p, what: str) -> None:
+    p.add_argument("--model", required=True, help="teacher:base | teacher:specialized | a model or student folder")
+    p.add_argument("--nfe", type=int, default=None,
+                   help="sampling steps (default: 50 for teachers, the schedule's 4 for students); with CFG each "
+                        "teacher step costs two network passes")
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance scale for teachers (default: the one the teacher records)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same image")
+    p.add_argument("--n", type=int, default=1, help=f"{what} this many images, seeds S, S+1, ...")
+    p.add_argument("--out", required=True, help="PNG path (with --n > 1: PATH-seedS.png per image)")
+    p.add_argument("--resolution", type=int, default=32, help="the model's resolution (default 32)")
+
+
 # ---- judge ------------------------------------------------------------------------------------------------
 def cmd_judge_train_reader(args) -> None:
     from flashdistill.bench.reader import train_reader
@@ -113,8 +169,11 @@ def _add_bench_run(sub, bench: str) -> None:
     p = sub.add_parser(bench, help=f"run {name}: generate with --model, judge, write DIR/results.json",
                        description=f"Run {name} on a model and judge every case. Resumes from DIR/cases.jsonl "
                                    "if interrupted: rerun the same command.")
-    p.add_argument("--model", required=True, help="oracle | noise | oracle-blur:S | oracle-noise:S")
-    p.add_argument("--nfe", type=int, default=None, help="sampling steps for network models (ignored by oracles)")
+    p.add_argument("--model", required=True, help="oracle | noise | oracle-blur:S | oracle-noise:S | teacher:base | "
+                                                  "teacher:specialized | a model or student folder")
+    p.add_argument("--nfe", type=int, default=None,
+                   help="sampling steps for network models (default: 50 for teachers; ignored by oracles)")
+    p.add_argument("--cfg", type=float, default=None, help="CFG scale for teachers (default: the teacher's own)")
     p.add_argument("--judge", choices=("world", "vlm"), default="world", help="world: exact ground truth (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases of each category")
     p.add_argument("--cases", default=None, help="your own JSONL case file (format: flashdistill/bench/cases.py)")
@@ -134,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-step distillation toolkit (Qwen-Image-Flash recipe). Subcommands:\n"
                     "  world   the embedded procedural image world: sample renders, measure legibility\n"
                     "  bench   T2I-Bench / Editing-Bench: run a model, build tables, make case files, calibrate\n"
-                    "  judge   train and evaluate the world judge's reader network",
+                    "  judge   train and evaluate the world judge's reader network\n"
+                    "  teacher train a base teacher, or specialize one (flow matching, T2I + editing)\n"
+                    "  generate / edit   sample images from a teacher or a distilled student",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{world,bench,judge}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="{world,bench,judge,teacher,generate,edit}")
 
     world = top.add_parser("world", help="the embedded image world").add_subparsers(dest="sub", required=True)
     p = world.add_parser("sample", help="render N cases of a category with their captions into one PNG")
@@ -180,10 +241,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="safetensors file (default: the shipped reader)")
     p.add_argument("--n", type=int, default=1000, help="renders per category")
     p.set_defaults(func=cmd_judge_eval_reader)
+    teacher = top.add_parser("teacher", help="train teachers (see: flashdistill teacher train --help)")
+    tsub = teacher.add_subparsers(dest="sub", required=True)
+    tsub.add_parser("train", help="train a base teacher from a YAML config (configs/teacher_base.yaml)",
+                    add_help=False)
+    tsub.add_parser("specialize", help="fine-tune a base teacher into a specialized one (configs/"
+                                       "teacher_specialized.yaml)", add_help=False)
+
+    p = top.add_parser("generate", help="text-to-image: one prompt -> PNG")
+    p.add_argument("--prompt", required=True)
+    _add_sampling_args(p, "generate")
+    p.set_defaults(func=cmd_generate)
+    p = top.add_parser("edit", help="instruction-guided editing: source PNG + instruction -> PNG")
+    p.add_argument("--image", required=True, help="source PNG (resized to the model's resolution)")
+    p.add_argument("--instruction", required=True)
+    _add_sampling_args(p, "edit into")
+    p.set_defaults(func=cmd_edit)
     return parser
 
 
+def _delegated(argv: list[str]):
+    """Subcommands whose parser lives beside their code (training entry points); None if argv is not one."""
+    if argv[:2] == ["teacher", "train"]:
+        from flashdistill.teacher.train import main_train
+
+        return lambda: main_train(argv[2:])
+    if argv[:2] == ["teacher", "specialize"]:
+        from flashdistill.teacher.specialize import main_specialize
+
+        return lambda: main_specialize(argv[2:])
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    delegated = _delegated(argv)
+    if delegated is not None:
+        try:
+            return delegated()
+        except KeyboardInterrupt:
+            print("\ninterrupted: rerun the same command with --resume to continue", file=sys.stderr)
+            return 130
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -60,14 +60,21 @@ def euler_sample(model, noise: Tensor, cond: Cond, uncond: Cond | None = None, n
 
 @torch.no_grad()
 def few_step_sample(model, noise: Tensor, cond: Cond, timesteps: list[float],
-                    generator: torch.Generator | None = None) -> Tensor:
-    """The student's sampler: x0 = G(z_t, t) at each step, re-noised to the next step with fresh noise."""
+                    generator: torch.Generator | None = None, renoise: list[Tensor] | None = None) -> Tensor:
+    """The student's sampler: x0 = G(z_t, t) at each step, re-noised to the next step with fresh noise.
+
+    The re-noising draws come from `generator`, or from `renoise` (one tensor per later step) when the caller
+    wants every item's noise fixed by its own seed.
+    """
+    if renoise is not None and len(renoise) != len(timesteps) - 1:
+        raise ValueError(f"renoise needs {len(timesteps) - 1} tensors, got {len(renoise)}")
     z_t = noise
     x0 = noise
     for k, t in enumerate(timesteps):
         tt = torch.full((len(z_t),), float(t), device=noise.device)
         x0 = x0_from_v(z_t, tt, model(z_t, tt, cond))
         if k + 1 < len(timesteps):
-            eps = torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
+            eps = renoise[k] if renoise is not None else \
+                torch.randn(noise.shape, generator=generator, device=noise.device, dtype=noise.dtype)
             z_t = interpolate(x0, eps, timesteps[k + 1])
     return x0

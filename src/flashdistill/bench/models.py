@@ -4,12 +4,14 @@ Reference models, so the judges can be checked before any network exists:
 - `oracle`: the exact render (T2I) or the exact edit target;
 - `noise`: uniform noise;
 - `oracle-blur:S` / `oracle-noise:S`: the oracle with Gaussian blur of sigma S px / Gaussian noise of std S.
-Later issues add teachers and distilled students to `load_model`.
+Networks: `teacher:base`, `teacher:specialized` (shipped) or any model folder, through `flashdistill.pipeline`.
 
 A model answers `t2i(cases, nfe) -> images` and `edit(cases, sources, nfe) -> images` (float32 (H, W, 3) in [0, 1]).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -70,8 +72,8 @@ def _strength(spec: str) -> float:
     return value
 
 
-def load_model(spec: str, resolution: int = 32):
-    """Build a model from its `--model` name."""
+def load_model(spec: str, resolution: int = 32, cfg_scale: float | None = None, batch_size: int = 32):
+    """Build a model from its `--model` name: a reference model, `teacher:NAME`, or a model folder."""
     if spec == "oracle":
         return OracleModel(spec, resolution)
     if spec == "noise":
@@ -79,4 +81,12 @@ def load_model(spec: str, resolution: int = 32):
     for kind in ("blur", "noise"):
         if spec.startswith(f"oracle-{kind}:"):
             return OracleModel(spec, resolution, (kind, _strength(spec)))
-    raise UserError(f"unknown model '{spec}' (known: oracle, noise, oracle-blur:S, oracle-noise:S)")
+    if spec.startswith("teacher:") or Path(spec).is_dir():
+        from flashdistill.pipeline import load_teacher
+
+        model = load_teacher(spec, cfg_scale, batch_size=batch_size)
+        if model.resolution != resolution:
+            raise UserError(f"model '{spec}' works at {model.resolution} px; pass --resolution {model.resolution}")
+        return model
+    raise UserError(f"unknown model '{spec}' (known: oracle, noise, oracle-blur:S, oracle-noise:S, "
+                    f"teacher:base, teacher:specialized, or a model folder)")
