@@ -124,3 +124,23 @@ def test_bench_runs_a_model_folder_and_records_its_nfe(model_dir, tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["nfe"] == 2 and results["n_cases"] == 6
     assert 1.0 <= results["average"] <= 5.0
+
+
+def test_ship_stores_float16_with_card_and_loads_as_float32(model_dir, tmp_path):
+    import shutil
+
+    from flashdistill.teacher.ship import ship
+
+    run = shutil.copytree(model_dir, tmp_path / "run")
+    info = {"config": {"train": {"seed": 0, "batch_size": 4}, "model": {"preset": "tiny", "resolution": 32}},
+            "steps": 3, "command": "flashdistill teacher train configs/teacher_tiny.yaml", "wall_time_s": 6.0,
+            "sampling": {"shift": 1.0}, "final_loss": 0.5, "hardware": {"cpus": 2}}
+    (run / "teacher.json").write_text(json.dumps(info))
+    dest = ship(run, "base", cfg_scale=3.0, dest_root=tmp_path / "assets")
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "flashdistill teacher train configs/teacher_tiny.yaml" in card and "parameters" in card
+    pipe = load_teacher(str(dest))
+    assert pipe.spec.cfg_scale == 3.0 and next(pipe.model.parameters()).dtype == torch.float32
+    original = FlowModel.from_pretrained(model_dir)
+    for a, b in zip(original.parameters(), pipe.model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # float16 storage

@@ -72,7 +72,9 @@ def test_training_pool_never_holds_held_out_and_bench_does():
 def test_splits_are_disjoint_streams():
     train = {t2i_item("portrait", i, "train").prompt for i in range(300)}
     bench = {t2i_item("portrait", i, "bench").prompt for i in range(300)}
+    val = {t2i_item("portrait", i, "val").prompt for i in range(300)}
     assert len(train & bench) <= 3  # equal only by chance on short prompts, never by shared seeds
+    assert len(val & bench) <= 3 and len(val & train) <= 3
     assert t2i_item("portrait", 7, "bench") == t2i_item("portrait", 7, "bench")
 
 

@@ -76,7 +76,7 @@ def cmd_bench_make_cases(args) -> None:
     from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 
     n = args.n or MINI_SIZES[args.bench]
-    cases = t2i_bench_cases(n) if args.bench == "t2i" else edit_bench_cases(n)
+    cases = t2i_bench_cases(n, args.split) if args.bench == "t2i" else edit_bench_cases(n, args.split)
     write_cases(args.out, cases)
     print(f"wrote {len(cases)} cases to {args.out}")
 
@@ -195,9 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "  bench   T2I-Bench / Editing-Bench: run a model, build tables, make case files, calibrate\n"
                     "  judge   train and evaluate the world judge's reader network\n"
                     "  teacher train a base teacher, or specialize one (flow matching, T2I + editing)\n"
+                    "  distill DMD distillation into a 4-NFE student from a recipe (configs/flash.yaml)\n"
                     "  generate / edit   sample images from a teacher or a distilled student",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{world,bench,judge,teacher,generate,edit}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="{world,bench,judge,teacher,distill,generate,edit}")
 
     world = top.add_parser("world", help="the embedded image world").add_subparsers(dest="sub", required=True)
     p = world.add_parser("sample", help="render N cases of a category with their captions into one PNG")
@@ -223,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = bench.add_parser("make-cases", help="regenerate a mini bench case file from the bench seeds")
     p.add_argument("--bench", choices=("t2i", "edit"), required=True)
     p.add_argument("--n", type=int, default=None, help="cases per category (default: 200 T2I, 50 edit)")
+    p.add_argument("--split", choices=("bench", "val"), default="bench",
+                   help="bench: the shipped mini benches' seeds; val: disjoint seeds for tuning settings and "
+                        "checkpoints without touching the bench")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_bench_make_cases)
     p = bench.add_parser("calibrate", help="run the reference models on both benches and check the judge's bars")
@@ -248,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub.add_parser("specialize", help="fine-tune a base teacher into a specialized one (configs/"
                                        "teacher_specialized.yaml)", add_help=False)
 
+    top.add_parser("distill", help="distill teachers into a few-step student from a recipe (see: flashdistill "
+                                   "distill --help)", add_help=False)
+
     p = top.add_parser("generate", help="text-to-image: one prompt -> PNG")
     p.add_argument("--prompt", required=True)
     _add_sampling_args(p, "generate")
@@ -270,6 +277,10 @@ def _delegated(argv: list[str]):
         from flashdistill.teacher.specialize import main_specialize
 
         return lambda: main_specialize(argv[2:])
+    if argv[:1] == ["distill"]:
+        from flashdistill.distill.trainer import main_distill
+
+        return lambda: main_distill(argv[1:])
     return None
 
 

@@ -176,4 +176,5 @@ def load_teacher(spec: str, cfg_scale: float | None = None, encoder=None, batch_
     if cfg_scale is not None:
         spec_ = replace(spec_, cfg_scale=float(cfg_scale))
     name = spec if cfg_scale is None else f"{spec}@cfg{cfg_scale:g}"
-    return FlowPipeline(FlowModel.from_pretrained(folder), spec_, name, encoder, batch_size)
+    model = FlowModel.from_pretrained(folder, torch_dtype=torch.float32)  # shipped teachers are stored in float16
+    return FlowPipeline(model, spec_, name, encoder, batch_size)

@@ -81,6 +81,11 @@ def load_model(spec: str, resolution: int = 32, cfg_scale: float | None = None, 
     for kind in ("blur", "noise"):
         if spec.startswith(f"oracle-{kind}:"):
             return OracleModel(spec, resolution, (kind, _strength(spec)))
+    if Path(spec).is_dir():
+        from flashdistill.distill.export import is_student_folder, load_student_model
+
+        if is_student_folder(spec):
+            return load_student_model(spec, batch_size=batch_size)
     if spec.startswith("teacher:") or Path(spec).is_dir():
         from flashdistill.pipeline import load_teacher
 

@@ -33,7 +33,10 @@ from flashdistill.world.edits import source_image, target_image, target_record
 from flashdistill.world.render import render
 from flashdistill.world.schema import IDENTITY_ATTRS
 
-TAU = 0.04  # MAE at which closeness falls to 1/e; calibrated so oracle-blur:1 and oracle-noise:0.1 land mid-scale
+# MAE at which closeness falls to 1/e. Anchored to the rubric's words (paper Table B: 4 = minor defects, 3 = clear
+# issues, 2 = visibly broken): Gaussian noise of std 0.05 / 0.1 / 0.2 on exact renders measures MAE 0.039 / 0.074 /
+# 0.138 to the clean re-render, which TAU = 0.1 maps to T2I scores 3.7 / 2.9 / 2.0 (`flashdistill bench calibrate`).
+TAU = 0.1
 MASK_THRESHOLD = 0.02  # a pixel "must change" when S and T differ by more than ~5/255 in some channel
 CORE_KEYS = ("instruction_following", "identity_preservation", "text_accuracy")
 

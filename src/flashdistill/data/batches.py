@@ -10,8 +10,10 @@ with no data-loader state to save, and any process can rebuild batch `step` on i
 - edit rows draw from [0, 2**31): edit pools are unbounded.
 
 `TaskMix` holds the levers: `t2i_weight : edit_weight` (the paper finds 5:5 best), `composition` over the T2I
-categories and `edit_mix` over the six edit categories. Weights are relative (they need not sum to 1); a category
-that is left out gets weight 0. Check one by hand with `python -m flashdistill.data.batches`.
+categories and `edit_mix` over the six edit categories; `t2i_pool` optionally limits a T2I category to the first N
+prompts of its pool (a composition given by counts, e.g. the paper's E1 "landscape, 20,000 prompts"). Weights are
+relative (they need not sum to 1); a category that is left out gets weight 0. Check one by hand with
+`python -m flashdistill.data.batches`.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class TaskMix:
     edit_weight: float = 1.0
     composition: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in T2I_CATEGORIES})
     edit_mix: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in EDIT_CATEGORIES})
+    t2i_pool: dict[str, int] = field(default_factory=dict)  # category -> pool size; absent: PROMPTS_PER_CATEGORY
 
     def validate(self, where: str = "mix") -> TaskMix:
         """Raise UserError naming the dotted key of the first bad weight; returns self."""
@@ -54,6 +57,14 @@ class TaskMix:
                 if cat not in known:
                     raise UserError(f"{where}.{name}.{cat}: unknown category; known: {', '.join(known)}")
                 _check_weight(w, f"{where}.{name}.{cat}")
+        if not isinstance(self.t2i_pool, dict):
+            raise UserError(f"{where}.t2i_pool: must be a mapping category -> number of prompts")
+        for cat, n in self.t2i_pool.items():
+            if cat not in T2I_CATEGORIES:
+                raise UserError(f"{where}.t2i_pool.{cat}: unknown category; known: {', '.join(T2I_CATEGORIES)}")
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= PROMPTS_PER_CATEGORY:
+                raise UserError(f"{where}.t2i_pool.{cat}: must be an integer in [1, {PROMPTS_PER_CATEGORY}], "
+                                f"got {n!r}")
         if self.t2i_weight > 0 and sum(self.composition.values()) <= 0:
             raise UserError(f"{where}.composition: all weights are 0 but {where}.t2i_weight is > 0")
         if self.edit_weight > 0 and sum(self.edit_mix.values()) <= 0:
@@ -105,7 +116,7 @@ def choose_items(step: int, batch_size: int, mix: TaskMix, seed: int) -> list[tu
             rows.append(("edit", cat, int(rng.integers(EDIT_INDEX_RANGE))))
         else:
             cat = T2I_CATEGORIES[int(rng.choice(len(T2I_CATEGORIES), p=t2i_p))]
-            rows.append(("t2i", cat, int(rng.integers(PROMPTS_PER_CATEGORY))))
+            rows.append(("t2i", cat, int(rng.integers(mix.t2i_pool.get(cat, PROMPTS_PER_CATEGORY)))))
     return rows
 
 

@@ -15,6 +15,9 @@ keys and tuples come back as they were. Python floats survive JSON exactly (repr
 Atomicity: the checkpoint is written to a temporary sibling folder, then the old one is moved aside, the new one
 renamed into place and the old one deleted. A kill at any point leaves either the old or the new checkpoint
 complete; `find_checkpoint` also accepts the moved-aside one (`checkpoint.old`) if the kill fell between renames.
+
+`save_state` / `load_state` are the general form (any named modules and stateful objects), used by the
+distillation engine for its student, EMA, critic and two optimizers; `save_checkpoint` is the teacher's layout.
 """
 
 from __future__ import annotations
@@ -81,18 +84,24 @@ def _fsync_dir_files(folder: Path) -> None:
 
 def save_checkpoint(out: Path, model, ema, optimizer, scheduler, step: int, meta: dict) -> Path:
     """Write `<out>/checkpoint/` atomically (see module docstring); `step` = optimizer steps completed."""
+    return save_state(out, {"model": model, "ema": ema}, {"optimizer": optimizer, "scheduler": scheduler}, step, meta)
+
+
+def save_state(out: Path, modules: dict[str, torch.nn.Module], objects: dict, step: int, meta: dict) -> Path:
+    """The general form of `save_checkpoint`: `<name>.safetensors` per module, and the `state_dict()` of every
+    stateful object (optimizers, schedulers) under its name in state.json/state.safetensors. Atomic."""
     out = Path(out)
     final, old = out / NAME, out / f"{NAME}.old"
     tmp = out / f".{NAME}-tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
     rng = {"torch": torch.get_rng_state()}
-    state = {"format": FORMAT, "step": int(step), "meta": meta,
-             "optimizer": flatten(optimizer.state_dict(), tensors, "optimizer"),
-             "scheduler": flatten(scheduler.state_dict(), tensors, "scheduler"),
-             "rng": flatten(rng, tensors, "rng")}
-    save_file(_weights(model), str(tmp / "model.safetensors"))
-    save_file(_weights(ema), str(tmp / "ema.safetensors"))
+    state = {"format": FORMAT, "step": int(step), "meta": meta}
+    for name, obj in objects.items():
+        state[name] = flatten(obj.state_dict(), tensors, name)
+    state["rng"] = flatten(rng, tensors, "rng")
+    for name, module in modules.items():
+        save_file(_weights(module), str(tmp / f"{name}.safetensors"))
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: its presence marks completeness
     _fsync_dir_files(tmp)
@@ -106,14 +115,14 @@ def save_checkpoint(out: Path, model, ema, optimizer, scheduler, step: int, meta
     return final
 
 
-def _complete(folder: Path) -> bool:
-    return folder.is_dir() and all((folder / f).is_file() for f in FILES)
+def _complete(folder: Path, files: tuple[str, ...]) -> bool:
+    return folder.is_dir() and all((folder / f).is_file() for f in files)
 
 
-def find_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint under `out`, or None."""
+def find_checkpoint(out: Path, files: tuple[str, ...] = FILES) -> Path | None:
+    """The newest complete checkpoint under `out` (one holding all of `files`), or None."""
     for folder in (Path(out) / NAME, Path(out) / f"{NAME}.old"):
-        if _complete(folder):
+        if _complete(folder, files):
             return folder
     return None
 
@@ -131,12 +140,17 @@ def read_state(folder: Path) -> dict:
 
 def load_checkpoint(folder: Path, model, ema, optimizer, scheduler) -> dict:
     """Restore everything `save_checkpoint` wrote, in place; returns the state (step, meta)."""
+    return load_state(folder, {"model": model, "ema": ema}, {"optimizer": optimizer, "scheduler": scheduler})
+
+
+def load_state(folder: Path, modules: dict[str, torch.nn.Module], objects: dict) -> dict:
+    """Restore everything `save_state` wrote, in place; returns the state (step, meta)."""
     folder = Path(folder)
     state = read_state(folder)
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
     tensors = load_file(str(folder / "state.safetensors"))
-    optimizer.load_state_dict(unflatten(state["optimizer"], tensors))
-    scheduler.load_state_dict(unflatten(state["scheduler"], tensors))
+    for name, obj in objects.items():
+        obj.load_state_dict(unflatten(state[name], tensors))
     torch.set_rng_state(unflatten(state["rng"], tensors)["torch"])
     return state

@@ -206,14 +206,14 @@ def from_dict(cls, raw, prefix: str = ""):
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in raw.items()})
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); value via yaml.safe_load."""
+def apply_overrides(raw: dict, overrides: list[str], load=yaml.safe_load) -> dict:
+    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); value parsed by `load`."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"override {item!r}: expected key.sub=value")
         try:
-            value = yaml.safe_load(text)
+            value = load(text)
         except yaml.YAMLError as err:
             raise UserError(f"override {key}: cannot parse value {text!r}: {err}") from None
         node, parts = raw, key.split(".")
@@ -253,4 +253,6 @@ def resume_fingerprint(config: TeacherConfig) -> dict:
     for key in RESUMABLE_KEYS:
         group, name = key.split(".")
         data[group].pop(name)
+    if not data["mix"].get("t2i_pool"):  # the default (full pools): absent from checkpoints made before the key
+        data["mix"].pop("t2i_pool", None)
     return data

@@ -1,5 +1,9 @@
 """Training logs of a teacher run: tensorboard scalars in `<out>/tb` and one JSON line per log in `<out>/log.jsonl`.
 
+The distillation engine uses the same logger with its own scalar names (`scalars=`) and `log_eval` for its
+periodic quick evaluation. A non-finite loss (a skipped step) is logged as is but kept out of the smoothed loss
+and the window means.
+
 On resume from step s, records after s (written by the killed run after its last checkpoint) are dropped from
 log.jsonl and tensorboard is told to purge them, so the logs of a resumed run read like an uninterrupted one.
 View with `tensorboard --logdir <out>/tb`.
@@ -8,6 +12,7 @@ View with `tensorboard --logdir <out>/tb`.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 SCALARS = ("loss", "lr", "grad_norm", "step_time")
@@ -16,12 +21,13 @@ SCALARS = ("loss", "lr", "grad_norm", "step_time")
 class RunLogger:
     """`add(metrics, log_now)` once per step; a log line carries the window's mean loss and step time."""
 
-    def __init__(self, out: Path, start: int):
+    def __init__(self, out: Path, start: int, scalars: tuple[str, ...] = SCALARS):
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = Path(out) / "log.jsonl"
         self._truncate(start)
         self.writer = SummaryWriter(str(Path(out) / "tb"), purge_step=start if start > 0 else None)
+        self.scalars = scalars
         self.smoothed = float("nan")
         self._window: list[dict] = []
 
@@ -34,21 +40,32 @@ class RunLogger:
 
     def add(self, metrics: dict, log_now: bool) -> None:
         loss = metrics["loss"]
-        # A short EMA of the loss for the progress bar: single-batch losses jump with t.
-        self.smoothed = loss if self.smoothed != self.smoothed else 0.9 * self.smoothed + 0.1 * loss
-        self._window.append(metrics)
+        if math.isfinite(loss):
+            # A short EMA of the loss for the progress bar: single-batch losses jump with t.
+            self.smoothed = loss if self.smoothed != self.smoothed else 0.9 * self.smoothed + 0.1 * loss
+            self._window.append(metrics)
         if not log_now:
             return
         step = metrics["step"]
         record = dict(metrics)
-        record["loss_mean"] = sum(m["loss"] for m in self._window) / len(self._window)
-        record["step_time_mean"] = sum(m["step_time"] for m in self._window) / len(self._window)
-        for name in SCALARS:
-            self.writer.add_scalar(f"train/{name}", metrics[name], step)
-        self.writer.add_scalar("train/loss_mean", record["loss_mean"], step)
+        if self._window:
+            record["loss_mean"] = sum(m["loss"] for m in self._window) / len(self._window)
+            record["step_time_mean"] = sum(m["step_time"] for m in self._window) / len(self._window)
+            self.writer.add_scalar("train/loss_mean", record["loss_mean"], step)
+        for name in self.scalars:
+            if metrics.get(name) is not None:
+                self.writer.add_scalar(f"train/{name}", metrics[name], step)
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         self._window = []
+
+    def log_eval(self, step: int, record: dict) -> None:
+        """One evaluation record: numbers go to tensorboard under eval/, the whole record to log.jsonl."""
+        for name, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"eval/{name}", value, step)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": step, "kind": "eval", **record}) + "\n")
 
     def close(self) -> None:
         self.writer.close()

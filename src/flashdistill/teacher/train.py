@@ -112,7 +112,7 @@ def prepare_inputs(batch: Batch, cache, train: TrainSection, timesteps: Timestep
 def flow_matching_loss(model, x, eps, t, cond: Cond, bf16: bool = False) -> torch.Tensor:
     """Paper eq. 2: mean ||v_θ(z_t, t, c) - (eps - x)||² with z_t = (1-t)·x + t·eps."""
     z_t = interpolate(x, eps, t)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(z_t.device.type, dtype=torch.bfloat16, enabled=bf16):
         v = model(z_t, t, cond)
     return torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
 
@@ -154,13 +154,13 @@ def open_cache(config: TeacherConfig, out: Path, encoder=None):
     return EmbeddingCache(folder, encoder if encoder is not None else TextEncoder())
 
 
-def _config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     keys = sorted(set(a) | set(b))
     diffs = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict) and k not in ("composition", "edit_mix"):
-            diffs += _config_diff(va, vb, f"{prefix}{k}.")
+            diffs += config_diff(va, vb, f"{prefix}{k}.")
         elif va != vb:
             diffs.append(f"{prefix}{k}")
     return diffs
@@ -179,7 +179,7 @@ def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -
     if not resume:
         raise UserError(f"{out} already holds a checkpoint at step {saved['step']}: pass --resume to continue it, "
                         f"or choose another --out")
-    diff = _config_diff(saved["meta"]["fingerprint"], resume_fingerprint(config))
+    diff = config_diff(saved["meta"]["fingerprint"], resume_fingerprint(config))
     if diff:
         raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(diff)} "
                         f"(only train.steps and logging/checkpoint intervals may change)")

@@ -18,7 +18,9 @@ from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import sample_edit
 from flashdistill.world.schema import sample_record
 
-SPLIT_ID = {"train": 0, "bench": 1}
+# `val`: bench-like items (held-out combinations, hard prompts) from their own seeds, for choosing sampling settings
+# and checkpoints without looking at the bench.
+SPLIT_ID = {"train": 0, "bench": 1, "val": 2}
 PROMPTS_PER_CATEGORY = 20_000  # the paper's size of each category's prompt set (section 3.1)
 
 
@@ -75,21 +77,21 @@ def t2i_pool(category: str, n: int = PROMPTS_PER_CATEGORY) -> list[T2IItem]:
     return items
 
 
-def t2i_bench_cases(n_per_category: int) -> list[T2ICase]:
+def t2i_bench_cases(n_per_category: int, split: str = "bench") -> list[T2ICase]:
     cases = []
     for category in T2I_CATEGORIES:
         for i in range(n_per_category):
-            item = t2i_item(category, i, "bench")
+            item = t2i_item(category, i, split)
             cases.append(T2ICase(id=f"{category}-{i:04d}", category=category, prompt=item.prompt, seed=i,
                                  record=item.record, attributes=item.attributes))
     return cases
 
 
-def edit_bench_cases(n_per_category: int) -> list[EditCase]:
+def edit_bench_cases(n_per_category: int, split: str = "bench") -> list[EditCase]:
     cases = []
     for category in EDIT_CATEGORIES:
         for i in range(n_per_category):
-            item = edit_item(category, i, "bench")
+            item = edit_item(category, i, split)
             cases.append(EditCase(id=f"{category}-{i:04d}", category=category, instruction=item.instruction,
                                   seed=i, source=item.source, edit=item.edit))
     return cases

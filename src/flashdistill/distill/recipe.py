@@ -1,0 +1,274 @@
+"""`Recipe`: what a distillation run is, loaded from YAML with strict validation and dotted overrides.
+
+Layout (every group but `teachers` optional; a missing key takes the default below):
+
+    teachers:  {name: folder | teacher:NAME}   frozen; teacher:NAME -> src/flashdistill/assets/teachers/NAME
+    student:   init_from (a teacher name), nfe, shift, timesteps (explicit list; default: the nfe-step shifted grid)
+    critic:    init_from (a teacher name, the base teacher), lr, updates (critic updates per generator step)
+    dmd:       cfg_scale, t_min/t_max/t_shift (DMD noise levels), normalize, lr, weight_decay, grad_clip,
+               batch_size (global), iterations, ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
+               max_bad_steps (consecutive non-finite steps tolerated)
+    guidance:  λ_{k,m}(c) (paper eq. 5-6), see `flashdistill.distill.guidance`
+    data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5)
+    tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
+    eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
+    run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default)
+
+Strictness as in `flashdistill.teacher.config` (whose `from_dict` / `apply_overrides` this reuses): an unknown key,
+a wrong type or an impossible value raises UserError naming the dotted key. `tasks.ratio=7:3` on the command line
+stays the string "7:3" (plain YAML 1.1 would read it as the base-60 integer 423).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from flashdistill.data.batches import TaskMix
+from flashdistill.distill.guidance import parse_guidance
+from flashdistill.errors import UserError
+from flashdistill.flow import euler_timesteps
+from flashdistill.teacher.config import apply_overrides, from_dict
+from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
+from flashdistill.world.pools import PROMPTS_PER_CATEGORY
+
+# Keys that change bookkeeping only, never the weights an iteration produces: a resumed run may change them.
+RESUMABLE_KEYS = ("dmd.iterations", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every", "run.text_cache",
+                  "run.device", "run.threads", "eval.every", "eval.limit", "eval.patience")
+_RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that reads `a:b` number pairs (ratios) as strings instead of YAML 1.1 base-60 integers."""
+
+
+_RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _first in "0123456789":
+    _RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:str", re.compile(r"^\d+(?:\.\d*)?:\d+(?:\.\d*)?$")))
+
+
+def _load_yaml(text: str):
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _require(ok: bool, key: str, why: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {why}")
+
+
+@dataclass
+class StudentSection:
+    init_from: str = "base"
+    nfe: int = 4
+    shift: float = 1.0
+    timesteps: list[float] | None = None  # explicit student times, first = 1.0; default: euler grid minus t=0
+
+    def resolved_timesteps(self) -> list[float]:
+        if self.timesteps is not None:
+            return [float(t) for t in self.timesteps]
+        return [round(float(t), 6) for t in euler_timesteps(self.nfe, self.shift)[:-1]]
+
+    def check(self) -> None:
+        _require(self.nfe >= 1, "student.nfe", "must be >= 1")
+        _require(self.shift > 0, "student.shift", "must be > 0")
+        if self.timesteps is None:
+            return
+        ts = self.timesteps
+        _require(len(ts) == self.nfe, "student.timesteps", f"has {len(ts)} entries, student.nfe is {self.nfe}")
+        _require(ts[0] == 1.0, "student.timesteps", f"must start at 1.0 (pure noise), got {ts[0]}")
+        _require(all(0 < b < a for a, b in zip(ts, ts[1:])), "student.timesteps",
+                 f"must decrease strictly and stay > 0, got {ts}")
+
+
+@dataclass
+class CriticSection:
+    init_from: str = "base"
+    lr: float = 1e-4
+    updates: int = 2  # critic updates per generator update (DMD2's two-timescale rule)
+    weight_decay: float = 0.0
+
+    def check(self) -> None:
+        _require(self.lr > 0, "critic.lr", "must be > 0")
+        _require(self.updates >= 1, "critic.updates", "must be >= 1")
+        _require(self.weight_decay >= 0, "critic.weight_decay", "must be >= 0")
+
+
+@dataclass
+class DMDSection:
+    cfg_scale: float = 4.0  # classifier-free guidance of the real score (teachers); the critic runs unguided
+    t_min: float = 0.02  # DMD perturbation x_t = (1-t)·x_θ + t·ξ, t = shift(U[t_min, t_max], t_shift)
+    t_max: float = 0.98
+    t_shift: float = 1.0
+    normalize: bool = True  # divide the DMD gradient by mean|x_θ - x0_real| per sample (DMD)
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
+    batch_size: int = 8  # global: split over ranks under torchrun
+    iterations: int = 1000
+    ema_decay: float = 0.99
+    bf16: bool = False
+    seed: int = 0
+    first_step_fm: float = 0.0  # weight of first-step flow-matching supervision (paper §6.1); 0 = off
+    max_bad_steps: int = 5  # stop after this many non-finite iterations in a row
+
+    def check(self) -> None:
+        _require(self.cfg_scale >= 1, "dmd.cfg_scale", "must be >= 1 (1 = no guidance)")
+        _require(0 < self.t_min < self.t_max <= 1, "dmd.t_min, dmd.t_max", "need 0 < t_min < t_max <= 1")
+        _require(self.t_shift > 0, "dmd.t_shift", "must be > 0")
+        for name in ("lr",):
+            _require(getattr(self, name) > 0, f"dmd.{name}", "must be > 0")
+        _require(self.weight_decay >= 0, "dmd.weight_decay", "must be >= 0")
+        _require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
+        _require(self.batch_size >= 1, "dmd.batch_size", "must be >= 1")
+        _require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
+        _require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
+        _require(self.seed >= 0, "dmd.seed", "must be >= 0")
+        _require(self.first_step_fm >= 0, "dmd.first_step_fm", "must be >= 0 (0 = off)")
+        _require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
+
+
+@dataclass
+class DataSection:
+    """T2I category composition: relative weights, or prompt counts (weights ∝ counts, pool = first N prompts)."""
+
+    composition: dict[str, float] | None = None
+    counts: dict[str, int] | None = None
+
+    def check(self) -> None:
+        _require(self.composition is None or self.counts is None, "data",
+                 "give data.composition (weights) or data.counts (numbers of prompts), not both")
+        for name, table in (("composition", self.composition), ("counts", self.counts)):
+            for cat, w in (table or {}).items():
+                _require(cat in T2I_CATEGORIES, f"data.{name}.{cat}", f"unknown category; known: "
+                         f"{', '.join(T2I_CATEGORIES)}")
+                _require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
+        for cat, n in (self.counts or {}).items():
+            _require(n <= PROMPTS_PER_CATEGORY, f"data.counts.{cat}", f"at most {PROMPTS_PER_CATEGORY} prompts exist")
+
+
+@dataclass
+class TasksSection:
+    ratio: str = "5:5"  # T2I : Edit
+    edit_mix: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in EDIT_CATEGORIES})
+
+    def weights(self) -> tuple[float, float]:
+        match = _RATIO.match(self.ratio)
+        if not match:
+            raise UserError(f"tasks.ratio: must look like 5:5 (T2I:Edit), got {self.ratio!r}")
+        a, b = float(match.group(1)), float(match.group(2))
+        _require(a + b > 0, "tasks.ratio", "at least one side must be > 0")
+        return a, b
+
+
+@dataclass
+class EvalSection:
+    every: int = 0  # iterations between quick evaluations on a bench slice; 0 = off
+    limit: int = 2  # bench cases per category in the slice
+    patience: int = 0  # stop after this many evaluations without a new best; 0 = never stop early
+
+    def check(self) -> None:
+        _require(self.every >= 0, "eval.every", "must be >= 0 (0 = off)")
+        _require(self.limit >= 1, "eval.limit", "must be >= 1")
+        _require(self.patience >= 0, "eval.patience", "must be >= 0 (0 = off)")
+
+
+@dataclass
+class RunSection:
+    checkpoint_every: int = 50
+    log_every: int = 10
+    text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
+    device: str = "auto"
+    threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
+
+    def check(self) -> None:
+        _require(self.threads >= 0, "run.threads", "must be >= 0 (0 = torch's default)")
+        _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        _require(self.log_every >= 1, "run.log_every", "must be >= 1")
+        _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "
+                 f"got {self.device!r}")
+
+
+@dataclass
+class Recipe:
+    teachers: dict[str, str] = field(default_factory=dict)
+    student: StudentSection = field(default_factory=StudentSection)
+    critic: CriticSection = field(default_factory=CriticSection)
+    dmd: DMDSection = field(default_factory=DMDSection)
+    data: DataSection = field(default_factory=DataSection)
+    tasks: TasksSection = field(default_factory=TasksSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    run: RunSection = field(default_factory=RunSection)
+    guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
+
+    def check(self) -> Recipe:
+        _require(bool(self.teachers), "teachers", "name at least one teacher, e.g. teachers: {base: teacher:base}")
+        for role in ("student", "critic"):
+            name = getattr(self, role).init_from
+            _require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
+                     f"{', '.join(self.teachers)}")
+        for section in (self.student, self.critic, self.dmd, self.data, self.eval, self.run):
+            section.check()
+        self.task_mix()
+        return self
+
+    @property
+    def timesteps(self) -> list[float]:
+        return self.student.resolved_timesteps()
+
+    def task_mix(self) -> TaskMix:
+        """The sampler's levers (flashdistill.data.batches.TaskMix) from `data` and `tasks`."""
+        t2i, edit = self.tasks.weights()
+        d = self.data
+        composition = d.composition or {c: float(n) for c, n in (d.counts or {}).items()}
+        mix = TaskMix(t2i_weight=t2i, edit_weight=edit, edit_mix=dict(self.tasks.edit_mix),
+                      composition=composition or {c: 1.0 for c in T2I_CATEGORIES},
+                      t2i_pool={c: int(n) for c, n in (d.counts or {}).items() if n > 0})
+        where = {"t2i_weight": "tasks.ratio", "edit_weight": "tasks.ratio", "composition": "data",
+                 "edit_mix": "tasks.edit_mix", "t2i_pool": "data.counts"}
+        try:
+            return mix.validate("mix")
+        except UserError as err:  # name the recipe's key, not the sampler's
+            msg = str(err)
+            for name, key in where.items():
+                msg = msg.replace(f"mix.{name}", key)
+            raise UserError(msg) from None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Recipe:
+    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []), load=_load_yaml)
+    guidance = raw.pop("guidance", None)
+    recipe = from_dict(Recipe, raw)
+    recipe.check()
+    recipe.guidance = parse_guidance(guidance, list(recipe.teachers), len(recipe.timesteps))
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply dotted overrides, validate. Bad input -> UserError naming the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"recipe {path}: no such file")
+    try:
+        raw = _load_yaml(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"recipe {path}: not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"recipe {path}: the top level must be a mapping")
+    return recipe_from_raw(raw, overrides)
+
+
+def resume_fingerprint(recipe: Recipe) -> dict:
+    """The recipe minus RESUMABLE_KEYS: a resume is refused when this differs from the checkpoint's."""
+    data = recipe.to_dict()
+    for key in RESUMABLE_KEYS:
+        group, name = key.split(".")
+        data[group].pop(name)
+    return data

@@ -1,0 +1,144 @@
+"""The three roles of DMD (frozen teachers, trainable student and critic), their optimizers, and data parallelism.
+
+- Teachers are named in the recipe by folder (FlowModel.save_pretrained layout) or as `teacher:NAME`, the shipped
+  teacher in `src/flashdistill/assets/teachers/NAME/` (resolved by `flashdistill.pipeline.teacher_folder`).
+  They are frozen and evaluated in eval mode.
+- The student starts as a copy of the teacher `student.init_from`, the critic (fake score) as a copy of
+  `critic.init_from` (the base teacher, paper §2.2); the EMA of the student starts as the student.
+- AdamW for both trainable roles, constant learning rates (DMD2).
+- Under `torchrun --nproc_per_node=N` (WORLD_SIZE > 1) the process group is created here (NCCL on CUDA, gloo on
+  CPU) and student and critic are wrapped in DistributedDataParallel; teachers and EMA are plain replicas. Every
+  rank builds the same global batch and takes its own contiguous rows, so N ranks at global batch B follow the
+  trajectory of 1 rank at batch B (`tests/test_distill.py::test_two_ranks_match_one`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+
+from flashdistill.distill.recipe import Recipe
+from flashdistill.errors import UserError
+from flashdistill.models.mmdit import FlowModel
+from flashdistill.pipeline import teacher_folder
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def rows(self, batch_size: int) -> slice:
+        """This rank's contiguous share of a global batch."""
+        per = batch_size // self.world
+        return slice(self.rank * per, (self.rank + 1) * per)
+
+    def mean(self, value: float) -> float:
+        """The mean of a number over ranks (a no-op with one rank)."""
+        if self.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch_dist.all_reduce(t)
+        return float(t) / self.world
+
+    def broadcast(self, obj):
+        """Rank 0's `obj` on every rank."""
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch_dist.barrier()
+
+
+def setup_distributed(device: str, batch_size: int) -> Dist:
+    """Read torchrun's environment; create the process group when there is more than one rank."""
+    want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise UserError("run.device: cuda was asked for but no CUDA device is available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device(f"cuda:{local}" if want_cuda else "cpu")
+    if want_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1:
+        if batch_size % world:
+            raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
+        if not torch_dist.is_initialized():
+            torch_dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Dist(rank, world, dev)
+
+
+def resolve_teacher(spec: str, key: str) -> Path:
+    """A teacher folder from its recipe spec: a path, or `teacher:NAME` for the shipped teacher NAME."""
+    try:
+        return teacher_folder(spec)
+    except UserError as err:
+        raise UserError(f"{key}: {err}") from None
+
+
+def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, FlowModel]:
+    """Every named teacher, frozen, in eval mode; teachers sharing a folder share one module."""
+    loaded: dict[Path, FlowModel] = {}
+    teachers = {}
+    for name, spec in recipe.teachers.items():
+        path = resolve_teacher(spec, f"teachers.{name}").resolve()
+        if path not in loaded:
+            loaded[path] = FlowModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+        teachers[name] = loaded[path]
+    shapes = {name: (t.config.resolution, t.config.channels) for name, t in teachers.items()}
+    if len(set(shapes.values())) > 1:
+        raise UserError(f"teachers: all teachers must share resolution and channels, got {shapes}")
+    return teachers
+
+
+@dataclass
+class Roles:
+    teachers: dict[str, FlowModel]
+    student: FlowModel  # the bare module (no-grad passes, checkpoints, export)
+    ema: FlowModel
+    critic: FlowModel
+    opt_student: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    student_train: torch.nn.Module  # what the grad passes go through: DDP wrapper or the bare module
+    critic_train: torch.nn.Module
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"student": self.student, "ema": self.ema, "critic": self.critic}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.opt_student, "critic_optimizer": self.opt_critic}
+
+
+def _wrap(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
+    if dist.world == 1:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    # The last block's text-stream outputs never reach the image tokens, so some parameters get no gradient.
+    return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
+
+
+def build_roles(recipe: Recipe, dist: Dist) -> Roles:
+    teachers = load_teachers(recipe, dist.device)
+    student = copy.deepcopy(teachers[recipe.student.init_from]).train().requires_grad_(True)
+    critic = copy.deepcopy(teachers[recipe.critic.init_from]).train().requires_grad_(True)
+    ema = copy.deepcopy(student).eval().requires_grad_(False)
+    d, c = recipe.dmd, recipe.critic
+    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    return Roles(teachers, student, ema, critic, opt_student, opt_critic, _wrap(student, dist), _wrap(critic, dist))

@@ -1,0 +1,364 @@
+"""The DMD distillation loop: `python -m flashdistill.distill.trainer RECIPE --out DIR [--resume] [--set k=v ...]`.
+
+One iteration (paper §2.2 and §4.3; DMD2 conventions):
+1. Batch `i` from `make_batch` (T2I and edit rows at the recipe's ratio and composition); every random draw of
+   the iteration (student step k, noises, DMD times) comes from `step_generator(seed, i)` for the global batch.
+2. Generator: backward simulation to step k (`dmd.simulate`) gives x_θ; x_t = (1-t)·x_θ + t·ξ; x0_real from the
+   λ_k-weighted teachers with CFG (eq. 5-7), x0_fake from the critic; loss 0.5·||x_θ - sg(x_θ - grad)||² with the
+   normalised DMD gradient (eq. 4), plus the optional first-step flow matching (§6.1); AdamW, clipping, EMA.
+3. Critic: `critic.updates` flow-matching updates (eq. 2) on the detached x_θ, each with fresh (t, noise).
+Edit rows carry their source tokens through student, teachers and critic alike (`Cond.source`).
+
+Failure handling: a non-finite loss or gradient norm skips that update (the weights are untouched) and is counted;
+after `dmd.max_bad_steps` bad iterations in a row the run stops with exit code 1 and says what to change.
+Exact resume: nothing but the checkpoint (student, EMA, critic, both AdamW states, iteration) carries state
+between iterations, so `--resume` after a kill reaches the weights of an uninterrupted run.
+
+Outputs in `--out`: `checkpoint/`, `log.jsonl` + `tb/` (losses, grad norms, seconds per part: student, teachers,
+critic; eval scores), `eval/` (quick bench slices), `best/` and `student/` (exports, see `export.py`).
+Under `torchrun --nproc_per_node=N` the same command runs data-parallel (see `roles.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from flashdistill.data.batches import TaskMix, make_batch
+from flashdistill.distill import dmd
+from flashdistill.distill.evaluate import BenchScorer, BestTracker
+from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_student
+from flashdistill.distill.guidance import Guidance
+from flashdistill.distill.recipe import Recipe, load_recipe, resume_fingerprint
+from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
+from flashdistill.errors import UserError
+from flashdistill.flow import interpolate
+from flashdistill.models.mmdit import Cond
+from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, save_state
+from flashdistill.teacher.logs import RunLogger
+from flashdistill.teacher.train import TrainingDiverged, config_diff, ema_update, hardware, open_cache, step_generator
+
+SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "k", "skipped", "time_data", "time_student",
+           "time_teachers", "time_critic", "step_time")
+
+
+@dataclass
+class Draws:
+    """Every random draw of one iteration: student step k, backward-simulation noises, DMD and critic times."""
+
+    k: int
+    noises: torch.Tensor  # (K, B, C, H, W): z at t=1, then the re-noising draws
+    t: torch.Tensor  # (B,) DMD perturbation times
+    xi: torch.Tensor  # (B, C, H, W) DMD perturbation noise
+    critic_t: torch.Tensor  # (U, B)
+    critic_eps: torch.Tensor  # (U, B, C, H, W)
+
+    def rows(self, sl: slice, device) -> Draws:
+        return Draws(self.k, self.noises[:, sl].to(device), self.t[sl].to(device), self.xi[sl].to(device),
+                     self.critic_t[:, sl].to(device), self.critic_eps[:, sl].to(device))
+
+
+def draw(gen: torch.Generator, recipe: Recipe, batch_size: int, shape: tuple[int, ...]) -> Draws:
+    """All draws for the global batch, in a fixed order: any rank slices the same numbers."""
+    d, nfe, u = recipe.dmd, len(recipe.timesteps), recipe.critic.updates
+    k = int(torch.randint(nfe, (1,), generator=gen))
+    noises = torch.randn((nfe, batch_size, *shape), generator=gen)
+    t = dmd.sample_dmd_t(batch_size, gen, d.t_min, d.t_max, d.t_shift)
+    xi = torch.randn((batch_size, *shape), generator=gen)
+    critic_t = torch.stack([dmd.sample_dmd_t(batch_size, gen, d.t_min, d.t_max, d.t_shift) for _ in range(u)])
+    critic_eps = torch.randn((u, batch_size, *shape), generator=gen)
+    return Draws(k, noises, t, xi, critic_t, critic_eps)
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    roles: Roles
+    guidance: Guidance
+    cache: object  # EmbeddingCache
+    uncond: tuple[torch.Tensor, torch.Tensor]  # the empty prompt, (1, L, D) and (1, L)
+    mix: TaskMix
+    dist: Dist
+    timers: dict[str, float]
+
+    @contextmanager
+    def timed(self, part: str):
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.timers[part] = self.timers.get(part, 0.0) + time.perf_counter() - start
+
+
+def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor, Cond, Cond, Draws]:
+    """This rank's rows of batch `step`: real images (for §6.1 only), cond, uncond (text dropped), draws."""
+    r, d, dev = ctx.recipe, ctx.recipe.dmd, ctx.dist.device
+    res = ctx.roles.student.config.resolution
+    batch = make_batch(step, d.batch_size, ctx.mix, d.seed, "train", res)
+    draws = draw(step_generator(d.seed, step), r, d.batch_size, tuple(batch.x.shape[1:]))
+    sl = ctx.dist.rows(d.batch_size)
+    emb, mask = ctx.cache.get(batch.texts[sl])  # (b, L, D), (b, L)
+    cond = Cond(emb.to(dev), mask.to(dev), batch.source[sl].to(dev), batch.has_source[sl].to(dev),
+                batch.category[sl])
+    b = len(cond.category)
+    u_emb, u_mask = ctx.uncond
+    uncond = Cond(u_emb.to(dev).expand(b, -1, -1), u_mask.to(dev).expand(b, -1), cond.source, cond.has_source,
+                  cond.category)
+    return batch.x[sl].to(dev), cond, uncond, draws.rows(sl, dev)
+
+
+def optimizer_step(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float,
+                   dist: Dist) -> tuple[bool, float]:
+    """Backward, clip, step; a non-finite loss or gradient norm (on any rank) skips the step: (stepped, norm)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP this all-reduces, so every rank sees the same gradient norm
+    norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip if clip > 0 else float("inf")))
+    bad = not (torch.isfinite(loss).item() and torch.isfinite(torch.tensor(norm)).item())
+    if dist.mean(float(bad)) > 0:
+        opt.zero_grad(set_to_none=True)
+        return False, norm
+    opt.step()
+    return True, norm
+
+
+def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, d: Draws) -> tuple:
+    """Eq. 4/7 with backward simulation; returns (x_θ detached, loss, grad norm, stepped, teachers that ran)."""
+    r, rc = ctx.roles, ctx.recipe
+    with ctx.timed("student"):
+        x, v, _ = dmd.simulate(r.student_train, d.noises, rc.timesteps, d.k, cond, rc.dmd.bf16, r.student)
+    x_t = interpolate(x.detach(), d.xi, d.t)
+    with ctx.timed("teachers"):
+        weights = ctx.guidance.weights(d.k, cond.category)  # (b, M)
+        x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16)
+    with ctx.timed("critic"):
+        x0_fake = dmd.fake_x0(r.critic, x_t, d.t, cond, rc.dmd.bf16)
+    with ctx.timed("student"):
+        grad = dmd.dmd_gradient(x, x0_real, x0_fake, rc.dmd.normalize)
+        loss = dmd.generator_loss(x, grad)
+        if rc.dmd.first_step_fm > 0 and d.k == 0:  # same k on every rank: the graphs agree under DDP
+            loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, d.noises[0], x_data)
+        stepped, norm = optimizer_step(r.student_train, r.opt_student, loss, rc.dmd.grad_clip, ctx.dist)
+        if stepped:
+            ema_update(r.ema, r.student, rc.dmd.ema_decay)
+    return x.detach(), loss.item(), norm, stepped, ran
+
+
+def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, d: Draws) -> tuple[float, float, bool]:
+    """`critic.updates` flow-matching steps on the detached student samples: (mean loss, last norm, all stepped)."""
+    r, rc = ctx.roles, ctx.recipe
+    losses, norm, all_ok = [], float("nan"), True
+    with ctx.timed("critic"):
+        for u in range(rc.critic.updates):
+            loss = dmd.critic_loss(r.critic_train, x, d.critic_eps[u], d.critic_t[u], cond, rc.dmd.bf16)
+            ok, norm = optimizer_step(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
+            losses.append(loss.item())
+            all_ok &= ok
+    return sum(losses) / len(losses), norm, all_ok
+
+
+def train_iteration(ctx: Context, step: int) -> dict:
+    """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
+    start = time.perf_counter()
+    ctx.timers.clear()
+    with ctx.timed("data"):
+        x_data, cond, uncond, d = build_inputs(ctx, step)
+    x, loss_g, norm_g, ok_g, ran = generator_update(ctx, x_data, cond, uncond, d)
+    loss_c, norm_c, ok_c = critic_update(ctx, x, cond, d)
+    dist = ctx.dist
+    metrics = {"step": step + 1, "loss": dist.mean(loss_g), "loss_critic": dist.mean(loss_c), "grad_norm": norm_g,
+               "grad_norm_critic": norm_c, "k": d.k, "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
+               "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
+    metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
+    metrics["step_time"] = time.perf_counter() - start
+    return metrics
+
+
+def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -> tuple[int, dict]:
+    """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume."""
+    if dist.main:
+        for stale in out.glob(".checkpoint-tmp-*"):  # left by a kill during a checkpoint write
+            shutil.rmtree(stale, ignore_errors=True)
+    folder = find_checkpoint(out, CHECKPOINT_FILES)
+    if folder is None:
+        if resume and dist.main:
+            print(f"no checkpoint in {out}: starting from iteration 0", file=sys.stderr)
+        return 0, {}
+    saved = read_state(folder)
+    if not resume:
+        raise UserError(f"{out} already holds a checkpoint at iteration {saved['step']}: pass --resume to continue "
+                        f"it, or choose another --out")
+    diff = config_diff(saved["meta"]["fingerprint"], resume_fingerprint(recipe))
+    if diff:
+        raise UserError(f"--resume: the recipe differs from the checkpoint's in {', '.join(diff)} (only "
+                        f"dmd.iterations, dmd.max_bad_steps, run.* intervals and eval.* may change)")
+    saved = load_state(folder, roles.modules(), roles.optimizers())
+    return int(saved["step"]), saved["meta"]
+
+
+def count_bad(metrics: dict, health: dict, limit: int) -> None:
+    """Track skipped iterations; raise TrainingDiverged after `limit` in a row."""
+    if not metrics["skipped"]:
+        health["bad_streak"] = 0
+    else:
+        health["bad_streak"] += 1
+        health["skipped_total"] += 1
+        if health["bad_streak"] >= limit:
+            raise TrainingDiverged(
+                f"{health['bad_streak']} iterations in a row were skipped for a non-finite loss or gradient (last: "
+                f"iteration {metrics['step']}, generator loss {metrics['loss']:.4g}, critic loss "
+                f"{metrics['loss_critic']:.4g}); the weights are those of the last good iteration. Lower dmd.lr or "
+                f"critic.lr, or set dmd.grad_clip, then --resume from the last checkpoint")
+    metrics["skipped_total"] = health["skipped_total"]
+
+
+def evaluate(ctx: Context, scorer, tracker: BestTracker, logger: RunLogger | None, done: int) -> bool:
+    """Quick evaluation of the EMA student on rank 0, best kept; returns whether `eval.patience` says stop."""
+    stop = False
+    if ctx.dist.main:
+        start = time.perf_counter()
+        result = scorer(Student(ctx.roles.ema, ctx.recipe.timesteps), done)
+        is_best = tracker.update(float(result["score"]), done, ctx.roles.ema, ctx.recipe.timesteps,
+                                 {"recipe": ctx.recipe.to_dict()})
+        record = {**result, "best": tracker.best, "is_best": is_best, "eval_time": time.perf_counter() - start}
+        logger.log_eval(done, record)
+        patience = ctx.recipe.eval.patience
+        stop = patience > 0 and tracker.since_best >= patience
+        if stop:
+            print(f"stopping at iteration {done}: no better quick-eval score for {patience} evaluations (best "
+                  f"{tracker.best:.3f} at iteration {tracker.best_iteration}, kept in best/)", file=sys.stderr)
+    return bool(ctx.dist.broadcast(stop))
+
+
+def _meta(ctx: Context, health: dict, tracker: BestTracker, wall: float) -> dict:
+    config = ctx.roles.student.config
+    return {"fingerprint": resume_fingerprint(ctx.recipe), "recipe": ctx.recipe.to_dict(),
+            "student": {"config": {f.name: getattr(config, f.name) for f in fields(config)},
+                        "timesteps": ctx.recipe.timesteps},
+            "evals_since_best": tracker.since_best, "wall_time_s": wall, **health}
+
+
+def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Context:
+    cache = open_cache(recipe, out, encoder)  # reads recipe.run.text_cache, like a teacher config
+    return Context(recipe, roles, Guidance(recipe.guidance, list(recipe.teachers)), cache, cache.empty_embedding(),
+                   recipe.task_mix(), dist, {})
+
+
+def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None, scorer=None,
+                  command: str | None = None, stop_after: int | None = None) -> dict:
+    """Distill (or continue distilling) into `out`; returns a summary. `encoder` replaces MiniLM (tests share one),
+    `scorer` the quick-eval BenchScorer; `stop_after` ends this call after that many iterations, checkpointed."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    if recipe.run.threads:
+        torch.set_num_threads(recipe.run.threads)
+    dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size)
+    roles = build_roles(recipe, dist)  # first: a bad teacher path should not leave an empty run folder behind
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    start, meta = restore(roles, recipe, out, resume, dist)
+    total = recipe.dmd.iterations
+    if start > total:
+        raise UserError(f"dmd.iterations: {total} is fewer than the {start} iterations the checkpoint has done")
+    end = total if stop_after is None else max(start, min(total, stop_after))
+    ctx = _context(recipe, roles, dist, out, encoder)
+    tracker = BestTracker.open(out, meta.get("evals_since_best", 0))
+    if scorer is None and recipe.eval.every and dist.main:
+        scorer = BenchScorer(out / "eval", recipe.eval.limit, roles.student.config.resolution, ctx.cache.encoder)
+    health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0)}
+    wall_before, t0, metrics, done, stop = meta.get("wall_time_s", 0.0), time.perf_counter(), {}, start, False
+    logger = RunLogger(out, start, SCALARS) if dist.main else None
+    try:
+        for step in range(start, end):
+            metrics = train_iteration(ctx, step)
+            count_bad(metrics, health, recipe.dmd.max_bad_steps)
+            done = step + 1
+            if logger is not None:
+                logger.add(metrics, log_now=done % recipe.run.log_every == 0 or done in (1, end))
+                _progress(done, total, logger, metrics)
+            if recipe.eval.every and done % recipe.eval.every == 0:
+                stop = evaluate(ctx, scorer, tracker, logger, done)
+            if done % recipe.run.checkpoint_every == 0 or done == end or stop:
+                ctx.cache.flush()  # so a resumed run finds this run's embeddings on disk
+                if dist.main:
+                    wall = wall_before + time.perf_counter() - t0
+                    save_state(out, roles.modules(), roles.optimizers(), done, _meta(ctx, health, tracker, wall))
+                dist.barrier()
+            if stop:
+                break
+    finally:
+        if logger is not None:
+            logger.close()
+    wall = wall_before + time.perf_counter() - t0
+    student = None
+    if (done == total or stop) and dist.main:
+        info = {"weights": "ema", "iteration": done, "ema_decay": recipe.dmd.ema_decay, "recipe": recipe.to_dict(),
+                "command": command, "wall_time_s": round(wall, 1), "hardware": hardware(), "ranks": dist.world}
+        student = str(export_student(roles.ema, out / "student", recipe.timesteps, info))
+    dist.barrier()
+    return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+            "skipped_total": health["skipped_total"], "best_score": tracker.best if tracker.best_iteration >= 0
+            else None, "best_iteration": tracker.best_iteration, "student": student, "stopped_early": stop}
+
+
+def _progress(done: int, total: int, logger: RunLogger, metrics: dict) -> None:
+    if os.environ.get("TQDM_DISABLE") or not sys.stderr.isatty():
+        return
+    print(f"\rdistill {done}/{total}  loss {logger.smoothed:.4f}  {metrics['step_time']:.2f} s/it", end="",
+          file=sys.stderr, flush=True)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Distill teachers into a few-step student with DMD "
+                                                            "(step-wise multi-teacher guidance, task mixture).")
+    parser.add_argument("recipe", metavar="RECIPE", help="distillation recipe YAML (see configs/flash.yaml)")
+    parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                        help="dotted recipe overrides, e.g. tasks.ratio=7:3 dmd.iterations=200")
+    return parser
+
+
+def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distill") -> int:
+    """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Works under torchrun."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+        summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}")
+    except UserError as err:
+        if main_rank:
+            print(f"error: {err}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as err:
+        if main_rank:
+            print(f"error: distillation diverged: {err}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    if main_rank:
+        best = summary["best_score"]
+        print(f"\nstudent after {summary['iterations']} iterations ({summary['wall_time_s'] / 60:.1f} min, "
+              f"{summary['skipped_total']} skipped) -> {summary['student']}"
+              + ("" if best is None else f"; best quick-eval score {best:.3f} at iteration "
+                                         f"{summary['best_iteration']} -> {out / 'best'}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_distill())

@@ -1,0 +1,412 @@
+"""DMD distillation engine: closed-form DMD gradient, recipe and λ validation, zero-weight teachers, task and category
+sampling, exact resume, NaN handling, quick eval with best keeping, diffusers export, and a 2-rank torchrun run.
+Tiny random teachers (MMDiTConfig.tiny), batch 4, 1 CPU thread, a few iterations each; the torchrun test is the
+slow one (~30 s)."""
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flashdistill.data.batches import choose_items, make_batch
+from flashdistill.distill import dmd
+from flashdistill.distill.export import STUDENT_FILE, StudentModel, load_student
+from flashdistill.distill.guidance import Guidance
+from flashdistill.distill.recipe import load_recipe
+from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
+from flashdistill.errors import UserError
+from flashdistill.flow import v_from_x0
+from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
+from flashdistill.models.text import TextEncoder
+from flashdistill.teacher.train import TrainingDiverged
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "distill_tiny.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: the runs are tiny, and a second busy job on a 2-core CPU makes 2 threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """Two different tiny random teachers on disk."""
+    root = tmp_path_factory.mktemp("teachers")
+    for seed, name in enumerate(("base", "spec")):
+        torch.manual_seed(seed)
+        FlowModel(MMDiTConfig.tiny()).save_pretrained(root / name)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("text-cache")
+
+
+def overrides(teachers, cache_dir, *extra):
+    return [f"teachers.base={teachers / 'base'}", f"teachers.specialized={teachers / 'spec'}",
+            f"run.text_cache={cache_dir}", *extra]
+
+
+def tiny(teachers, cache_dir, *extra):
+    return load_recipe(TINY, overrides(teachers, cache_dir, *extra))
+
+
+# ---- the DMD gradient on Gaussians (closed form) -----------------------------------------------------------
+class GaussianDenoiser(torch.nn.Module):
+    """Exact velocity for data N(μ, s²I) under z_t = (1-t)x + t·eps, μ = cond.text[:, 0, 0] (+ `offset`):
+    E[x | z_t] = μ + c(t)·(z_t - (1-t)μ), c(t) = (1-t)s² / ((1-t)²s² + t²)."""
+
+    def __init__(self, s: float, offset: float = 0.0):
+        super().__init__()
+        self.s, self.offset, self.calls = s, offset, []
+
+    def x0(self, z_t, t, mu):
+        t = t.reshape(-1, 1, 1, 1)
+        c = (1 - t) * self.s ** 2 / ((1 - t) ** 2 * self.s ** 2 + t ** 2)
+        return mu + c * (z_t - (1 - t) * mu)
+
+    def forward(self, z_t, t, cond):
+        self.calls.append(len(z_t))
+        mu = (cond.text[:, 0, 0] + self.offset).reshape(-1, 1, 1, 1)
+        return v_from_x0(z_t, t, self.x0(z_t, t, mu))
+
+
+class ConstantStudent(torch.nn.Module):
+    """x0 = θ at every step: v = (z_t - θ) / t."""
+
+    def __init__(self, theta):
+        super().__init__()
+        self.theta = torch.nn.Parameter(theta.clone())
+
+    def forward(self, z_t, t, cond):
+        return (z_t - self.theta) / t.reshape(-1, 1, 1, 1)
+
+
+def _conds(mu_c: float, mu_u: float, b: int):
+    def cond(mu):
+        text = torch.zeros(b, 2, 4)
+        text[:, 0, 0] = mu
+        return Cond(text, torch.ones(b, 2, dtype=torch.bool), category=["landscape"] * b)
+    return cond(mu_c), cond(mu_u)
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_gaussian_dmd_gradient_is_normalised_x0_difference(k):
+    """Student/critic/teachers with known x0: the generator's gradient is (x0_fake - x0_real)/mean|x - x0_real|."""
+    b, shape, w = 3, (3, 4, 4), 2.5
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn((b, *shape), generator=gen)
+    student = ConstantStudent(theta)
+    teachers = {"base": GaussianDenoiser(0.5), "specialized": GaussianDenoiser(0.8, offset=0.3)}
+    critic = GaussianDenoiser(1.2, offset=-0.4)
+    lam = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]])  # (B, M)
+    cond, uncond = _conds(1.0, -1.0, b)
+    timesteps = [1.0, 0.75, 0.5, 0.25]
+    x, _, _ = dmd.simulate(student, torch.randn((4, b, *shape), generator=gen), timesteps, k, cond)
+    torch.testing.assert_close(x, theta)  # backward simulation ends at the student's x0
+    t, xi = torch.tensor([0.3, 0.6, 0.9]), torch.randn((b, *shape), generator=gen)
+    x_t = (1 - t.reshape(-1, 1, 1, 1)) * x.detach() + t.reshape(-1, 1, 1, 1) * xi
+    x0_real, ran = dmd.real_x0(teachers, lam, x_t, t, cond, uncond, w)
+    x0_fake = dmd.fake_x0(critic, x_t, t, cond)
+    loss = dmd.generator_loss(x, dmd.dmd_gradient(x, x0_real, x0_fake), reduction="sum")
+    loss.backward()
+
+    # The same quantities from the closed form, independently of the engine.
+    def guided(m: GaussianDenoiser):
+        xc, xu = m.x0(x_t, t, 1.0 + m.offset), m.x0(x_t, t, -1.0 + m.offset)
+        return xu + w * (xc - xu)  # CFG on v is CFG on x0 at fixed (x_t, t)
+    want_real = sum(lam[:, i].reshape(-1, 1, 1, 1) * guided(m) for i, m in enumerate(teachers.values()))
+    want_fake = critic.x0(x_t, t, 1.0 - 0.4)
+    scale = (theta - want_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(x0_real, want_real, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x0_fake, want_fake, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(student.theta.grad, (want_fake - want_real) / scale, rtol=1e-5, atol=1e-5)
+    assert ran == ["base", "specialized"] and teachers["base"].calls == [2 * 3]  # CFG: one doubled batch
+    assert teachers["specialized"].calls == [2 * 2]  # only the 2 rows with λ > 0
+
+    student.theta.grad = None
+    x, _, _ = dmd.simulate(student, torch.randn((4, b, *shape), generator=gen), timesteps, k, cond)
+    dmd.generator_loss(x, dmd.dmd_gradient(x, x0_real, x0_fake)).backward()  # "mean": DMD2's reduction
+    torch.testing.assert_close(student.theta.grad * theta.numel(), (want_fake - want_real) / scale, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_gaussian_dmd_descent_moves_student_to_teacher():
+    """Student x = θ + σ·eps with an exact critic for N(θ, σ²): DMD descent drives θ to the teacher's mean."""
+    sigma, mu_real = 0.5, 1.5
+    theta = torch.zeros(1, requires_grad=True)
+    teacher, opt = GaussianDenoiser(sigma), torch.optim.SGD([theta], lr=0.02)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(300):
+        x = theta + sigma * torch.randn((8, 1, 2, 2), generator=gen)
+        t = 0.02 + 0.96 * torch.rand(8, generator=gen)
+        x_t = (1 - t.reshape(-1, 1, 1, 1)) * x.detach() + t.reshape(-1, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+        x0_real = teacher.x0(x_t, t, mu_real)
+        x0_fake = teacher.x0(x_t, t, theta.detach())  # the critic knows the student's distribution exactly
+        opt.zero_grad()
+        dmd.generator_loss(x, dmd.dmd_gradient(x, x0_real, x0_fake), reduction="sum").backward()
+        opt.step()
+    assert abs(theta.item() - mu_real) < 0.01  # the fixed point: x0_fake = x0_real exactly when θ = μ
+
+
+# ---- recipe and λ validation -------------------------------------------------------------------------------
+@pytest.mark.parametrize("extra, message", [
+    (["guidance.text=[{base: 0.5}, {base: 1}, {base: 1}, {base: 1}]"], r"guidance\.text\[0\]: weights sum to 0\.5"),
+    (["guidance.portrait={base: 1.5, specialized: -0.5}"], r"guidance\.portrait\.base: weight must be in \[0, 1\]"),
+    (["guidance.portrait={base: 0.5, expert: 0.5}"], r"guidance\.portrait: unknown teacher 'expert'"),
+    (["guidance.sky={base: 1}"], r"guidance\.sky: unknown category"),
+    (["guidance.text=[{base: 1}, {base: 1}]"], r"guidance\.text: has 2 rows, the student has 4 steps"),
+    (["guidance.style_transfer.base=one"], r"guidance\.style_transfer\.base: weight must be a number"),
+    (["dmd.lrr=1"], r"dmd\.lrr: unknown key"),
+    (["dmd.batch_size=2.5"], r"dmd\.batch_size: must be an integer"),
+    (["dmd.ema_decay=1"], r"dmd\.ema_decay: must be in"),
+    (["tasks.ratio=7-3"], r"tasks\.ratio: must look like 5:5"),
+    (["data.counts={text: 10}"], r"data: give data\.composition .* or data\.counts"),
+    (["data.composition={sky: 1}"], r"data\.composition\.sky: unknown category"),
+    (["tasks.edit_mix={teleport: 1}"], r"tasks\.edit_mix\.teleport: unknown category"),
+    (["student.init_from=expert"], r"student\.init_from: unknown teacher 'expert'"),
+    (["student.timesteps=[1.0, 0.5, 0.6, 0.2]"], r"student\.timesteps: must decrease"),
+    (["bogus=1"], r"bogus: unknown key"),
+])
+def test_recipe_errors_name_the_key_or_row(teachers, cache_dir, extra, message):
+    with pytest.raises(UserError, match=message):
+        tiny(teachers, cache_dir, *extra)
+
+
+def test_recipe_overrides_and_shipped_recipes(teachers, cache_dir):
+    recipe = tiny(teachers, cache_dir, "tasks.ratio=7:3", "dmd.lr=2e-4", "data.counts={landscape: 100}",
+                  "data.composition=null")
+    assert recipe.tasks.weights() == (7.0, 3.0) and recipe.dmd.lr == 2e-4
+    assert recipe.timesteps == [1.0, 0.75, 0.5, 0.25]
+    assert recipe.task_mix().t2i_pool == {"landscape": 100}
+    assert recipe.guidance["text"][1] == {"base": 0.5, "specialized": 0.5}
+    assert recipe.guidance["portrait"] == [{"base": 1.0}] * 4  # filled from guidance.default
+    shipped = [ROOT / "configs" / "flash.yaml", *sorted((ROOT / "configs" / "studies").glob("*.yaml"))]
+    assert len(shipped) > 1
+    for path in shipped:
+        load_recipe(path)  # validation needs no teacher on disk
+    flash = load_recipe(ROOT / "configs" / "flash.yaml")
+    assert flash.tasks.weights() == (5.0, 5.0) and set(flash.teachers) == {"base", "specialized"}
+
+
+def test_main_distill_bad_input_is_one_line_exit_2(teachers, cache_dir, tmp_path, capsys):
+    code = main_distill([str(TINY), "--out", str(tmp_path / "run"), "--set",
+                         *overrides(teachers, cache_dir, "guidance.text={base: 0.9}")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and err.startswith("error: guidance.text: weights sum to 0.9")
+    code = main_distill([str(TINY), "--out", str(tmp_path / "run2"), "--set", "teachers.base=/nonexistent"])
+    assert code == 2 and "teachers.base:" in capsys.readouterr().err
+
+
+# ---- guidance: a zero-weight teacher is never called -------------------------------------------------------
+class Spy(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, []
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, z_t, t, cond):
+        self.rows.append(sorted(set(cond.category)))
+        return self.model(z_t, t, cond)
+
+
+def test_zero_weight_teacher_is_never_called(teachers, cache_dir, encoder, tmp_path):
+    # specialized only for text at k >= 1; the batches hold landscape and text rows, no edits.
+    recipe = tiny(teachers, cache_dir, "tasks.ratio=1:0", "data.composition={landscape: 1, text: 1}")
+    ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
+    ctx.roles.teachers = {name: Spy(m) for name, m in ctx.roles.teachers.items()}
+    ks = []
+    for step in range(8):
+        metrics = train_iteration(ctx, step)
+        ks.append(metrics["k"])
+        spec_calls = ctx.roles.teachers["specialized"].rows
+        if metrics["k"] == 0:
+            assert "specialized" not in metrics["teachers_run"]
+        assert all(cats == ["text"] for cats in spec_calls)  # never on a landscape row
+    assert 0 in ks and any(k > 0 for k in ks)  # both cases were exercised
+    assert ctx.roles.teachers["specialized"].rows  # and the expert did run where its weight is > 0
+    guidance = Guidance(recipe.guidance, list(recipe.teachers))
+    assert guidance.active(0) == ["base"] and guidance.active(1) == ["base", "specialized"]
+
+
+# ---- the task ratio and category composition are drawn as configured ---------------------------------------
+def test_task_ratio_and_composition_are_drawn_as_configured(teachers, cache_dir):
+    recipe = tiny(teachers, cache_dir, "tasks.ratio=7:3", "data.composition={landscape: 3, text: 1}",
+                  "tasks.edit_mix={text_editing: 1, style_transfer: 3}")
+    mix = recipe.task_mix()
+    rows = [r for step in range(500) for r in choose_items(step, 8, mix, seed=0)]  # 4000 rows
+    tasks = Counter(task for task, _, _ in rows)
+    t2i = Counter(cat for task, cat, _ in rows if task == "t2i")
+    edit = Counter(cat for task, cat, _ in rows if task == "edit")
+    assert abs(tasks["edit"] / len(rows) - 0.3) < 0.025  # binomial sd 0.007
+    assert set(t2i) == {"landscape", "text"} and abs(t2i["landscape"] / sum(t2i.values()) - 0.75) < 0.03
+    assert set(edit) == {"text_editing", "style_transfer"}
+    assert abs(edit["style_transfer"] / sum(edit.values()) - 0.75) < 0.04
+    # Counts (the paper's E1-E5 are given as numbers of prompts): shares ∝ counts, prompts from the first N.
+    mix = tiny(teachers, cache_dir, "tasks.ratio=1:0", "data.composition=null",
+               "data.counts={landscape: 50, portrait: 150}").task_mix()
+    rows = [r for step in range(250) for r in choose_items(step, 8, mix, seed=0)]
+    cats = Counter(cat for _, cat, _ in rows)
+    assert abs(cats["portrait"] / len(rows) - 0.75) < 0.03 and "text" not in cats
+    assert max(i for _, c, i in rows if c == "landscape") < 50 and max(i for _, c, i in rows if c == "portrait") < 150
+    assert len({i for _, c, i in rows if c == "landscape"}) > 40  # the whole small pool is used
+    batch = make_batch(3, 8, mix, seed=0)
+    assert [(t, c, i) for t, c, i in zip(batch.task, batch.category, batch.index)] == choose_items(3, 8, mix, 0)
+
+
+# ---- exact resume ------------------------------------------------------------------------------------------
+def _weights(run: Path) -> dict:
+    return {n: load_file(str(run / "checkpoint" / f"{n}.safetensors")) for n in ("student", "ema", "critic")}
+
+
+def test_resume_is_exact(teachers, cache_dir, encoder, tmp_path):
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=4", "run.checkpoint_every=2")
+    straight = train_distill(recipe, tmp_path / "straight", encoder=encoder)
+    assert straight["iterations"] == 4 and straight["student"]
+    part = train_distill(recipe, tmp_path / "split", encoder=encoder, stop_after=2)
+    assert part["iterations"] == 2 and part["student"] is None
+    with pytest.raises(UserError, match="pass --resume"):
+        train_distill(recipe, tmp_path / "split", encoder=encoder)
+    with pytest.raises(UserError, match=r"differs from the checkpoint's in dmd\.lr"):
+        train_distill(tiny(teachers, cache_dir, "dmd.lr=1e-2"), tmp_path / "split", resume=True, encoder=encoder)
+    resumed = train_distill(recipe, tmp_path / "split", resume=True, encoder=encoder)
+    assert resumed["resumed_from"] == 2 and resumed["iterations"] == 4
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    for role in a:
+        for key in a[role]:
+            torch.testing.assert_close(a[role][key], b[role][key], atol=1e-6, rtol=0, msg=f"{role}:{key}")
+    la = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    lb = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    assert [r["loss"] for r in la] == pytest.approx([r["loss"] for r in lb], rel=1e-5)
+    assert all(r["time_student"] > 0 and r["time_teachers"] > 0 and r["time_critic"] > 0 for r in la)
+
+
+# ---- NaN handling ------------------------------------------------------------------------------------------
+def test_nan_steps_are_skipped_counted_and_stop_the_run(teachers, cache_dir, encoder, tmp_path, monkeypatch):
+    real_loss, calls = dmd.generator_loss, []
+
+    def nan_on_second(x, grad, reduction="mean"):
+        calls.append(1)
+        loss = real_loss(x, grad, reduction)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(dmd, "generator_loss", nan_on_second)
+    summary = train_distill(tiny(teachers, cache_dir), tmp_path / "once", encoder=encoder)
+    assert summary["iterations"] == 4 and summary["skipped_total"] == 1
+    log = [json.loads(line) for line in (tmp_path / "once" / "log.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in log] == [0, 1, 0, 0] and log[-1]["skipped_total"] == 1
+
+    monkeypatch.setattr(dmd, "generator_loss", lambda x, grad, reduction="mean": real_loss(x, grad) * float("inf"))
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=10", "dmd.max_bad_steps=3")
+    with pytest.raises(TrainingDiverged, match=r"3 iterations in a row were skipped .* iteration 3"):
+        train_distill(recipe, tmp_path / "always", encoder=encoder)
+    # Skipped steps never touch the student: its checkpoint (iteration 2) still holds the base teacher's weights.
+    base = FlowModel.from_pretrained(teachers / "base").state_dict()
+    student = load_file(str(tmp_path / "always" / "checkpoint" / "student.safetensors"))
+    assert all(torch.equal(student[k], base[k]) for k in base)
+
+
+# ---- quick evaluation and the best checkpoint --------------------------------------------------------------
+def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encoder, tmp_path):
+    scores = iter([1.0, 3.0, 2.0, 2.5, 9.0])
+    seen = []
+
+    def scorer(student, iteration):
+        seen.append((iteration, student.timesteps))
+        return {"score": next(scores)}
+
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=6", "eval.every=1", "eval.patience=2")
+    summary = train_distill(recipe, tmp_path / "run", encoder=encoder, scorer=scorer)
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and summary["stopped_early"] and summary["iterations"] == 4
+    assert summary["best_score"] == 3.0 and summary["best_iteration"] == 2
+    best = json.loads((tmp_path / "run" / "best" / STUDENT_FILE).read_text())
+    assert best["iteration"] == 2 and best["weights"] == "best"
+    evals = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+             if '"kind": "eval"' in line]
+    assert [e["score"] for e in evals] == [1.0, 3.0, 2.0, 2.5] and [e["is_best"] for e in evals] == [1, 1, 0, 0]
+    assert load_student(tmp_path / "run").info["weights"] == "best"  # best is preferred over the final EMA
+
+
+# ---- export and reload -------------------------------------------------------------------------------------
+def test_export_reloads_through_diffusers_and_serves_the_benches(teachers, cache_dir, encoder, tmp_path):
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    from flashdistill.bench.cases import load_cases
+    from flashdistill.cli import BUILTIN_CASES
+
+    run = tmp_path / "run"
+    train_distill(tiny(teachers, cache_dir, "dmd.iterations=2"), run, encoder=encoder)
+    export = run / "student"
+    transformer = QwenImageTransformer2DModel.from_pretrained(export, subfolder="transformer")
+    ema = load_file(str(run / "checkpoint" / "ema.safetensors"))
+    for key, value in transformer.state_dict().items():
+        assert torch.equal(value, ema[f"transformer.{key}"]), key
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(export, subfolder="scheduler")
+    assert scheduler.config.stochastic_sampling and scheduler.config["_student_sigmas"] == [1.0, 0.75, 0.5, 0.25]
+    scheduler.set_timesteps(sigmas=scheduler.config["_student_sigmas"])
+    assert scheduler.sigmas[:-1].tolist() == [1.0, 0.75, 0.5, 0.25]
+
+    student = load_student(run)
+    assert student.timesteps == [1.0, 0.75, 0.5, 0.25] and student.info["weights"] == "ema"
+    model = StudentModel(student, encoder=encoder)
+    t2i = load_cases(BUILTIN_CASES["t2i"], "t2i", limit=1)
+    edits = load_cases(BUILTIN_CASES["edit"], "edit", limit=1)[:2]
+    images = model.t2i(t2i, 4)
+    sources = [img * 0 + 0.5 for img in model.t2i(t2i[:2], 4)]
+    edited = model.edit(edits, sources, None)
+    assert len(images) == 3 and len(edited) == 2
+    assert all(img.shape == (32, 32, 3) and 0 <= img.min() and img.max() <= 1 for img in images + edited)
+    np.testing.assert_allclose(model.t2i(t2i[:1], 4)[0], images[0], atol=1e-5)  # depends on its seed, not its batch
+    # A killed run (checkpoint only, no export) still serves its EMA student.
+    partial = tmp_path / "partial"
+    train_distill(tiny(teachers, cache_dir, "dmd.iterations=3"), partial, encoder=encoder, stop_after=2)
+    assert load_student(partial).info["iteration"] == 2
+    with pytest.raises(UserError, match="no distilled student"):
+        load_student(tmp_path)
+
+
+# ---- data parallel -----------------------------------------------------------------------------------------
+def test_two_ranks_match_one(teachers, cache_dir, tmp_path):
+    """SLOW (~30-60 s): torchrun with 2 gloo ranks at global batch 4 follows the 1-rank trajectory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    args = [str(TINY), "--set", *overrides(teachers, cache_dir, "dmd.iterations=3", "run.checkpoint_every=3")]
+    one = subprocess.run([sys.executable, "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=240)
+    assert two.returncode == 0, two.stderr[-2000:]
+    logs = {}
+    for name in ("one", "two"):
+        logs[name] = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
+    assert [r["k"] for r in logs["one"]] == [r["k"] for r in logs["two"]]
+    for key in ("loss", "loss_critic", "grad_norm", "grad_norm_critic"):
+        assert [r[key] for r in logs["one"]] == pytest.approx([r[key] for r in logs["two"]], rel=1e-4, abs=1e-7), key
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for role in a:
+        for key in a[role]:
+            torch.testing.assert_close(a[role][key], b[role][key], atol=1e-5, rtol=1e-4, msg=f"{role}:{key}")
