@@ -1,0 +1,63 @@
+"""Re-run the rows of `docs/results.md` from their commands and rebuild the table.
+
+    python benchmarks/results_rows.py teachers --out runs/results      # teacher:base / :specialized at 50 and 4 NFE
+    python benchmarks/results_rows.py student --student runs/flash --out runs/results
+
+Each row is one `flashdistill bench t2i|edit --model M --nfe N` on the full mini benches with the world judge,
+into `OUT/<bench>-<model>-nfe<N>/` (an interrupted run resumes); then `flashdistill bench table` writes
+`OUT/table.md` and `OUT/table.json` (per-category scores, average, rank, Fréchet distances). The commands are
+printed as they run, so each figure can be traced to the one command that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from flashdistill.cli import main as cli
+
+SETS = {
+    "teachers": [("teacher:base", 50), ("teacher:base", 4), ("teacher:specialized", 50), ("teacher:specialized", 4)],
+}
+
+
+def rows_for(name: str, student: str | None) -> list[tuple[str, int]]:
+    if name == "student":
+        if not student:
+            raise SystemExit("error: the student set needs --student RUN_DIR")
+        return [(student, 4), (student, 2), (student, 1), ("teacher:base", 50), ("teacher:base", 4)]
+    return SETS[name]
+
+
+def folder_name(bench: str, model: str, nfe: int) -> str:
+    return f"{bench}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-nfe{nfe}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("set", choices=("teachers", "student"))
+    parser.add_argument("--student", default=None, help="distillation run folder (student set)")
+    parser.add_argument("--out", default="runs/results")
+    parser.add_argument("--limit", type=int, default=None, help="cases per category (default: the full benches)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    folders = []
+    for model, nfe in rows_for(args.set, args.student):
+        for bench in ("t2i", "edit"):
+            folder = out / folder_name(bench, model, nfe)
+            argv = ["bench", bench, "--model", model, "--nfe", str(nfe), "--out", str(folder)]
+            if args.limit:
+                argv += ["--limit", str(args.limit)]
+            print("$ flashdistill " + shlex.join(argv), flush=True)
+            code = cli(argv)
+            if code != 0:
+                return code
+            folders.append(str(folder))
+    return cli(["bench", "table", *folders, "--out", str(out / "table.md")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
