@@ -87,7 +87,7 @@ def export_student(model: FlowModel, folder: Path, timesteps: list[float], info:
 
 def _from_export(folder: Path) -> Student:
     info = json.loads((folder / STUDENT_FILE).read_text())
-    return Student(FlowModel.from_pretrained(folder), info["timesteps"], info)
+    return Student(FlowModel.from_pretrained(folder, torch_dtype=torch.float32), info["timesteps"], info)
 
 
 def _from_checkpoint(run: Path) -> Student | None:

@@ -97,7 +97,9 @@ def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, FlowModel]:
     for name, spec in recipe.teachers.items():
         path = resolve_teacher(spec, f"teachers.{name}").resolve()
         if path not in loaded:
-            loaded[path] = FlowModel.from_pretrained(path).to(device).eval().requires_grad_(False)
+            # float32 whatever the storage dtype: shipped teachers are stored in float16 to halve the package
+            model = FlowModel.from_pretrained(path, torch_dtype=torch.float32)
+            loaded[path] = model.to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
     shapes = {name: (t.config.resolution, t.config.channels) for name, t in teachers.items()}
     if len(set(shapes.values())) > 1:
