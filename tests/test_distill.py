@@ -32,28 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "distill_tiny.yaml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: the runs are tiny, and a second busy job on a 2-core CPU makes 2 threads spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def encoder():
     return TextEncoder()
-
-
-@pytest.fixture(scope="module")
-def teachers(tmp_path_factory):
-    """Two different tiny random teachers on disk."""
-    root = tmp_path_factory.mktemp("teachers")
-    for seed, name in enumerate(("base", "spec")):
-        torch.manual_seed(seed)
-        FlowModel(MMDiTConfig.tiny()).save_pretrained(root / name)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from flashdistill.cli import main
 from flashdistill.flow import interpolate, x0_from_v
 from flashdistill.imageio import load_png, save_png
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
-from flashdistill.pipeline import FlowPipeline, SamplingSpec, load_teacher
+from flashdistill.pipeline import TEACHERS_DIR, FlowPipeline, SamplingSpec, load_teacher
 from flashdistill.sampling import euler_sample, few_step_sample, guided_velocity
 
 
@@ -144,3 +144,14 @@ def test_ship_stores_float16_with_card_and_loads_as_float32(model_dir, tmp_path)
     original = FlowModel.from_pretrained(model_dir)
     for a, b in zip(original.parameters(), pipe.model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)  # float16 storage
+
+
+@pytest.mark.parametrize("name", ["base", "specialized"])
+def test_shipped_teachers_load_offline_and_sample(name, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_teacher(f"teacher:{name}", batch_size=2)
+    card = TEACHERS_DIR / name / "MODEL_CARD.md"
+    assert card.is_file() and "command" in card.read_text()
+    assert pipe.model.num_params() > 1_000_000
+    img = pipe.sample(["a blue sign that says MOON"], [None], [0], nfe=2)[0]
+    assert img.shape == (32, 32, 3) and np.isfinite(img).all()

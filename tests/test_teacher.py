@@ -262,3 +262,67 @@ def test_main_train_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert main_train([str(TINY), "--out", str(tmp_path / "x"), "--set", "train.lr=-1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.lr" in err
+
+
+# ---- LoRA fine-tuning (the specialized teacher as a peft adapter on the base) ------------------------------
+def test_lora_specialize_trains_only_the_adapter_resumes_exactly_and_exports_small(straight, tmp_path, encoder,
+                                                                                   cache_dir):
+    base_dir = straight[0] / "teacher"
+    lora = [f"run.init_from={base_dir}", "lora.rank=4", "train.lr=1e-2"]
+    ref = tmp_path / "ref"
+    train_teacher(tiny(cache_dir, *lora), ref, encoder=encoder)
+    out = tmp_path / "resumed"
+    train_teacher(tiny(cache_dir, *lora), out, encoder=encoder, stop_after=3)
+    train_teacher(tiny(cache_dir, *lora), out, resume=True, encoder=encoder)
+    _assert_same_weights(ref / "checkpoint", out / "checkpoint")
+
+    base = FlowModel.from_pretrained(base_dir)
+    trained = load_file(str(ref / "checkpoint" / "model.safetensors"))
+    for k, v in base.state_dict().items():  # the base weights never move; only lora_A / lora_B do
+        key = k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(v, trained.get(k, trained.get(key)))
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items())
+
+    exported = ref / "teacher"
+    meta = json.loads((exported / "flashdistill_model.json").read_text())
+    assert meta["model"] == "mmdit-lora" and meta["lora"]["rank"] == 4
+    adapter_bytes = sum(p.stat().st_size for p in exported.rglob("*.safetensors"))
+    base_bytes = sum(p.stat().st_size for p in base_dir.rglob("*.safetensors"))
+    assert adapter_bytes < base_bytes / 3
+
+    fused = FlowModel.from_pretrained(exported).eval()  # base + adapter, fused: a plain model
+    assert fused.lora is None and not any("lora" in k for k in fused.state_dict())
+    state = build_state(tiny(cache_dir, *lora))
+    from flashdistill.teacher.checkpoint import load_checkpoint
+    load_checkpoint(ref / "checkpoint", state.model, state.ema, state.optimizer, state.scheduler)
+    text, mask = encoder.encode(["a red hat", ""])
+    z, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.9])
+    with torch.no_grad():
+        torch.testing.assert_close(fused(z, t, Cond(text, mask)), state.ema(z, t, Cond(text, mask)), atol=1e-5,
+                                   rtol=1e-5)
+
+
+def test_lora_needs_a_base(cache_dir):
+    with pytest.raises(UserError, match=r"lora\.rank"):
+        tiny(cache_dir, "lora.rank=4")
+
+
+def test_ship_a_lora_teacher_stores_the_adapter_on_the_shipped_base(straight, tmp_path, encoder, cache_dir):
+    from flashdistill.teacher.ship import ship
+
+    base_run = straight[0] / "teacher"
+    run = tmp_path / "spec"
+    train_teacher(tiny(cache_dir, f"run.init_from={base_run}", "lora.rank=4", "train.steps=2"), run, encoder=encoder)
+    root = tmp_path / "assets"
+    ship(base_run, "base", 3.0, dest_root=root)
+    dest = ship(run / "teacher", "specialized", 3.0, dest_root=root, base=str(root / "base"))
+    meta = json.loads((dest / "flashdistill_model.json").read_text())
+    assert meta["lora"]["base"] == str(root / "base") and meta["lora"]["trained_on"] == str(base_run)
+    weights = load_file(str(dest / "transformer" / "pytorch_lora_weights.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values())
+    card = (dest / "MODEL_CARD.md").read_text()
+    assert "LoRA adapter" in card and "rank 4" in card
+    shipped = FlowModel.from_pretrained(dest)
+    original = FlowModel.from_pretrained(run / "teacher")
+    for a, b in zip(shipped.parameters(), original.parameters()):
+        torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-3)  # float16 storage of base and adapter

@@ -89,6 +89,13 @@ def cmd_bench_calibrate(args) -> None:
         sys.exit(1)
 
 
+# ---- quickstart -------------------------------------------------------------------------------------------
+def cmd_quickstart(args) -> None:
+    from flashdistill.quickstart import quickstart
+
+    quickstart(Path(args.out), args.preset, args.overrides)
+
+
 # ---- generate / edit --------------------------------------------------------------------------------------
 def _pipeline(args):
     from flashdistill.bench.models import load_model
@@ -191,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flashdistill",
         description="Few-step distillation toolkit (Qwen-Image-Flash recipe). Subcommands:\n"
+                    "  quickstart  the main job: shipped teachers -> 4-NFE student -> benchmarks -> report\n"
                     "  world   the embedded procedural image world: sample renders, measure legibility\n"
                     "  bench   T2I-Bench / Editing-Bench: run a model, build tables, make case files, calibrate\n"
                     "  judge   train and evaluate the world judge's reader network\n"
@@ -198,7 +206,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "  distill DMD distillation into a 4-NFE student from a recipe (configs/flash.yaml)\n"
                     "  generate / edit   sample images from a teacher or a distilled student",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{world,bench,judge,teacher,distill,generate,edit}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,generate,edit}")
+
+    p = top.add_parser("quickstart", help="distil the shipped teachers into a 4-NFE student, benchmark it against "
+                                          "its teacher, measure speed, write report.md/.html (~15 min on a CPU)",
+                       description="The whole system in one command: distillation (quickstart recipe), bench "
+                                   "slices for teacher@50, teacher@4 and the student at 4/2/1 NFE, speed, and a "
+                                   "report. Ctrl-C and the same command again resume where it stopped.")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
+    p.add_argument("--preset", default="default", help="default (sized for ~15 min on a 2-core CPU) or tiny "
+                                                       "(seconds; a smoke test)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="dotted overrides of the preset's recipe, e.g. teachers.base=runs/teacher_base/teacher")
+    p.set_defaults(func=cmd_quickstart)
 
     world = top.add_parser("world", help="the embedded image world").add_subparsers(dest="sub", required=True)
     p = world.add_parser("sample", help="render N cases of a category with their captions into one PNG")

@@ -40,17 +40,22 @@ def load_png(path: str | Path, resolution: int | None = None) -> np.ndarray:
 
 
 def grid(rows: list[list[np.ndarray]], scale: int = 4, row_labels: list[str] | None = None,
-         cell_labels: list[list[str]] | None = None, label_width: int = 0) -> np.ndarray:
-    """Tile rows of equal-size images (upscaled `scale`x, nearest) with optional text labels. Returns uint8."""
+         cell_labels: list[list[str]] | None = None, label_width: int = 0,
+         col_labels: list[str] | None = None) -> np.ndarray:
+    """Tile rows of equal-size images (upscaled `scale`x, nearest) with optional text labels: a header line per
+    column (`col_labels`), a label left of each row, a caption under each cell. Returns uint8."""
     h, w = rows[0][0].shape[:2]
     cell_w, cell_h, pad = w * scale, h * scale, 4
     text_h = 12 if cell_labels else 0
+    head_h = 14 if col_labels else 0
     ncol = max(len(r) for r in rows)
     canvas = Image.new("RGB", (label_width + ncol * (cell_w + pad) + pad,
-                               len(rows) * (cell_h + text_h + pad) + pad), (255, 255, 255))
+                               head_h + len(rows) * (cell_h + text_h + pad) + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels or []):
+        draw.text((label_width + pad + j * (cell_w + pad), 2), label[: cell_w // 6], fill=(0, 0, 0))
     for i, row in enumerate(rows):
-        y = pad + i * (cell_h + text_h + pad)
+        y = head_h + pad + i * (cell_h + text_h + pad)
         if row_labels:
             draw.text((4, y + cell_h // 2 - 6), row_labels[i], fill=(0, 0, 0))
         for j, img in enumerate(row):

@@ -6,7 +6,8 @@
 
 - Teachers sample with the Euler ODE sampler and classifier-free guidance (`sampling.euler_sample`): each step costs
   two network passes when `cfg_scale != 1`; `network_passes` reports that honestly.
-- Distilled students sample with their own few timesteps (`sampling.few_step_sample`), no guidance.
+- Distilled students sample with their own few timesteps (`sampling.few_step_sample`), no guidance; `--nfe` below
+  their step count takes a `sampling.sub_schedule` of those timesteps.
 - Noise is drawn per item from `torch.Generator().manual_seed(seed)`: an image depends on its seed only, never on
   the batch it was generated in, so a resumed or re-batched bench run reproduces every image.
 - Text embeddings are rounded through float16, exactly as the training cache stores them, so a teacher sees at
@@ -28,7 +29,7 @@ import torch
 from flashdistill.errors import UserError
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.models.mmdit import CONFIG_FILE, Cond, FlowModel
-from flashdistill.sampling import euler_sample, few_step_sample, network_passes
+from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
 
 TEACHERS_DIR = Path(__file__).parent / "assets" / "teachers"
 TEACHER_NAMES = ("base", "specialized")
@@ -47,7 +48,7 @@ class SamplingSpec:
 
     def passes(self, nfe: int | None = None) -> int:
         if self.timesteps is not None:
-            return len(self.timesteps)
+            return nfe or len(self.timesteps)
         return network_passes(nfe or self.nfe, self.cfg_scale)
 
 
@@ -123,11 +124,9 @@ class FlowPipeline:
         cond = self._cond(texts, sources, categories)
         spec = self.spec
         if spec.timesteps is not None:
-            if nfe not in (None, len(spec.timesteps)):
-                raise UserError(f"{self.name} is a {len(spec.timesteps)}-step student; --nfe {nfe} is not one of "
-                                f"its schedules")
-            noise = self._noise(seeds, len(spec.timesteps))
-            x0 = few_step_sample(self.model, noise[0], cond, list(spec.timesteps), renoise=noise[1:])
+            steps = sub_schedule(spec.timesteps, nfe or len(spec.timesteps))
+            noise = self._noise(seeds, len(steps))
+            x0 = few_step_sample(self.model, noise[0], cond, steps, renoise=noise[1:])
         else:
             nfe = nfe or spec.nfe
             if nfe < 1:

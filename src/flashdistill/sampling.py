@@ -5,6 +5,7 @@
   network passes (run as one doubled batch); `network_passes` counts them honestly for reports.
 - `few_step_sample`: the distilled student's sampler: at each of its timesteps predict x0, then re-noise to the
   next timestep with fresh noise (the DMD2 / Qwen-Image-Flash inference rule).
+- `sub_schedule`: fewer steps from a student's own timesteps (a 4-step student run at 2 or 1 NFE).
 
 Seeds: noise comes from a `torch.Generator` the caller seeds, so equal seeds give equal images.
 """
@@ -56,6 +57,20 @@ def euler_sample(model, noise: Tensor, cond: Cond, uncond: Cond | None = None, n
         v = guided_velocity(model, z_t, t.expand(len(z_t)), cond, uncond, cfg_scale)
         z_t = z_t + (t_next - t) * v
     return z_t
+
+
+def sub_schedule(timesteps: list[float] | tuple[float, ...], nfe: int) -> list[float]:
+    """`nfe` of a K-step student's timesteps, always starting at the first (pure noise): indices round(i·K/nfe).
+
+    K=4 [1, .75, .5, .25] gives [1, .5] at 2 NFE and [1] at 1 NFE: each kept step re-noises to a time the student
+    was trained at, and the last step's x0 is the sample, as in DMD2's evaluation of a student at fewer steps.
+    """
+    k = len(timesteps)
+    if not 1 <= nfe <= k:
+        from flashdistill.errors import UserError
+
+        raise UserError(f"a {k}-step student runs at 1 to {k} NFE, not {nfe}")
+    return [float(timesteps[round(i * k / nfe)]) for i in range(nfe)]
 
 
 @torch.no_grad()

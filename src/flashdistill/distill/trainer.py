@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from flashdistill.data.batches import TaskMix, make_batch
 from flashdistill.distill import dmd
@@ -280,6 +281,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0)}
     wall_before, t0, metrics, done, stop = meta.get("wall_time_s", 0.0), time.perf_counter(), {}, start, False
     logger = RunLogger(out, start, SCALARS) if dist.main else None
+    quiet = {} if dist.main else {"disable": True}  # rank 0 reports; TQDM_DISABLE=1 silences it too
+    bar = tqdm(total=total, initial=start, desc="distill", unit="it", dynamic_ncols=True, **quiet)
     try:
         for step in range(start, end):
             metrics = train_iteration(ctx, step)
@@ -287,7 +290,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
             done = step + 1
             if logger is not None:
                 logger.add(metrics, log_now=done % recipe.run.log_every == 0 or done in (1, end))
-                _progress(done, total, logger, metrics)
+                bar.update(1)
+                bar.set_postfix(loss=f"{logger.smoothed:.4f}", critic=f"{metrics['loss_critic']:.4f}")
             if recipe.eval.every and done % recipe.eval.every == 0:
                 stop = evaluate(ctx, scorer, tracker, logger, done)
             if done % recipe.run.checkpoint_every == 0 or done == end or stop:
@@ -299,6 +303,7 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
             if stop:
                 break
     finally:
+        bar.close()
         if logger is not None:
             logger.close()
     wall = wall_before + time.perf_counter() - t0
@@ -311,13 +316,6 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
             "skipped_total": health["skipped_total"], "best_score": tracker.best if tracker.best_iteration >= 0
             else None, "best_iteration": tracker.best_iteration, "student": student, "stopped_early": stop}
-
-
-def _progress(done: int, total: int, logger: RunLogger, metrics: dict) -> None:
-    if os.environ.get("TQDM_DISABLE") or not sys.stderr.isatty():
-        return
-    print(f"\rdistill {done}/{total}  loss {logger.smoothed:.4f}  {metrics['step_time']:.2f} s/it", end="",
-          file=sys.stderr, flush=True)
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
@@ -353,7 +351,7 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
             torch.distributed.destroy_process_group()
     if main_rank:
         best = summary["best_score"]
-        print(f"\nstudent after {summary['iterations']} iterations ({summary['wall_time_s'] / 60:.1f} min, "
+        print(f"student after {summary['iterations']} iterations ({summary['wall_time_s'] / 60:.1f} min, "
               f"{summary['skipped_total']} skipped) -> {summary['student']}"
               + ("" if best is None else f"; best quick-eval score {best:.3f} at iteration "
                                          f"{summary['best_iteration']} -> {out / 'best'}"))

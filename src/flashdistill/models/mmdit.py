@@ -21,7 +21,8 @@ groups run as two forwards and the outputs are scattered back into batch order; 
 
 Save/load: `save_pretrained(folder)` writes `folder/transformer/` with diffusers' own save_pretrained (config.json
 + safetensors, loadable by `QwenImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")`, the
-pipelines' layout) and `folder/flashdistill_model.json` with our config. Tests: `pytest tests/test_mmdit.py`.
+pipelines' layout) and `folder/flashdistill_model.json` with our config. A LoRA model (`models/lora.py`) writes
+its adapter and the name of its base instead, and loads back fused into a plain model. Tests: `pytest tests/test_mmdit.py`.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ class FlowModel(nn.Module):
             raise UserError(f"the transformer does not match the config: it is {inner}, the config says {config}")
         self.config = config
         self.transformer = transformer
+        self.lora: dict | None = None  # set by models.lora.add_lora: {base, rank, alpha, targets}
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -201,7 +203,12 @@ class FlowModel(nn.Module):
         return unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
 
     def save_pretrained(self, folder: str | Path) -> None:
+        """A LoRA model (models.lora) writes its adapter and the name of its base; any other the full weights."""
         folder = Path(folder)
+        if self.lora is not None:
+            from flashdistill.models.lora import save_lora
+
+            return save_lora(self, folder)
         self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
         meta = {"format": 1, "model": "mmdit", "config": asdict(self.config)}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
@@ -212,7 +219,12 @@ class FlowModel(nn.Module):
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
             raise UserError(f"no flashdistill model in {folder}: {CONFIG_FILE} is missing")
-        raw = json.loads(meta_path.read_text())["config"]
+        meta = json.loads(meta_path.read_text())
+        if meta.get("model") == "mmdit-lora":
+            from flashdistill.models.lora import load_lora
+
+            return load_lora(folder, meta, torch_dtype)
+        raw = meta["config"]
         known = {f.name for f in fields(MMDiTConfig)}
         unknown = sorted(set(raw) - known)
         if unknown:

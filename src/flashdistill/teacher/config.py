@@ -8,6 +8,7 @@ Layout (every group optional in YAML; a missing key takes the default below):
     timesteps: shift, logit_mean, logit_std      (flow-matching training times, see flashdistill.flow)
     mix:       t2i_weight, edit_weight, composition {category: w}, edit_mix {edit_category: w}
     run:       checkpoint_every, log_every, init_from, text_cache
+    lora:      rank (0 = full fine-tune), alpha, targets   (a LoRA fine-tune of run.init_from, models/lora.py)
 
 Strictness: an unknown key, a wrong type or an impossible value raises UserError naming the dotted key
 (`train.lr: must be > 0, got -0.1`). Overrides are `key.sub=value` strings whose value is parsed with
@@ -121,16 +122,33 @@ class RunSection:
 
 
 @dataclass
+class LoraSection:
+    """Fine-tune `run.init_from` as a LoRA adapter (peft) instead of all weights; rank 0 = full fine-tune."""
+
+    rank: int = 0
+    alpha: float | None = None  # default: rank (scale 1)
+    targets: list[str] | None = None  # module name suffixes; default models.lora.DEFAULT_TARGETS
+
+    def check(self) -> None:
+        _require(self.rank >= 0, "lora.rank", "must be >= 0 (0 = no LoRA)")
+        _require(self.alpha is None or self.alpha > 0, "lora.alpha", "must be > 0")
+        _require(self.targets is None or len(self.targets) > 0, "lora.targets", "must name at least one layer")
+
+
+@dataclass
 class TeacherConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
     timesteps: TimestepSection = field(default_factory=TimestepSection)
     mix: TaskMix = field(default_factory=TaskMix)
     run: RunSection = field(default_factory=RunSection)
+    lora: LoraSection = field(default_factory=LoraSection)
 
     def check(self) -> TeacherConfig:
-        for section in (self.model, self.train, self.timesteps, self.run):
+        for section in (self.model, self.train, self.timesteps, self.run, self.lora):
             section.check()
+        _require(not self.lora.rank or bool(self.run.init_from), "lora.rank",
+                 "a LoRA fine-tune needs run.init_from (the base teacher it adapts)")
         self.mix.validate("mix")
         return self
 
@@ -253,6 +271,8 @@ def resume_fingerprint(config: TeacherConfig) -> dict:
     for key in RESUMABLE_KEYS:
         group, name = key.split(".")
         data[group].pop(name)
+    if not data["lora"]["rank"]:  # full fine-tune: absent from checkpoints made before the key
+        data.pop("lora")
     if not data["mix"].get("t2i_pool"):  # the default (full pools): absent from checkpoints made before the key
         data["mix"].pop("t2i_pool", None)
     return data

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from flashdistill.data.batches import Batch, make_batch
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
+from flashdistill.models.lora import add_lora
 from flashdistill.models.mmdit import Cond, FlowModel
 from flashdistill.teacher.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
 from flashdistill.teacher.config import (TeacherConfig, TimestepSection, TrainSection, load_config,
@@ -69,7 +70,8 @@ def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
 
 
 def build_state(config: TeacherConfig) -> TrainState:
-    """Model (seeded init, or the `run.init_from` teacher), its EMA copy, AdamW and the LR schedule."""
+    """Model (seeded init, or the `run.init_from` teacher, optionally with a LoRA adapter on it: then only the
+    adapter trains), its EMA copy, AdamW and the LR schedule."""
     torch.manual_seed(config.train.seed)
     model = FlowModel(config.model.mmdit())
     if config.run.init_from:
@@ -81,9 +83,13 @@ def build_state(config: TeacherConfig) -> TrainState:
             raise UserError(f"run.init_from: {config.run.init_from} is a {base.config}, the config asks for "
                             f"{model.config}")
         model.load_state_dict(base.state_dict())
+    params = list(model.parameters())
+    if config.lora.rank:
+        lc = config.lora
+        params = add_lora(model, lc.rank, lc.alpha, lc.targets, base=config.run.init_from)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     tc = config.train
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_steps, tc.min_lr_ratio))
     return TrainState(model.train(), ema, optimizer, scheduler)

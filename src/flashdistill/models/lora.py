@@ -1,0 +1,91 @@
+"""LoRA on the MMDiT through peft, the way diffusers does it: a teacher fine-tuned as a low-rank adapter on a base.
+
+A specialized teacher (paper §4) is a base teacher fine-tuned towards a task. Trained as a LoRA it is stored as the
+adapter alone (a few MB, diffusers' own LoRA file) plus the name of its base, and it loads as a plain `FlowModel`:
+the base, the adapter loaded on it, fused into the weights and unloaded, so it runs exactly as fast as the base.
+
+- `add_lora(model, rank, alpha, targets, base)`: inject peft LoRA layers (diffusers' `add_adapter`) into
+  `model.transformer` and freeze everything else; the LoRA B matrices start at zero, so the model starts as its base.
+- `save_lora(model, folder)`: `folder/transformer/pytorch_lora_weights.safetensors` (diffusers'
+  `save_lora_adapter`; `QwenImageTransformer2DModel.load_lora_adapter` reads it) + `flashdistill_model.json`
+  with `"model": "mmdit-lora"`, the base and the LoRA settings.
+- `load_lora(folder, meta)`: the fused model (used by `FlowModel.from_pretrained` for such folders).
+
+The base is named as anywhere else a model is: `teacher:NAME` (shipped) or a folder (a relative folder is looked
+up from the working directory, then beside the adapter folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from flashdistill.errors import UserError
+
+# The attention projections and MLPs of both streams: the usual LoRA targets of diffusers' Qwen-Image trainers.
+DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+                   "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
+WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def add_lora(model, rank: int, alpha: float | None, targets: list[str] | tuple[str, ...] | None, base: str):
+    """Turn `model` (a FlowModel holding the base weights) into a LoRA model; returns its trainable parameters."""
+    from peft import LoraConfig
+
+    targets = list(targets or DEFAULT_TARGETS)
+    model.requires_grad_(False)
+    config = LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=targets, init_lora_weights=True)
+    model.transformer.add_adapter(config)  # marks only the LoRA parameters trainable
+    model.lora = {"base": str(base), "rank": int(rank), "alpha": float(alpha or rank), "targets": targets}
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UserError(f"lora.targets {targets} match no layer of the model")
+    return params
+
+
+def save_lora(model, folder: Path) -> None:
+    """The adapter (diffusers' LoRA file) and our metadata; the base weights are not written."""
+    from dataclasses import asdict
+
+    from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER
+
+    folder = Path(folder)
+    model.transformer.save_lora_adapter(folder / TRANSFORMER_FOLDER, weight_name=WEIGHTS)
+    meta = {"format": 1, "model": "mmdit-lora", "config": asdict(model.config), "lora": model.lora}
+    (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def resolve_base(spec: str, folder: Path) -> Path:
+    from flashdistill.pipeline import teacher_folder
+
+    if not spec.startswith("teacher:") and not Path(spec).is_dir() and (folder / spec).is_dir():
+        spec = str(folder / spec)
+    try:
+        return teacher_folder(spec)
+    except UserError as err:
+        raise UserError(f"{folder}: the base of this LoRA teacher is unavailable: {err}") from None
+
+
+def load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None = None):
+    """Base + adapter, fused and unloaded: a plain FlowModel."""
+    from flashdistill.models.mmdit import TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
+
+    folder = Path(folder)
+    lora = meta["lora"]
+    base = FlowModel.from_pretrained(resolve_base(lora["base"], folder), torch_dtype=torch_dtype)
+    if base.config != MMDiTConfig(**meta["config"]):
+        raise UserError(f"{folder}: the adapter was trained on a {meta['config']} base, {lora['base']} is a "
+                        f"{base.config}")
+    adapter = folder / TRANSFORMER_FOLDER / WEIGHTS
+    if not adapter.is_file():
+        raise UserError(f"{folder}: {adapter.name} is missing")
+    base.transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS)
+    base.transformer.fuse_lora()
+    base.transformer.unload_lora()
+    return base
+
+
+def is_lora(model) -> bool:
+    return getattr(model, "lora", None) is not None

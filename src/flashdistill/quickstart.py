@@ -1,0 +1,221 @@
+"""`flashdistill quickstart [--out DIR]`: the whole system in one resumable command, sized for a laptop CPU.
+
+Four stages, each resumable, run in order into DIR (default `runs/quickstart`):
+
+1. distill  the preset's recipe (`assets/recipes/quickstart.yaml`: step-wise guidance from teacher:base and
+            teacher:specialized, T2I:Edit 5:5) distils the shipped teachers into a 4-NFE student, `DIR/distill/`;
+2. bench    slices of T2I-Bench-mini and Editing-Bench-mini (the first cases of each category), world judge, for
+            the base teacher at 50 and 4 NFE and the student at 4, 2 and 1 NFE: `DIR/bench/<bench>-<row>/`;
+3. speed    images per second of teacher@50 and teacher@4 (both with CFG) and student@4, in the same process,
+            at batch 1 and 32, with the ideal ratio from counting network passes: `DIR/speed.json`;
+4. report   `DIR/report.md` and `DIR/report.html` (one self-contained file): tables in the paper's layout, grids,
+            speed, the recipe, and the command behind every number (`flashdistill.report`).
+
+Ctrl-C at any point and the same command again continue where it stopped: the trainer resumes from its last
+checkpoint, a bench from its cases.jsonl, and finished stages are skipped (`DIR/quickstart.json` records them and
+the seconds each took). A run with nothing left to do says so and prints where the report is.
+
+`--preset tiny` is the same pipeline at toy sizes (tests); `--set KEY=VALUE` overrides the recipe (e.g. the
+teachers: `--set teachers.base=runs/teacher_base/teacher`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from flashdistill.errors import UserError
+
+RECIPES = Path(__file__).parent / "assets" / "recipes"
+STATE_FILE = "quickstart.json"
+STAGES = ("distill", "bench", "speed", "report")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of a quickstart run. The default fits 15 minutes on a 2-core CPU (see the README for the timing)."""
+
+    name: str
+    recipe: str  # file in flashdistill/assets/recipes
+    t2i_limit: int  # bench cases per T2I category
+    edit_limit: int  # bench cases per edit category
+    teacher_nfe: int = 50
+    few_nfe: int = 4  # the teacher's few-step row and the student's own step count
+    student_nfes: tuple[int, ...] = (4, 2, 1)
+    speed_batches: tuple[int, ...] = (1, 32)
+    speed_repeats: int = 3
+    grid_t2i_rows: int = 2  # T2I grid rows per category
+
+
+PRESETS = {
+    "default": Preset("default", "quickstart.yaml", t2i_limit=8, edit_limit=4),
+    "tiny": Preset("tiny", "tiny.yaml", t2i_limit=1, edit_limit=1, teacher_nfe=6, speed_batches=(1, 2),
+                   speed_repeats=1, grid_t2i_rows=1),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmarked configuration: a model spec at an NFE, with the label the report shows."""
+
+    label: str
+    spec: str
+    nfe: int
+
+    def folder(self, bench: str) -> str:
+        return f"{bench}-{self.label.replace('@', '-nfe').replace(':', '_')}"
+
+
+def bench_rows(preset: Preset, teacher_spec: str, student_run: Path) -> list[Row]:
+    rows = [Row(f"teacher@{preset.teacher_nfe}", teacher_spec, preset.teacher_nfe),
+            Row(f"teacher@{preset.few_nfe}", teacher_spec, preset.few_nfe)]
+    return rows + [Row(f"student@{n}", str(student_run), n) for n in preset.student_nfes]
+
+
+class State:
+    """`DIR/quickstart.json`: the run's identity (preset, overrides), finished stages and seconds per stage."""
+
+    def __init__(self, out: Path, identity: dict):
+        self.path = out / STATE_FILE
+        identity = json.loads(json.dumps(identity))  # tuples as the file holds them: lists
+        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        old = data.get("identity")
+        if old is not None and old != identity:
+            raise UserError(f"{out} holds a quickstart run with other settings ({old}); use another --out")
+        self.data = {"identity": identity, "done": data.get("done", []), "seconds": data.get("seconds", {})}
+
+    def done(self, stage: str) -> bool:
+        return stage in self.data["done"]
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        self.data["seconds"][stage] = round(self.data["seconds"].get(stage, 0.0) + seconds, 1)
+        self._write()
+
+    def finish(self, stage: str) -> None:
+        if stage not in self.data["done"]:
+            self.data["done"].append(stage)
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
+        os.replace(tmp, self.path)
+
+
+def load_quickstart_recipe(preset: Preset, overrides: list[str]):
+    from flashdistill.distill.recipe import load_recipe
+
+    return load_recipe(RECIPES / preset.recipe, overrides)
+
+
+def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
+    from flashdistill.distill.export import CHECKPOINT_FILES
+    from flashdistill.distill.trainer import train_distill
+    from flashdistill.teacher.checkpoint import find_checkpoint
+
+    recipe = load_quickstart_recipe(preset, overrides)
+    run = out / "distill"
+    resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
+    command = f"flashdistill distill {RECIPES / preset.recipe} --out {run}" + \
+        (" --set " + " ".join(overrides) if overrides else "")
+    train_distill(recipe, run, resume=resume, encoder=encoder, command=command)
+
+
+def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
+    from flashdistill.bench.cases import load_cases
+    from flashdistill.bench.runner import run_bench
+    from flashdistill.bench.world_judge import WorldJudge
+    from flashdistill.cli import BUILTIN_CASES
+    from flashdistill.distill.export import load_student_model
+    from flashdistill.pipeline import load_teacher
+
+    recipe = load_quickstart_recipe(preset, overrides)
+    teacher_spec = recipe.teachers[recipe.student.init_from]
+    teacher = load_teacher(teacher_spec, encoder=encoder)
+    student = load_student_model(out / "distill", name="student", encoder=encoder)
+    judge = WorldJudge(teacher.resolution)
+    limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    for bench in ("t2i", "edit"):
+        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
+        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
+        for row in bench_rows(preset, teacher_spec, out / "distill"):
+            model = student if row.label.startswith("student") else teacher
+            model.name = row.label
+            run_bench(bench, model, judge, cases, out / "bench" / row.folder(bench), row.nfe, label,
+                      teacher.resolution)
+
+
+def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
+    from flashdistill.distill.export import load_student_model
+    from flashdistill.pipeline import load_teacher
+    from flashdistill.speed import compare
+    from flashdistill.teacher.train import hardware
+
+    recipe = load_quickstart_recipe(preset, overrides)
+    batch = max(preset.speed_batches)
+    teacher = load_teacher(recipe.teachers[recipe.student.init_from], encoder=encoder, batch_size=batch)
+    student = load_student_model(out / "distill", encoder=encoder, batch_size=batch)
+    few = preset.few_nfe
+    samplers = [(f"teacher@{preset.teacher_nfe}", teacher, preset.teacher_nfe), (f"teacher@{few}", teacher, few),
+                (f"student@{few}", student, few)]
+    result = compare(samplers, list(preset.speed_batches), preset.speed_repeats,
+                     reference=f"teacher@{preset.teacher_nfe}", student=f"student@{few}")
+    result["cfg_scale"] = teacher.spec.cfg_scale
+    result["hardware"] = hardware()
+    tmp = out / "speed.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, out / "speed.json")
+
+
+def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
+    from flashdistill.report import write_report
+
+    recipe = load_quickstart_recipe(preset, overrides)
+    write_report(out, preset, recipe, overrides, json.loads((out / STATE_FILE).read_text()))
+
+
+RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}
+DESCRIPTIONS = {
+    "distill": "distil the teachers into a {few}-NFE student (DMD, step-wise guidance, T2I:Edit 5:5)",
+    "bench": "benchmark teacher@{tn}, teacher@{few} and the student on both mini bench slices (world judge)",
+    "speed": "measure images per second of teacher@{tn}, teacher@{few} and student@{few}",
+    "report": "write report.md and report.html",
+}
+
+
+def quickstart(out: Path, preset_name: str = "default", overrides: list[str] | None = None) -> Path:
+    """Run (or continue) the quickstart into `out`; returns the report's path."""
+    if preset_name not in PRESETS:
+        raise UserError(f"--preset: unknown preset '{preset_name}' (known: {', '.join(PRESETS)})")
+    preset, overrides = PRESETS[preset_name], list(overrides or [])
+    load_quickstart_recipe(preset, overrides)  # a bad override fails here, before anything is written
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    state = State(out, {"preset": asdict(preset), "overrides": overrides})
+    report = out / "report.md"
+    if all(state.done(s) for s in STAGES):
+        print(f"nothing left to do: this quickstart finished earlier. Report: {report} (and {report.with_suffix('.html')})")
+        return report
+    from flashdistill.models.text import TextEncoder
+
+    encoder = TextEncoder()
+    for i, stage in enumerate(STAGES, 1):
+        if state.done(stage):
+            print(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
+            continue
+        what = DESCRIPTIONS[stage].format(few=preset.few_nfe, tn=preset.teacher_nfe)
+        print(f"[{i}/{len(STAGES)}] {stage}: {what}", flush=True)
+        start = time.perf_counter()
+        try:
+            RUNNERS[stage](out, preset, overrides, encoder)
+        finally:
+            state.add_seconds(stage, time.perf_counter() - start)
+        state.finish(stage)
+    total = sum(state.data["seconds"].values())
+    print(f"done in {total / 60:.1f} min of work. Report: {report} and {report.with_suffix('.html')}")
+    return report

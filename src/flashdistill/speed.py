@@ -1,0 +1,118 @@
+"""Sampling speed of teachers and students, measured the same way for both, in the same run.
+
+A measurement times `pipeline.sample` on a fixed batch of prompts: one 1-NFE warm-up call first (it encodes the
+prompts and lets the allocator settle, so text encoding is billed to neither side), then timed calls until
+`min_seconds` have passed or `repeats` calls were made, of which the median counts. Reported per configuration: seconds per batch, latency (seconds per batch at batch 1), images
+per second, and network passes per image (`SamplingSpec.passes`: a guided Euler step is two passes).
+
+The ideal speed-up of a student over a teacher is the ratio of their passes per image (teacher at 50 NFE with CFG:
+100 passes; student at 4 NFE: 4 passes; 25x). The measured ratio is the ratio of images per second at the same
+batch size. Both come out of `compare`, which `flashdistill quickstart` and `benchmarks/speed.py` call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+from tqdm import tqdm
+
+from flashdistill.world.pools import t2i_bench_cases
+
+
+@dataclass
+class SpeedRow:
+    """One sampler at one batch size."""
+
+    label: str  # e.g. "teacher:base@50"
+    nfe: int
+    passes: int  # network passes per image
+    batch: int
+    repeats: int  # timed calls made
+    seconds_per_batch: float  # median over repeats
+    images_per_s: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def speed_prompts(n: int) -> list[str]:
+    """`n` prompts from the val split, cycling through the T2I categories (never the bench's own prompts)."""
+    per_cat = -(-n // 3)
+    cases = t2i_bench_cases(per_cat, "val")
+    by_cat = [cases[i::per_cat] for i in range(per_cat)]  # round-robin over categories
+    return [c.prompt for group in by_cat for c in group][:n]
+
+
+def measure(pipe, label: str, nfe: int | None, batch: int, repeats: int, min_seconds: float = 3.0) -> SpeedRow:
+    """Median wall time of T2I batches of size `batch`: timed calls repeat until `min_seconds` have passed or
+    `repeats` calls were made (at least one). A 1-NFE warm-up call first encodes the prompts and settles the
+    allocator at this batch size, at a fraction of a full call's cost."""
+    prompts = speed_prompts(batch)
+    sources, seeds = [None] * batch, list(range(batch))
+    pipe.sample(prompts, sources, seeds, 1)  # warm-up
+    times = []
+    while not times or (len(times) < repeats and sum(times) < min_seconds):
+        start = time.perf_counter()
+        pipe.sample(prompts, sources, seeds, nfe)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    steps = nfe if nfe is not None else pipe.default_nfe
+    return SpeedRow(label, steps, pipe.spec.passes(steps), batch, len(times), round(seconds, 4),
+                    round(batch / seconds, 3))
+
+
+def compare(samplers: list[tuple[str, object, int | None]], batches: list[int], repeats: int,
+            reference: str, student: str) -> dict:
+    """Measure every (label, pipeline, nfe) at every batch size; ratios of `student` over `reference` per batch.
+
+    Configurations are measured batch size by batch size, each sampler in turn, so that a drift in the machine's
+    speed hits all of them alike.
+    """
+    rows: list[SpeedRow] = []
+    with tqdm(total=len(samplers) * len(batches), desc="speed", unit="run") as bar:
+        for batch in batches:
+            for label, pipe, nfe in samplers:
+                bar.set_postfix_str(f"{label} batch {batch}")
+                rows.append(measure(pipe, label, nfe, batch, repeats))
+                bar.update(1)
+    ratios = []
+    for batch in batches:
+        ref = next(r for r in rows if r.label == reference and r.batch == batch)
+        stu = next(r for r in rows if r.label == student and r.batch == batch)
+        ratios.append({"batch": batch, "reference": reference, "student": student,
+                       "measured_speedup": round(stu.images_per_s / ref.images_per_s, 2),
+                       "ideal_speedup": round(ref.passes / stu.passes, 2),
+                       "reference_passes": ref.passes, "student_passes": stu.passes})
+    return {"rows": [r.to_json() for r in rows], "ratios": ratios, "repeats": repeats,
+            "method": "median wall time of timed pipeline.sample calls (until 3 s or `repeats` calls) after a "
+                      "1-NFE warm-up call; T2I, val-split prompts, this process's torch threads"}
+
+
+ITERATION_PARTS = ("time_data", "time_student", "time_teachers", "time_critic", "step_time")
+
+
+def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
+    """Seconds of one distillation iteration by part (the trainer's own timers), median and mean over
+    `iterations` iterations after `warmup`; the weights are trained in a scratch folder and thrown away."""
+    import tempfile
+    from pathlib import Path
+
+    from flashdistill.distill.roles import Dist, build_roles
+    from flashdistill.distill.trainer import _context, train_iteration
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="iteration-split-") as tmp:
+        ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), Path(tmp), encoder)
+        for step in tqdm(range(warmup + iterations), desc="distill iterations", unit="it"):
+            metrics = train_iteration(ctx, step)
+            if step >= warmup:
+                rows.append(metrics)
+    parts = {}
+    for part in ITERATION_PARTS:
+        values = [r.get(part, 0.0) for r in rows]
+        parts[part] = {"median": round(statistics.median(values), 4), "mean": round(statistics.fmean(values), 4)}
+    return {"iterations": iterations, "warmup": warmup, "batch_size": recipe.dmd.batch_size,
+            "critic_updates": recipe.critic.updates, "ks": [r["k"] for r in rows],
+            "teachers_run": [r["teachers_run"] for r in rows], "parts_s": parts}
