@@ -2,6 +2,7 @@
 
     python benchmarks/results_rows.py teachers --out runs/results      # teacher:base / :specialized at 50 and 4 NFE
     python benchmarks/results_rows.py student --student runs/flash --out runs/results
+    python benchmarks/results_rows.py specialized --out runs/results  # its target subset only: text, text_editing
 
 Each row is one `flashdistill bench t2i|edit --model M --nfe N` on the full mini benches with the world judge,
 into `OUT/<bench>-<model>-nfe<N>/` (an interrupted run resumes); then `flashdistill bench table` writes
@@ -21,7 +22,12 @@ from flashdistill.cli import main as cli
 
 SETS = {
     "teachers": [("teacher:base", 50), ("teacher:base", 4), ("teacher:specialized", 50), ("teacher:specialized", 4)],
+    "specialized": [("teacher:specialized", 50), ("teacher:specialized", 4)],
 }
+# The specialized set is judged on the specialized teacher's target subset only (compare with teacher:base's
+# per-category scores in the full rows); its table is written apart, since averages over different categories
+# must not be ranked together.
+TARGET = {"t2i": "text", "edit": "text_editing"}
 
 
 def rows_for(name: str, student: str | None) -> list[tuple[str, int]]:
@@ -32,13 +38,13 @@ def rows_for(name: str, student: str | None) -> list[tuple[str, int]]:
     return SETS[name]
 
 
-def folder_name(bench: str, model: str, nfe: int) -> str:
-    return f"{bench}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-nfe{nfe}"
+def folder_name(bench: str, model: str, nfe: int, category: str | None = None) -> str:
+    return f"{bench}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', model)}-nfe{nfe}" + (f"-{category}" if category else "")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("set", choices=("teachers", "student"))
+    parser.add_argument("set", choices=("teachers", "student", "specialized"))
     parser.add_argument("--student", default=None, help="distillation run folder (student set)")
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--limit", type=int, default=None, help="cases per category (default: the full benches)")
@@ -47,8 +53,11 @@ def main() -> int:
     folders = []
     for model, nfe in rows_for(args.set, args.student):
         for bench in ("t2i", "edit"):
-            folder = out / folder_name(bench, model, nfe)
+            category = TARGET[bench] if args.set == "specialized" else None
+            folder = out / folder_name(bench, model, nfe, category)
             argv = ["bench", bench, "--model", model, "--nfe", str(nfe), "--out", str(folder)]
+            if category:
+                argv += ["--category", category]
             if args.limit:
                 argv += ["--limit", str(args.limit)]
             print("$ flashdistill " + shlex.join(argv), flush=True)
@@ -56,7 +65,8 @@ def main() -> int:
             if code != 0:
                 return code
             folders.append(str(folder))
-    return cli(["bench", "table", *folders, "--out", str(out / "table.md")])
+    table = out / ("specialized-table.md" if args.set == "specialized" else "table.md")
+    return cli(["bench", "table", *folders, "--out", str(table)])
 
 
 if __name__ == "__main__":

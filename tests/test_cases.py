@@ -30,6 +30,17 @@ def test_limit_takes_first_n_per_category():
     assert len(cases) == 18 and [c.id for c in cases[:3]] == [f"scene_transformation-000{i}" for i in range(3)]
 
 
+def test_category_keeps_only_those_categories_with_limit_applied_within(tmp_path, capsys):
+    cases = load_cases(BUILTIN_CASES["edit"], "edit", limit=2, categories=["text_editing", "style_transfer"])
+    assert [c.id for c in cases] == ["text_editing-0000", "text_editing-0001",
+                                     "style_transfer-0000", "style_transfer-0001"]
+    code = main(["bench", "t2i", "--model", "oracle", "--category", "txt", "--out", str(tmp_path / "x")])
+    assert code == 2 and "unknown t2i category 'txt'" in capsys.readouterr().err
+    assert main(["bench", "t2i", "--model", "oracle", "--category", "text", "--limit", "2",
+                 "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "results.json").read_text())["n_cases"] == 2
+
+
 def _write(tmp_path, lines):
     path = tmp_path / "cases.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -54,7 +54,11 @@ def cmd_bench_run(args) -> None:
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     cases_file = Path(args.cases) if args.cases else BUILTIN_CASES[args.bench]
-    cases = load_cases(cases_file, args.bench, args.limit)
+    known = T2I_CATEGORIES if args.bench == "t2i" else EDIT_CATEGORIES
+    for category in args.category or []:
+        if category not in known:
+            raise UserError(f"--category: unknown {args.bench} category '{category}' (known: {', '.join(known)})")
+    cases = load_cases(cases_file, args.bench, args.limit, args.category)
     label = str(cases_file) if args.cases else f"builtin:{cases_file.name}"
     model = load_model(args.model, args.resolution, args.cfg, args.batch_size)
     nfe = args.nfe if args.nfe is not None else getattr(model, "default_nfe", None)
@@ -183,6 +187,8 @@ def _add_bench_run(sub, bench: str) -> None:
     p.add_argument("--cfg", type=float, default=None, help="CFG scale for teachers (default: the teacher's own)")
     p.add_argument("--judge", choices=("world", "vlm"), default="world", help="world: exact ground truth (default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases of each category")
+    p.add_argument("--category", action="append", default=None, metavar="C",
+                   help="only the cases of category C (repeat for several; default: all)")
     p.add_argument("--cases", default=None, help="your own JSONL case file (format: flashdistill/bench/cases.py)")
     p.add_argument("--out", required=True, help="output folder (results.json, cases.jsonl, images/, grid.png)")
     p.add_argument("--resolution", type=int, default=32, help="image size in pixels (default 32)")

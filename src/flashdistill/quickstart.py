@@ -105,6 +105,16 @@ class State:
         os.replace(tmp, self.path)
 
 
+def recipe_path(preset: Preset) -> Path:
+    """The preset's recipe file, relative to the working directory when it lies under it (as in a source checkout),
+    so the commands written into the report are short and can be pasted."""
+    path = RECIPES / preset.recipe
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def load_quickstart_recipe(preset: Preset, overrides: list[str]):
     from flashdistill.distill.recipe import load_recipe
 
@@ -119,7 +129,7 @@ def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> N
     recipe = load_quickstart_recipe(preset, overrides)
     run = out / "distill"
     resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
-    command = f"flashdistill distill {RECIPES / preset.recipe} --out {run}" + \
+    command = f"flashdistill distill {recipe_path(preset)} --out {run}" + \
         (" --set " + " ".join(overrides) if overrides else "")
     train_distill(recipe, run, resume=resume, encoder=encoder, command=command)
 

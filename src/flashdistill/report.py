@@ -110,9 +110,14 @@ def speed_section(speed: dict, out: Path) -> list[str]:
     for r in speed["rows"]:
         lines.append(f"| {r['label']} | {r['nfe']} | {r['passes']} | {r['batch']} | {r['seconds_per_batch']:.3f} | "
                      f"{r['images_per_s']:.2f} |")
-    lines += ["", "| Batch | Measured speed-up | Ideal (passes) |", "|---:|---:|---:|"]
+    lines += ["", "| Batch | Measured speed-up | Ideal (passes) | Teacher's cost per image-pass, relative to the student's |",
+              "|---:|---:|---:|---:|"]
     for r in speed["ratios"]:
-        lines.append(f"| {r['batch']} | {r['measured_speedup']:.1f}x | {r['ideal_speedup']:.1f}x |")
+        lines.append(f"| {r['batch']} | {r['measured_speedup']:.1f}x | {r['ideal_speedup']:.1f}x | "
+                     f"{r['measured_speedup'] / r['ideal_speedup']:.2f} |")
+    lines += ["", "The ideal counts network passes only. The last column is measured / ideal: above 1, a teacher pass "
+                  "cost more per image than a student pass (with CFG the teacher's batch has twice the rows); below 1, "
+                  "less (fixed per-call costs weigh more on the student's few passes)."]
     batches = " ".join(str(r["batch"]) for r in speed["ratios"])
     lines += ["", f"Median of up to {speed['repeats']} timed calls (fewer once 3 s have passed) after a 1-NFE "
                   f"warm-up call, in one process, on "
@@ -143,14 +148,14 @@ def distill_section(out: Path, command: str) -> list[str]:
 
 def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -> Path:
     from flashdistill.cli import MINI_SIZES
-    from flashdistill.quickstart import RECIPES, bench_rows
+    from flashdistill.quickstart import bench_rows, recipe_path
 
     teacher_spec = recipe.teachers[recipe.student.init_from]
     rows = bench_rows(preset, teacher_spec, out / "distill")
     ranked = rank_rows(_results(out, rows, "t2i") + _results(out, rows, "edit"))
     speed = json.loads((out / "speed.json").read_text())
     prompts, instructions = t2i_grid(out, preset, rows), edit_grid(out, preset, rows)
-    distill_cmd = f"flashdistill distill {RECIPES / preset.recipe} --out {out / 'distill'}" + \
+    distill_cmd = f"flashdistill distill {recipe_path(preset)} --out {out / 'distill'}" + \
         (" --set " + " ".join(overrides) if overrides else "")
     limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
     seconds = state.get("seconds", {})
@@ -185,7 +190,7 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -
         "## Distillation", "",
         *distill_section(out, distill_cmd), "",
         "## Recipe", "",
-        f"`{RECIPES / preset.recipe}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "") +
+        f"`{recipe_path(preset)}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "") +
         ", as resolved:", "",
         "```yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, width=110).rstrip(), "```", "",
         f"Whole run: `flashdistill quickstart --out {out}`" + (f" --preset {preset.name}" if preset.name !=

@@ -115,8 +115,9 @@ def parse_case(obj: object, bench: str, where: str, base_dir: Path | None = None
     return EditCase(**obj)
 
 
-def load_cases(path: str | Path, bench: str, limit: int | None = None) -> list:
-    """Read a JSONL case file; `limit` keeps the first N cases of each category, in file order."""
+def load_cases(path: str | Path, bench: str, limit: int | None = None, categories: list[str] | None = None) -> list:
+    """Read a JSONL case file; `limit` keeps the first N cases of each category, in file order, and `categories`
+    (if given) only the cases of those categories."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: case file not found")
@@ -134,12 +135,14 @@ def load_cases(path: str | Path, bench: str, limit: int | None = None) -> list:
             if case.id in seen:
                 raise UserError(f"{where}: duplicate case id '{case.id}'")
             seen.add(case.id)
+            if categories and case.category not in categories:
+                continue
             if limit is not None and per_cat.get(case.category, 0) >= limit:
                 continue
             per_cat[case.category] = per_cat.get(case.category, 0) + 1
             cases.append(case)
     if not cases:
-        raise UserError(f"{path}: no cases")
+        raise UserError(f"{path}: no cases" + (f" of categories {', '.join(categories)}" if categories else ""))
     return cases
 
 
