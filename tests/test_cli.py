@@ -1,4 +1,6 @@
-"""The command line: help texts and the world sampler."""
+"""The command line: help texts, the world sampler and the reader evaluation."""
+
+import json
 
 import pytest
 
@@ -31,3 +33,11 @@ def test_world_sample_writes_a_png(tmp_path, category):
 def test_world_sample_rejects_bad_n(tmp_path, capsys):
     assert main(["world", "sample", "--category", "text", "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
     assert "--n 0" in capsys.readouterr().err
+
+
+def test_judge_eval_reader_prints_the_clean_blur_noise_table(tmp_path, capsys):
+    out = tmp_path / "reader.json"
+    assert main(["judge", "eval-reader", "--n", "3", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| category | attribute | clean | blur 1.0 | noise 0.1 |" in table and "| text | word (whole word) |" in table
+    assert set(json.loads(out.read_text())) == {"clean", "blur 1.0", "noise 0.1"}

@@ -166,12 +166,12 @@ def cmd_judge_train_reader(args) -> None:
 
 
 def cmd_judge_eval_reader(args) -> None:
-    from flashdistill.bench.reader import evaluate_reader, load_reader
+    from flashdistill.bench.reader import accuracy_table, load_reader
 
-    report = evaluate_reader(load_reader(args.weights), n_per_category=args.n)
-    import json
-
-    print(json.dumps(report, indent=2))
+    table, results = accuracy_table(load_reader(args.weights), n_per_category=args.n)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 # ---- parser -----------------------------------------------------------------------------------------------
@@ -267,9 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped reader's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_judge_train_reader)
-    p = judge.add_parser("eval-reader", help="accuracy of the reader on fresh held-out renders")
+    p = judge.add_parser("eval-reader", help="accuracy of the reader on fresh held-out renders: clean, blur 1.0, noise 0.1")
     p.add_argument("--weights", default=None, help="safetensors file (default: the shipped reader)")
     p.add_argument("--n", type=int, default=1000, help="renders per category")
+    p.add_argument("--json", default=None, help="also write the results (clean, blur 1.0, noise 0.1) here")
     p.set_defaults(func=cmd_judge_eval_reader)
     teacher = top.add_parser("teacher", help="train teachers (see: flashdistill teacher train --help)")
     tsub = teacher.add_subparsers(dest="sub", required=True)
