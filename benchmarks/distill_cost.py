@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -30,11 +29,11 @@ from flashdistill.distill.roles import Dist, build_roles
 from flashdistill.distill.trainer import _context, train_iteration
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
+from flashdistill.speed import summarize_parts
 from flashdistill.teacher.config import PRESETS
 from flashdistill.teacher.train import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("time_data", "time_student", "time_teachers", "time_critic", "step_time")
 
 
 def fresh_teachers(folder: Path, preset: str) -> tuple[Path, Path]:
@@ -44,14 +43,6 @@ def fresh_teachers(folder: Path, preset: str) -> tuple[Path, Path]:
         FlowModel(PRESETS[preset]()).save_pretrained(folder / name)
         paths.append(folder / name)
     return paths[0], paths[1]
-
-
-def summarize(rows: list[dict]) -> dict:
-    out = {}
-    for part in PARTS:
-        values = [r.get(part, 0.0) for r in rows]
-        out[part] = {"mean": round(statistics.fmean(values), 4), "median": round(statistics.median(values), 4)}
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if step >= args.warmup:
             print(f"iteration {step}: " + ", ".join(f"{n} {rows[n][-1]['step_time']:.2f} s" for n in rows),
                   file=sys.stderr)
-    parts = {name: summarize(r) for name, r in rows.items()}
+    parts = {name: summarize_parts(r) for name, r in rows.items()}
     spec_iters = sum("specialized" in r["teachers_run"] for r in rows["two_teachers"])
     result = {
         "recipe": args.recipe, "preset": args.preset, "batch_size": args.batch_size, "iterations": args.iterations,

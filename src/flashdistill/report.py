@@ -21,11 +21,9 @@ from flashdistill.bench.cases import load_cases
 from flashdistill.bench.table import markdown as table_markdown
 from flashdistill.bench.table import rank_rows
 from flashdistill.imageio import load_png, save_grid
+from flashdistill.speed import ITERATION_PARTS
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES, T2I_TITLES
 from flashdistill.world.edits import source_image, target_image
-
-PARTS = ("time_data", "time_student", "time_teachers", "time_critic")
-
 
 def _cases(bench: str, limit: int):
     from flashdistill.cli import BUILTIN_CASES
@@ -142,7 +140,7 @@ def distill_section(out: Path, command: str) -> list[str]:
                   "| Data | Student (simulation, loss, backward) | Teachers (real score, CFG) | Critic (fake score, "
                   "updates) | Whole iteration |", "|---:|---:|---:|---:|---:|",
                   "| " + " | ".join(f"{statistics.median(r.get(p, 0.0) for r in steps):.3f}"
-                                   for p in (*PARTS, "step_time")) + " |", ""]
+                                   for p in ITERATION_PARTS) + " |", ""]
     return lines + [f"Reproduce: `{command}`"]
 
 

@@ -41,8 +41,8 @@ def speed_prompts(n: int) -> list[str]:
     """`n` prompts from the val split, cycling through the T2I categories (never the bench's own prompts)."""
     per_cat = -(-n // 3)
     cases = t2i_bench_cases(per_cat, "val")
-    by_cat = [cases[i::per_cat] for i in range(per_cat)]  # round-robin over categories
-    return [c.prompt for group in by_cat for c in group][:n]
+    rounds = [cases[i::per_cat] for i in range(per_cat)]  # the i-th case of every category: round-robin
+    return [c.prompt for group in rounds for c in group][:n]
 
 
 def measure(pipe, label: str, nfe: int | None, batch: int, repeats: int, min_seconds: float = 3.0) -> SpeedRow:
@@ -109,10 +109,15 @@ def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
             metrics = train_iteration(ctx, step)
             if step >= warmup:
                 rows.append(metrics)
+    return {"iterations": iterations, "warmup": warmup, "batch_size": recipe.dmd.batch_size,
+            "critic_updates": recipe.critic.updates, "ks": [r["k"] for r in rows],
+            "teachers_run": [r["teachers_run"] for r in rows], "parts_s": summarize_parts(rows)}
+
+
+def summarize_parts(rows: list[dict]) -> dict:
+    """Median and mean seconds of each part of an iteration over the trainer's per-iteration metrics."""
     parts = {}
     for part in ITERATION_PARTS:
         values = [r.get(part, 0.0) for r in rows]
         parts[part] = {"median": round(statistics.median(values), 4), "mean": round(statistics.fmean(values), 4)}
-    return {"iterations": iterations, "warmup": warmup, "batch_size": recipe.dmd.batch_size,
-            "critic_updates": recipe.critic.updates, "ks": [r["k"] for r in rows],
-            "teachers_run": [r["teachers_run"] for r in rows], "parts_s": parts}
+    return parts
