@@ -58,7 +58,7 @@ class FlowPipeline:
         self.spec, self.name, self.batch_size = spec, name, batch_size
         self.resolution = model.config.resolution
         self.default_nfe = len(spec.timesteps) if spec.timesteps is not None else spec.nfe
-        self._encoder = encoder
+        self._encoder = encoder  # made (or re-flagged) for the model's text convention on first use
         self._memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # ---- text ------------------------------------------------------------------------------------------
@@ -66,10 +66,9 @@ class FlowPipeline:
         """(emb (B, L, D), mask (B, L)) with each text encoded once per pipeline."""
         missing = sorted({t for t in texts if t not in self._memo})
         if missing:
-            if self._encoder is None:
-                from flashdistill.models.text import TextEncoder
+            from flashdistill.models.text import encoder_for
 
-                self._encoder = TextEncoder()
+            self._encoder = encoder_for(self._encoder, self.model.config.spell_quoted)
             for start in range(0, len(missing), 64):
                 chunk = missing[start:start + 64]
                 emb, mask = self._encoder.encode(chunk)

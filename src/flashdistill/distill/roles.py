@@ -101,6 +101,9 @@ def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, FlowModel]:
             model = FlowModel.from_pretrained(path, torch_dtype=torch.float32)
             loaded[path] = model.to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
+    spelling = {name: t.config.spell_quoted for name, t in teachers.items()}
+    if len(set(spelling.values())) > 1:
+        raise UserError(f"teachers: all teachers must share one text convention (model.spell_quoted), got {spelling}")
     shapes = {name: (t.config.resolution, t.config.channels) for name, t in teachers.items()}
     if len(set(shapes.values())) > 1:
         raise UserError(f"teachers: all teachers must share resolution and channels, got {shapes}")

@@ -250,7 +250,8 @@ def _meta(ctx: Context, health: dict, tracker: BestTracker, wall: float) -> dict
 
 
 def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Context:
-    cache = open_cache(recipe, out, encoder)  # reads recipe.run.text_cache, like a teacher config
+    # reads recipe.run.text_cache, like a teacher config; prompts spelled as the teachers were trained
+    cache = open_cache(recipe, out, encoder, roles.student.config.spell_quoted)
     return Context(recipe, roles, Guidance(recipe.guidance, list(recipe.teachers)), cache, cache.empty_embedding(),
                    recipe.task_mix(), dist, {})
 

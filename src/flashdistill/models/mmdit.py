@@ -28,7 +28,7 @@ its adapter and the name of its base instead, and loads back fused into a plain 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -54,6 +54,9 @@ class MMDiTConfig:
     attention_head_dim: int = 32
     joint_attention_dim: int = 384  # all-MiniLM-L6-v2 hidden size
     axes_dims_rope: tuple[int, int, int] = (8, 12, 12)  # (frame, height, width); sums to attention_head_dim
+    # Text convention, not shape: the model was trained on prompts whose quoted words are also spelled out letter by
+    # letter (models.text.spell_quoted). Every encoder that feeds this model must do the same.
+    spell_quoted: bool = False
 
     def __post_init__(self):
         self.axes_dims_rope = tuple(int(a) for a in self.axes_dims_rope)
@@ -152,7 +155,7 @@ class FlowModel(nn.Module):
         super().__init__()
         if transformer is None:
             transformer = QwenImageTransformer2DModel(**config.transformer_kwargs())
-        inner = MMDiTConfig.from_transformer(transformer, config.resolution)
+        inner = replace(MMDiTConfig.from_transformer(transformer, config.resolution), spell_quoted=config.spell_quoted)
         if inner != config:
             raise UserError(f"the transformer does not match the config: it is {inner}, the config says {config}")
         self.config = config
@@ -162,26 +165,31 @@ class FlowModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, z_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+    def forward(self, z_t: Tensor, t: Tensor, cond: Cond, hidden_layer: int | None = None):
+        """v (B, C, H, W); with `hidden_layer` = j also the target tokens' hidden states after block j (1-based),
+        (B, N, D), for representation alignment (teacher/repa.py)."""
         b = z_t.shape[0]
         t = torch.as_tensor(t, device=z_t.device, dtype=torch.float32).expand(b)  # (B,)
         if cond.batch_size != b:
             raise ValueError(f"cond has {cond.batch_size} rows, z_t has {b}")
         edit = cond.has_source
-        if not bool(edit.any()):
-            return self._group(z_t, t, cond.text, cond.text_mask, None)
-        if bool(edit.all()):
-            return self._group(z_t, t, cond.text, cond.text_mask, cond.source)
+        if not bool(edit.any()) or bool(edit.all()):
+            v, hidden = self._group(z_t, t, cond.text, cond.text_mask, cond.source if bool(edit.all()) else None,
+                                    hidden_layer)
+            return v if hidden_layer is None else (v, hidden)
         # Mixed batch: T2I rows (N tokens) and edit rows (N + N_src tokens) cannot share one sequence length.
         rows_t2i, rows_edit = (~edit).nonzero().squeeze(1), edit.nonzero().squeeze(1)
-        v_t2i = self._group(z_t[rows_t2i], t[rows_t2i], cond.text[rows_t2i], cond.text_mask[rows_t2i], None)
-        v_edit = self._group(z_t[rows_edit], t[rows_edit], cond.text[rows_edit], cond.text_mask[rows_edit],
-                             cond.source[rows_edit])
+        v_t2i, h_t2i = self._group(z_t[rows_t2i], t[rows_t2i], cond.text[rows_t2i], cond.text_mask[rows_t2i], None,
+                                   hidden_layer)
+        v_edit, h_edit = self._group(z_t[rows_edit], t[rows_edit], cond.text[rows_edit], cond.text_mask[rows_edit],
+                                     cond.source[rows_edit], hidden_layer)
         inverse = torch.argsort(torch.cat([rows_t2i, rows_edit]))
-        return torch.cat([v_t2i, v_edit])[inverse]  # (B, C, H, W) back in batch order
+        v = torch.cat([v_t2i, v_edit])[inverse]  # (B, C, H, W) back in batch order
+        return v if hidden_layer is None else (v, torch.cat([h_t2i, h_edit])[inverse])
 
-    def _group(self, z_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, source: Tensor | None) -> Tensor:
-        """One forward of the transformer for rows that all have (or all lack) an edit source."""
+    def _group(self, z_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, source: Tensor | None,
+               hidden_layer: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """One forward of the transformer for rows that all have (or all lack) an edit source: (v, hidden or None)."""
         b, _, h, w = z_t.shape
         p = self.config.patch_size
         dtype = self.transformer.img_in.weight.dtype
@@ -192,15 +200,25 @@ class FlowModel(nn.Module):
         if source is not None:
             tokens = torch.cat([tokens, pack(source.to(z_t.dtype), p)], dim=1)  # (B, N + N_src, C·p²)
             shapes.append((1, source.shape[2] // p, source.shape[3] // p))
-        out = self.transformer(
-            hidden_states=tokens.to(dtype),
-            encoder_hidden_states=text.to(dtype),
-            encoder_hidden_states_mask=None if bool(text_mask.all()) else text_mask,
-            timestep=t.to(dtype),  # sigma in [0, 1], as the pipelines pass `timestep / 1000`
-            img_shapes=[shapes] * b,
-            return_dict=False,
-        )[0]
-        return unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
+        captured = []
+        hook = None
+        if hidden_layer is not None:  # a block returns (text states, image states)
+            block = self.transformer.transformer_blocks[hidden_layer - 1]
+            hook = block.register_forward_hook(lambda _m, _i, out: captured.append(out[1][:, :n]))
+        try:
+            out = self.transformer(
+                hidden_states=tokens.to(dtype),
+                encoder_hidden_states=text.to(dtype),
+                encoder_hidden_states_mask=None if bool(text_mask.all()) else text_mask,
+                timestep=t.to(dtype),  # sigma in [0, 1], as the pipelines pass `timestep / 1000`
+                img_shapes=[shapes] * b,
+                return_dict=False,
+            )[0]
+        finally:
+            if hook is not None:
+                hook.remove()
+        v = unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
+        return v, (captured[0] if captured else None)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """A LoRA model (models.lora) writes its adapter and the name of its base; any other the full weights."""

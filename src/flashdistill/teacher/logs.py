@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-SCALARS = ("loss", "lr", "grad_norm", "step_time")
+SCALARS = ("loss", "loss_fm", "loss_repa", "lr", "grad_norm", "step_time")
 
 
 class RunLogger:

@@ -43,10 +43,11 @@ from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.models.mmdit import Cond, FlowModel
-from flashdistill.teacher.checkpoint import find_checkpoint, load_checkpoint, read_state, save_checkpoint
+from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, save_state
 from flashdistill.teacher.config import (TeacherConfig, TimestepSection, TrainSection, load_config,
                                          resume_fingerprint)
 from flashdistill.teacher.logs import RunLogger
+from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -59,6 +60,15 @@ class TrainState:
     ema: FlowModel
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
+    repa_head: RepaHead | None = None  # REPA's projection head (trained, checkpointed, never exported)
+    repa_target: ReaderFeatures | None = None  # the frozen reader trunk that gives REPA's targets
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        """What a checkpoint holds besides the optimizer and scheduler."""
+        mods = {"model": self.model, "ema": self.ema}
+        if self.repa_head is not None:
+            mods["repa_head"] = self.repa_head
+        return mods
 
 
 def lr_factor(step: int, steps: int, warmup: int, min_ratio: float) -> float:
@@ -88,11 +98,17 @@ def build_state(config: TeacherConfig) -> TrainState:
         lc = config.lora
         params = add_lora(model, lc.rank, lc.alpha, lc.targets, base=config.run.init_from)
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    head = target = None
+    if config.repa.weight > 0:
+        mc = model.config
+        target = ReaderFeatures(grid=mc.resolution // mc.patch_size)
+        head = RepaHead(mc.num_attention_heads * mc.attention_head_dim, target.dim, config.repa.head_dim)
+        params += list(head.parameters())
     tc = config.train
     optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, tc.steps, tc.warmup_steps, tc.min_lr_ratio))
-    return TrainState(model.train(), ema, optimizer, scheduler)
+    return TrainState(model.train(), ema, optimizer, scheduler, head, target)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -123,6 +139,19 @@ def flow_matching_loss(model, x, eps, t, cond: Cond, bf16: bool = False) -> torc
     return torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
 
 
+def teacher_losses(state: TrainState, config: TeacherConfig, x, eps, t, cond: Cond) -> dict[str, torch.Tensor]:
+    """{"loss": the total to minimise, "loss_fm": eq. 2, and with REPA "loss_repa"}: loss = fm + w·repa."""
+    if state.repa_head is None:
+        loss = flow_matching_loss(state.model, x, eps, t, cond, config.train.bf16)
+        return {"loss": loss, "loss_fm": loss}
+    z_t = interpolate(x, eps, t)
+    with torch.autocast(z_t.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+        v, hidden = state.model(z_t, t, cond, hidden_layer=config.repa.layer)  # hidden (B, N, D)
+    fm = torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
+    align = repa_loss(state.repa_head, hidden, state.repa_target(x))
+    return {"loss": fm + config.repa.weight * align, "loss_fm": fm, "loss_repa": align}
+
+
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1-decay)·model, parameter by parameter."""
@@ -136,28 +165,33 @@ def train_step(state: TrainState, config: TeacherConfig, cache, step: int) -> di
     start = time.perf_counter()
     batch = make_batch(step, tc.batch_size, config.mix, tc.seed, "train", config.model.resolution)
     x, eps, t, cond = prepare_inputs(batch, cache, tc, config.timesteps, step_generator(tc.seed, step))
-    loss = flow_matching_loss(state.model, x, eps, t, cond, tc.bf16)
+    losses = teacher_losses(state, config, x, eps, t, cond)
+    loss = losses["loss"]
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {state.scheduler.get_last_lr()[0]:.3g}); "
                                f"lower train.lr or set train.grad_clip, then --resume from the last checkpoint")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), max_norm)
+    params = [p for group in state.optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     lr = state.scheduler.get_last_lr()[0]
     state.optimizer.step()
     state.scheduler.step()
     ema_update(state.ema, state.model, tc.ema_decay)
-    return {"step": step + 1, "loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
+    return {"step": step + 1, **{k: v.item() for k, v in losses.items()}, "lr": lr, "grad_norm": float(grad_norm),
             "edit_rows": int(batch.has_source.sum()), "step_time": time.perf_counter() - start}
 
 
-def open_cache(config: TeacherConfig, out: Path, encoder=None):
-    """The text-embedding cache: `run.text_cache`, or `<out>/../text-cache` shared by sibling runs."""
-    from flashdistill.models.text import EmbeddingCache, TextEncoder
+def open_cache(config: TeacherConfig, out: Path, encoder=None, spell_quoted: bool = False):
+    """The text-embedding cache: `run.text_cache`, or `<out>/../text-cache` shared by sibling runs (one cache per
+    text convention: spelled and plain prompts are different encoder ids, hence different folders)."""
+    from flashdistill.models.text import EmbeddingCache, encoder_for
 
-    folder = Path(config.run.text_cache) if config.run.text_cache else out.parent / "text-cache"
-    return EmbeddingCache(folder, encoder if encoder is not None else TextEncoder())
+    encoder = encoder_for(encoder, spell_quoted)
+    default = "text-cache-spelled" if spell_quoted else "text-cache"
+    folder = Path(config.run.text_cache) if config.run.text_cache else out.parent / default
+    return EmbeddingCache(folder, encoder)
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -189,7 +223,7 @@ def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -
     if diff:
         raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(diff)} "
                         f"(only train.steps and logging/checkpoint intervals may change)")
-    saved = load_checkpoint(folder, state.model, state.ema, state.optimizer, state.scheduler)
+    saved = load_state(folder, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler})
     return int(saved["step"]), float(saved["meta"].get("wall_time_s", 0.0))
 
 
@@ -226,7 +260,7 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
     start, wall_before = restore(state, config, out, resume)
     if start > config.train.steps:
         raise UserError(f"train.steps: {config.train.steps} is fewer than the {start} steps the checkpoint has done")
-    cache = open_cache(config, out, encoder)
+    cache = open_cache(config, out, encoder, config.model.spell_quoted)
     steps, t0, metrics = config.train.steps, time.perf_counter(), {}
     end = steps if stop_after is None else max(start, min(steps, stop_after))
     meta = {"fingerprint": resume_fingerprint(config), "config": config.to_dict()}
@@ -241,7 +275,8 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
             if done % config.run.checkpoint_every == 0 or done == end:
                 cache.flush()  # so a resumed run finds this run's embeddings on disk
                 meta["wall_time_s"] = wall_before + time.perf_counter() - t0
-                save_checkpoint(out, state.model, state.ema, state.optimizer, state.scheduler, done, meta)
+                save_state(out, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler}, done,
+                           meta)
         bar.close()
     wall = wall_before + time.perf_counter() - t0
     if end < steps or (start == steps and (out / "teacher").is_dir()):  # interrupted on purpose, or nothing to do
