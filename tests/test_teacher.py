@@ -215,7 +215,7 @@ def test_resume_falls_back_to_the_previous_checkpoint_and_drops_a_torn_log_line(
     with (out / "log.jsonl").open("a") as log:
         log.write('{"step": 5, "loss": 0.1')  # torn by a kill
     resumed = train_teacher(tiny(cache_dir, *overrides), out, resume=True, encoder=encoder)
-    assert resumed["resumed_from"] == 2 and "trying the previous one" in capsys.readouterr().err
+    assert resumed["resumed_from"] == 2 and "used the previous one" in capsys.readouterr().err
     _assert_same_weights(ref / "checkpoint", out / "checkpoint")
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
     for name in ("checkpoint", "checkpoint.prev"):  # both damaged: one line naming them, no traceback

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from flashdistill.cliargs import Parser, nonneg_float, nonneg_int, positive_int
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, out_file
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
@@ -24,6 +24,7 @@ CALIBRATION_MODELS = ("oracle", "oracle-blur:0.5", "oracle-blur:1", "oracle-blur
 def cmd_world_sample(args) -> None:
     from flashdistill.world.sample import sample_grid
 
+    out_file(args.out)
     sample_grid(args.category, args.n, args.out, args.split, args.start, args.resolution)
     print(f"wrote {args.out}")
 
@@ -72,6 +73,7 @@ def cmd_bench_run(args) -> None:
 def cmd_bench_table(args) -> None:
     from flashdistill.bench.table import write_table
 
+    out_file(args.out)
     rows = write_table(args.folders, args.out)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} ({len(rows)} rows)")
 
@@ -80,6 +82,7 @@ def cmd_bench_make_cases(args) -> None:
     from flashdistill.bench.cases import write_cases
     from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 
+    out_file(args.out)
     n = args.n or MINI_SIZES[args.bench]
     cases = t2i_bench_cases(n, args.split) if args.bench == "t2i" else edit_bench_cases(n, args.split)
     write_cases(args.out, cases)
@@ -89,6 +92,7 @@ def cmd_bench_make_cases(args) -> None:
 def cmd_bench_calibrate(args) -> None:
     from flashdistill.bench.calibrate import calibrate
 
+    out_dir(args.out)
     ok = calibrate(Path(args.out), args.models, args.limit)
     if not ok:
         sys.exit(1)
@@ -162,6 +166,7 @@ def _add_sampling_args(p, what: str) -> None:
 def cmd_judge_train_reader(args) -> None:
     from flashdistill.bench.reader import train_reader
 
+    out_file(args.out)
     kwargs = {"seed": args.seed}
     if args.steps is not None:
         kwargs["steps"] = args.steps
@@ -172,6 +177,8 @@ def cmd_judge_train_reader(args) -> None:
 def cmd_judge_eval_reader(args) -> None:
     from flashdistill.bench.reader import accuracy_table, load_reader
 
+    if args.json:
+        out_file(args.json, "--json")
     table, results = accuracy_table(load_reader(args.weights), n_per_category=args.n)
     print(table)
     if args.json:
@@ -303,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def os_error_line(err: OSError) -> str:
     where = f"{err.filename}: " if err.filename else ""
-    return f"{where}{err.strerror or err}"
+    return one_line(f"{where}{err.strerror or err}")
 
 
 def _delegated(argv: list[str]):
@@ -336,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user named cannot be read or written: still one line, not a traceback
         print(f"error: {os_error_line(e)}", file=sys.stderr)

@@ -52,6 +52,13 @@ def read_json_object(path: str | Path, what: str = "file") -> dict:
     return obj
 
 
+def yaml_problem(err) -> str:
+    """A PyYAML error as one phrase with its position: `found character '\\t' ... (line 2, column 1)`."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(str(getattr(err, "problem", None) or err).split()) + where
+
+
 def out_dir(path: str | Path, flag: str = "--out") -> Path:
     """The output folder `path`, created with its parents; UserError if it is a file or cannot be written."""
     path = Path(path)

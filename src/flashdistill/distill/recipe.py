@@ -31,7 +31,7 @@ import yaml
 from flashdistill.data.batches import TaskMix
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
-from flashdistill.files import read_text
+from flashdistill.files import read_text, yaml_problem
 from flashdistill.flow import euler_timesteps
 from flashdistill.teacher.config import apply_overrides, from_dict
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
@@ -261,7 +261,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         raw = _load_yaml(text)
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {path}: not valid YAML: {err}") from None
+        raise UserError(f"recipe {path}: not valid YAML: {yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"recipe {path}: the top level must be a mapping")
     return recipe_from_raw(raw, overrides)

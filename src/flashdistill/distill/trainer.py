@@ -47,7 +47,7 @@ from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_studen
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
 from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.models.mmdit import Cond
@@ -413,7 +413,7 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
         summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}")
     except UserError as err:
         if main_rank:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a path that cannot be read or written: one line, not a traceback
         if main_rank:
@@ -421,7 +421,7 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
         return 2
     except TrainingDiverged as err:
         if main_rank:
-            print(f"error: distillation diverged: {err}", file=sys.stderr)
+            print(f"error: distillation diverged: {one_line(err)}", file=sys.stderr)
         return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

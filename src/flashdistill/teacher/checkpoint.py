@@ -168,12 +168,15 @@ def restore_latest(out: Path, files: tuple[str, ...], load: Callable[[Path], dic
     problems = []
     for folder in checkpoints(out, files):
         try:
-            return load(folder)
+            loaded = load(folder)
         except UNREADABLE as err:
             reason = f"{type(err).__name__}: {err}" if not isinstance(err, UserError) else str(err)
             problems.append(f"{folder.name}: {' '.join(reason.split())[:200]}")
-            print(f"note: checkpoint {folder} does not read back ({problems[-1]}); trying the previous one",
+            continue
+        for problem in problems:
+            print(f"note: a checkpoint does not read back ({problem}); used the previous one, {folder}",
                   file=sys.stderr)
+        return loaded
     if problems:
         raise UserError(f"{out}: no checkpoint reads back ({'; '.join(problems)}); start again with another --out")
     return None

@@ -255,14 +255,14 @@ def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Tea
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TeacherConfig:
     """Read a YAML teacher config, apply dotted overrides, validate. Bad input -> UserError."""
-    from flashdistill.files import read_text
+    from flashdistill.files import read_text, yaml_problem
 
     path = Path(path)
     text = read_text(path, "config")  # missing, a folder, or not UTF-8: one line naming the file
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"config {path}: not valid YAML: {err}") from None
+        raise UserError(f"config {path}: not valid YAML: {yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"config {path}: the top level must be a mapping")
     return config_from_raw(raw, overrides)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
@@ -351,13 +351,13 @@ def main_train(argv: list[str] | None = None, prog: str = "flashdistill teacher 
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train_teacher(config, out, args.resume, command=f"{prog} {shlex.join(argv)}")
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # a path that cannot be read or written: one line, not a traceback
         print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
-        print(f"error: training diverged: {err}", file=sys.stderr)
+        print(f"error: training diverged: {one_line(err)}", file=sys.stderr)
         return 1
     loss = summary["final_loss"]
     print(f"teacher after {summary['steps']} steps (final loss {'n/a' if loss is None else f'{loss:.4f}'}, "
