@@ -374,6 +374,20 @@ def test_diverging_from_fresh_weights_sets_aside_the_ruined_checkpoint(teachers,
     assert max(float(t.abs().max()) for t in ruined.values()) > 1e20
 
 
+def test_resume_removes_folders_a_kill_during_export_left(teachers, cache_dir, encoder, tmp_path):
+    """Defect: `.student-tmp-*` folders of an export killed midway were never removed."""
+    out = tmp_path / "run"
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=2")
+    train_distill(recipe, out, encoder=encoder)  # finished; then an export killed midway leaves its folders
+    for stale in (".student-tmp-0badc0de", ".best-tmp-12345678", ".student-old-87654321"):
+        (out / stale).mkdir()
+        (out / stale / "student.json").write_text("{")
+    summary = train_distill(recipe, out, resume=True, encoder=encoder)
+    assert summary["student"] and not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert summary["final_loss"] is not None  # no iteration ran in this call: the checkpoint's last loss
+    assert load_student(out).info["iteration"] == 2
+
+
 # ---- quick evaluation and the best checkpoint --------------------------------------------------------------
 def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encoder, tmp_path):
     scores = iter([1.0, 3.0, 2.0, 2.5, 9.0])
