@@ -26,7 +26,6 @@ Under `torchrun --nproc_per_node=N` the same command runs data-parallel (see `ro
 from __future__ import annotations
 
 import argparse
-import copy
 import math
 import os
 import shlex
@@ -43,6 +42,7 @@ from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix, make_batch
 from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
+from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
@@ -125,47 +125,6 @@ def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor, Cond, Cond, Dra
     uncond = Cond(u_emb.to(dev).expand(b, -1, -1), u_mask.to(dev).expand(b, -1), cond.source, cond.has_source,
                   cond.category)
     return batch.x[sl].to(dev), cond, uncond, draws.rows(sl, dev)
-
-
-def backward_checked(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float,
-                     dist: Dist) -> tuple[bool, float]:
-    """Backward and clip, no step: (finite on every rank, norm). A non-finite loss or norm leaves no gradient."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()  # under DDP this all-reduces, so every rank sees the same gradient norm
-    norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip if clip > 0 else float("inf")))
-    bad = not (torch.isfinite(loss).item() and torch.isfinite(torch.tensor(norm)).item())
-    if dist.mean(float(bad)) > 0:
-        opt.zero_grad(set_to_none=True)
-        return False, norm
-    return True, norm
-
-
-def optimizer_step(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float,
-                   dist: Dist) -> tuple[bool, float]:
-    """Backward, clip, step; a non-finite loss or gradient norm (on any rank) skips the step: (stepped, norm)."""
-    ok, norm = backward_checked(module, opt, loss, clip, dist)
-    if ok:
-        opt.step()
-    return ok, norm
-
-
-@dataclass
-class Snapshot:
-    """A module's trainable parameters and its optimizer's state, to undo updates of a skipped iteration."""
-
-    params: list[torch.Tensor]
-    optimizer: dict
-
-    @classmethod
-    def take(cls, module: torch.nn.Module, opt: torch.optim.Optimizer) -> Snapshot:
-        params = [p.detach().clone() for p in module.parameters() if p.requires_grad]
-        return cls(params, copy.deepcopy(opt.state_dict()))
-
-    @torch.no_grad()
-    def restore(self, module: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
-        for p, saved in zip([p for p in module.parameters() if p.requires_grad], self.params):
-            p.copy_(saved)
-        opt.load_state_dict(self.optimizer)
 
 
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, d: Draws) -> tuple:

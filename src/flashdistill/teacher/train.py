@@ -9,7 +9,9 @@ AdamW with linear warmup + cosine decay, global-norm clipping, and an EMA of the
 Exact resume: batch choice is a pure function of (seed, step) and every other draw (dropout, t, eps) comes from a
 torch.Generator seeded by (seed, step), so nothing but the checkpoint (weights, EMA, optimizer, scheduler, step)
 carries state from one step to the next. A run killed at any point and resumed with `--resume` reaches the weights
-of an uninterrupted run. Checkpoints are atomic and pickle-free (see `checkpoint.py`).
+of an uninterrupted run. Checkpoints are atomic and pickle-free (see `checkpoint.py`). A NaN/Inf loss or gradient
+raises TrainingDiverged before the step touches weights, optimizer, scheduler or EMA, and a checkpoint of weights
+no finite step ran from is set aside (`diverged`), so `--resume --set train.lr=...` restarts from good weights.
 
 Outputs in `--out`: `checkpoint/`, `tb/` (tensorboard: loss, lr, grad norm, step time), `log.jsonl`, and at the
 end `teacher/` = the EMA weights (FlowModel.save_pretrained) + `teacher.json` (config, steps, wall time, hardware,
