@@ -42,8 +42,8 @@ from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix, make_batch
 from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
-from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_student
+from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
 from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
