@@ -141,3 +141,19 @@ def test_frechet_distance_sees_lost_diversity(judge, tmp_path):
     assert frechet_distance(a, b) < 0.5
     assert frechet_distance(a, a * 0.1) > 5.0
     assert abs(frechet_distance(a, a + 2.0) - 32.0) < 0.5  # shift by 2 in 8 dims: ||mu||^2 = 32
+
+
+def test_world_judge_refuses_cases_without_ground_truth(judge, tmp_path):
+    """Defect: a case with no world record got prompt compliance 5.0 from "0/0 attributes"."""
+    from flashdistill.bench.cases import EditCase, T2ICase
+    from flashdistill.bench.models import NoiseModel
+
+    mine = [T2ICase(id="mine-1", category="landscape", prompt="a lake at night", seed=0)]
+    with pytest.raises(UserError, match="needs a world 'record'.*mine-1 has none.*--judge vlm"):
+        list(judge.judge_t2i(mine, [np.zeros((32, 32, 3), np.float32)]))
+    with pytest.raises(UserError, match="mine-1"):  # before any image is made or any file written
+        run_bench("t2i", NoiseModel(32), judge, mine, tmp_path / "t2i", None, "mine.jsonl")
+    assert not (tmp_path / "t2i").exists()
+    photo = [EditCase(id="e1", category="style_transfer", instruction="sepia", seed=0, source_image="x.png")]
+    with pytest.raises(UserError, match="needs a world 'source' and 'edit'.*e1"):
+        run_bench("edit", NoiseModel(32), judge, photo, tmp_path / "edit", None, "mine.jsonl")

@@ -24,7 +24,7 @@ from flashdistill.distill.roles import Dist, build_roles
 from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
+from flashdistill.models.mmdit import Cond
 from flashdistill.models.text import TextEncoder
 from flashdistill.teacher.train import TrainingDiverged
 
@@ -273,8 +273,8 @@ def test_resume_is_exact(teachers, cache_dir, encoder, tmp_path):
     assert part["iterations"] == 2 and part["student"] is None
     with pytest.raises(UserError, match="pass --resume"):
         train_distill(recipe, tmp_path / "split", encoder=encoder)
-    with pytest.raises(UserError, match=r"differs from the checkpoint's in dmd\.lr"):
-        train_distill(tiny(teachers, cache_dir, "dmd.lr=1e-2"), tmp_path / "split", resume=True, encoder=encoder)
+    with pytest.raises(UserError, match=r"differs from the checkpoint's in dmd\.cfg_scale"):
+        train_distill(tiny(teachers, cache_dir, "dmd.cfg_scale=3"), tmp_path / "split", resume=True, encoder=encoder)
     resumed = train_distill(recipe, tmp_path / "split", resume=True, encoder=encoder)
     assert resumed["resumed_from"] == 2 and resumed["iterations"] == 4
     a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
@@ -305,12 +305,87 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run(teachers, cache_dir, enc
 
     monkeypatch.setattr(dmd, "generator_loss", lambda x, grad, reduction="mean": real_loss(x, grad) * float("inf"))
     recipe = tiny(teachers, cache_dir, "dmd.iterations=10", "dmd.max_bad_steps=3")
-    with pytest.raises(TrainingDiverged, match=r"3 iterations in a row were skipped .* iteration 3"):
+    with pytest.raises(TrainingDiverged, match=r"3 iterations in a row were skipped .* iteration 3.*from iteration 0"):
         train_distill(recipe, tmp_path / "always", encoder=encoder)
-    # Skipped steps never touch the student: its checkpoint (iteration 2) still holds the base teacher's weights.
-    base = FlowModel.from_pretrained(teachers / "base").state_dict()
-    student = load_file(str(tmp_path / "always" / "checkpoint" / "student.safetensors"))
-    assert all(torch.equal(student[k], base[k]) for k in base)
+    assert not (tmp_path / "always" / "checkpoint").exists()  # no checkpoint of weights no good iteration ran from
+
+
+def _roles_state(run: Path, name: str = "checkpoint") -> dict:
+    return {n: load_file(str(run / name / f"{n}.safetensors")) for n in ("student", "ema", "critic")}
+
+
+def test_a_bad_critic_update_undoes_the_whole_iteration(teachers, cache_dir, encoder, tmp_path, monkeypatch):
+    """Defect: the generator step and EMA were applied before a later critic update came out non-finite."""
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=1", "critic.updates=3")
+    ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
+    before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in ctx.roles.modules().items()}
+    opt_before = [len(ctx.roles.opt_student.state), len(ctx.roles.opt_critic.state)]
+    real, calls = dmd.critic_loss, []
+
+    def nan_on_third(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(dmd, "critic_loss", nan_on_third)
+    metrics = train_iteration(ctx, 0)
+    assert metrics["skipped"] == 1 and len(calls) == 3
+    for name, module in ctx.roles.modules().items():  # student, EMA and critic all as before the iteration
+        for key, value in module.state_dict().items():
+            assert torch.equal(value, before[name][key]), f"{name}:{key} moved"
+    assert [len(ctx.roles.opt_student.state), len(ctx.roles.opt_critic.state)] == opt_before == [0, 0]
+
+
+def test_diverged_run_keeps_good_weights_and_resumes_with_a_lower_lr(teachers, cache_dir, encoder, tmp_path,
+                                                                     capsys):
+    """Defect: with dmd.lr=critic.lr=1e30 the checkpoint held weights near 1e30, and --resume with a sane lr was
+    refused because the recipe differed."""
+    out = tmp_path / "run"
+    good = train_distill(tiny(teachers, cache_dir, "dmd.iterations=6"), out, encoder=encoder, stop_after=2)
+    assert good["iterations"] == 2
+    saved = _roles_state(out)
+    huge = tiny(teachers, cache_dir, "dmd.iterations=6", "dmd.lr=1e30", "critic.lr=1e30", "run.checkpoint_every=1")
+    with pytest.raises(TrainingDiverged, match=r"continues from the checkpoint at iteration 2"):
+        train_distill(huge, out, resume=True, encoder=encoder)
+    assert "dmd.lr 0.001 -> 1e+30, critic.lr 0.001 -> 1e+30" in capsys.readouterr().err
+    after = _roles_state(out)
+    for role in saved:  # the checkpoint --resume will use holds the good weights, untouched
+        for key in saved[role]:
+            assert torch.equal(after[role][key], saved[role][key]), f"{role}:{key}"
+    lower = tiny(teachers, cache_dir, "dmd.iterations=4", "dmd.lr=1e-4", "critic.lr=1e-4")
+    summary = train_distill(lower, out, resume=True, encoder=encoder)
+    assert summary["resumed_from"] == 2 and summary["iterations"] == 4 and summary["skipped_total"] == 0
+    final = _roles_state(out)
+    assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for r in final.values() for t in r.values())
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    for name in ("optimizer", "critic_optimizer"):  # the optimizers run at the new lr, not the checkpoint's
+        groups = dict(state[name]["__dict__"])["param_groups"]
+        assert {dict(g["__dict__"])["lr"] for g in groups} == {1e-4}
+
+
+def test_diverging_from_fresh_weights_sets_aside_the_ruined_checkpoint(teachers, cache_dir, encoder, tmp_path):
+    """One finite-looking step with a huge lr ruins the student; the checkpoint written after it is set aside."""
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=8", "dmd.lr=1e30", "critic.updates=1", "critic.lr=1e-30",
+                  "run.checkpoint_every=1")
+    with pytest.raises(TrainingDiverged, match="starts again from iteration 0"):
+        train_distill(recipe, tmp_path / "run", encoder=encoder)
+    assert not (tmp_path / "run" / "checkpoint").exists() and (tmp_path / "run" / "checkpoint.diverged").is_dir()
+    ruined = load_file(str(tmp_path / "run" / "checkpoint.diverged" / "student.safetensors"))
+    assert max(float(t.abs().max()) for t in ruined.values()) > 1e20
+
+
+def test_resume_removes_folders_a_kill_during_export_left(teachers, cache_dir, encoder, tmp_path):
+    """Defect: `.student-tmp-*` folders of an export killed midway were never removed."""
+    out = tmp_path / "run"
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=2")
+    train_distill(recipe, out, encoder=encoder)  # finished; then an export killed midway leaves its folders
+    for stale in (".student-tmp-0badc0de", ".best-tmp-12345678", ".student-old-87654321"):
+        (out / stale).mkdir()
+        (out / stale / "student.json").write_text("{")
+    summary = train_distill(recipe, out, resume=True, encoder=encoder)
+    assert summary["student"] and not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert summary["final_loss"] is not None  # no iteration ran in this call: the checkpoint's last loss
+    assert load_student(out).info["iteration"] == 2
 
 
 # ---- quick evaluation and the best checkpoint --------------------------------------------------------------

@@ -124,3 +124,41 @@ def test_config_validation():
         MMDiTConfig(resolution=33)
     with pytest.raises(ValueError, match="no source"):
         Cond(torch.zeros(2, 3, D), torch.ones(2, 3, dtype=torch.bool), has_source=torch.tensor([True, False]))
+
+
+def test_pickle_weights_are_refused_never_unpickled(model, tmp_path, monkeypatch):
+    """Defect: a folder holding only diffusion_pytorch_model.bin went through torch.load."""
+    from safetensors.torch import load_file
+
+    from flashdistill.errors import UserError
+
+    model.save_pretrained(tmp_path)
+    weights = tmp_path / "transformer" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(str(weights)), weights.with_suffix(".bin"))
+    weights.unlink()
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(UserError, match=r"only pickle weights \(diffusion_pytorch_model.bin\).*safetensors only"):
+        FlowModel.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda p: p.write_bytes(p.read_bytes()[:1000]), "the weights do not load"),  # truncated
+    (lambda p: p.write_bytes(b"\x00garbage" * 50), "the weights do not load"),
+    (lambda p: (p.parents[1] / "flashdistill_model.json").write_text("{"), "not valid JSON"),
+    (lambda p: (p.parents[1] / "flashdistill_model.json").write_text('{"config": {"num_layers": -1}}'),
+     "config.num_layers must be a positive integer"),
+    (lambda p: (p.parent / "config.json").write_text("[}"), "the weights do not load"),
+])
+def test_damaged_model_folders_are_user_errors_naming_the_file(model, tmp_path, damage, message):
+    """Defect: truncated or garbage safetensors and broken JSON in a model folder ended in tracebacks."""
+    from flashdistill.errors import UserError
+
+    model.save_pretrained(tmp_path)
+    damage(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(UserError, match=message) as err:
+        FlowModel.from_pretrained(tmp_path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)

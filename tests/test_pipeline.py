@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from flashdistill.cli import main
+from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, x0_from_v
 from flashdistill.imageio import load_png, save_png
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
@@ -155,3 +156,45 @@ def test_shipped_teachers_load_offline_and_sample(name, monkeypatch):
     assert pipe.model.num_params() > 1_000_000
     img = pipe.sample(["a blue sign that says MOON"], [None], [0], nfe=2)[0]
     assert img.shape == (32, 32, 3) and np.isfinite(img).all()
+
+
+# ---- faults: broken weights and values that cannot be meant -----------------------------------------------
+@pytest.fixture(scope="module")
+def nan_dir(model_dir, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nan-teacher")
+    model = FlowModel.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.transformer.proj_out.bias.fill_(float("nan"))
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_a_nan_model_is_an_error_naming_it_not_black_images(nan_dir, tmp_path, capsys):
+    """Defect: a NaN student wrote all-black PNGs with exit 0, and `bench` scored them."""
+    with pytest.raises(UserError, match=rf"model {nan_dir} produced NaN/Inf for 2 of 2 images"):
+        load_teacher(str(nan_dir)).sample(["a", "b"], [None, None], [0, 1], nfe=2)
+    out = tmp_path / "x.png"
+    assert main(["generate", "--prompt", "x", "--model", str(nan_dir), "--nfe", "1", "--out", str(out)]) == 2
+    bench = tmp_path / "bench"
+    assert main(["bench", "t2i", "--model", str(nan_dir), "--nfe", "1", "--limit", "1", "--out", str(bench)]) == 2
+    assert not out.exists() and not list(bench.glob("images/*.png")) and not (bench / "results.json").exists()
+    assert capsys.readouterr().err.count("NaN/Inf") == 2
+
+
+def test_nfe_zero_is_refused_not_run_at_the_default(model_dir, tmp_path, capsys):
+    """Defect: --nfe 0 silently ran 50 steps and recorded nfe: 0; --n 0 wrote nothing with exit 0."""
+    pipe = load_teacher(str(model_dir))
+    with pytest.raises(UserError, match="--nfe must be at least 1, got 0"):
+        pipe.sample(["a"], [None], [0], nfe=0)
+    student = FlowPipeline(pipe.model, SamplingSpec(timesteps=(1.0, 0.5)), "student")
+    with pytest.raises(UserError, match="--nfe must be at least 1"):
+        student.sample(["a"], [None], [0], nfe=0)
+    for cmd, flag in ((["generate", "--prompt", "x"], "--nfe"), (["generate", "--prompt", "x"], "--n"),
+                      (["bench", "t2i", "--limit", "1"], "--batch-size"), (["bench", "t2i"], "--nfe")):
+        with pytest.raises(SystemExit) as exit_:  # argparse: before any model is loaded
+            main([*cmd, "--model", str(model_dir), flag, "0", "--out", str(tmp_path / "o")])
+        assert exit_.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(errors) == 4 and all(line.startswith("error: ") and "must be at least 1, got 0" in line
+                                    for line in errors)
+    assert not (tmp_path / "o").exists()

@@ -163,6 +163,91 @@ def test_non_finite_loss_stops_training(encoder, cache_dir, monkeypatch):
         train_mod.train_step(build_state(cfg), cfg, EmbeddingCache(cache_dir, encoder), 0)
 
 
+def test_non_finite_gradient_stops_before_the_update(encoder, cache_dir, monkeypatch):
+    """A finite loss with a NaN gradient must not reach AdamW, the scheduler or the EMA."""
+    cfg = tiny(cache_dir)
+    state = build_state(cfg)
+    real = train_mod.flow_matching_loss
+
+    def nan_gradient(model, *args, **kwargs):  # d sqrt(u)/du at u = 0 is inf, times 0: NaN, while the loss is finite
+        return real(model, *args, **kwargs) + torch.sqrt(0 * next(model.parameters()).sum())
+
+    monkeypatch.setattr(train_mod, "flow_matching_loss", nan_gradient)
+    before = {k: v.clone() for k, v in state.model.state_dict().items()}
+    with pytest.raises(TrainingDiverged, match="gradient norm is nan at step 0"):
+        train_mod.train_step(state, cfg, EmbeddingCache(cache_dir, encoder), 0)
+    assert all(torch.equal(v, before[k]) for k, v in state.model.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in state.ema.state_dict().items())
+    assert not state.optimizer.state and state.scheduler.last_epoch == 0
+
+
+def test_divergence_keeps_the_good_checkpoint_and_resume_takes_a_lower_lr(tmp_path, encoder, cache_dir, capsys):
+    """Defect: a diverged run left ruined weights in its checkpoint and --resume refused the lower lr it advised."""
+    out = tmp_path / "run"
+    train_teacher(tiny(cache_dir, "run.checkpoint_every=1"), out, encoder=encoder, stop_after=3)
+    good = load_file(str(out / "checkpoint" / "model.safetensors"))
+    with pytest.raises(TrainingDiverged, match="continues from the checkpoint at step 3"):
+        train_teacher(tiny(cache_dir, "run.checkpoint_every=1", "train.lr=1e30"), out, resume=True, encoder=encoder)
+    assert "train.lr 0.001 -> 1e+30" in capsys.readouterr().err
+    ruined = load_file(str(out / "checkpoint.diverged" / "model.safetensors"))  # step 4: one huge, finite step
+    assert max(float(t.abs().max()) for t in ruined.values()) > 1e20
+    assert main_train([str(TINY), "--out", str(out), "--resume", "--set", "run.checkpoint_every=1", "train.lr=5e-4",
+                       f"run.text_cache={cache_dir}"]) == 0
+    assert "train.lr 0.001 -> 0.0005" in capsys.readouterr().err
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 6 and state["meta"]["config"]["train"]["lr"] == 5e-4
+    final = load_file(str(out / "checkpoint" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in final.values())
+    assert any(not torch.equal(final[k], good[k]) for k in good)  # it trained on from the good weights
+
+
+def test_resume_falls_back_to_the_previous_checkpoint_and_drops_a_torn_log_line(tmp_path, encoder, cache_dir,
+                                                                                 capsys):
+    """Defects: a truncated checkpoint ended --resume with a traceback although the previous one was on disk, and
+    a torn last line in log.jsonl stopped --resume."""
+    overrides = ["run.checkpoint_every=2"]
+    ref = tmp_path / "ref"
+    train_teacher(tiny(cache_dir, *overrides), ref, encoder=encoder)
+    out = tmp_path / "run"
+    train_teacher(tiny(cache_dir, *overrides), out, encoder=encoder, stop_after=4)
+    weights = out / "checkpoint" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # truncated
+    with (out / "log.jsonl").open("a") as log:
+        log.write('{"step": 5, "loss": 0.1')  # torn by a kill
+    resumed = train_teacher(tiny(cache_dir, *overrides), out, resume=True, encoder=encoder)
+    assert resumed["resumed_from"] == 2 and "used the previous one" in capsys.readouterr().err
+    _assert_same_weights(ref / "checkpoint", out / "checkpoint")
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == list(range(1, 7))
+    for name in ("checkpoint", "checkpoint.prev"):  # both damaged: one line naming them, no traceback
+        path = out / name / "ema.safetensors"
+        path.write_bytes(b"garbage" * 10)
+    assert main_train([str(TINY), "--out", str(out), "--resume", "--set", *overrides, "train.steps=8",
+                       f"run.text_cache={cache_dir}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "no checkpoint reads back" in err and "checkpoint.prev" in err
+
+
+def test_a_kill_during_export_leaves_no_stale_folder_and_keeps_the_final_loss(tmp_path, encoder, cache_dir,
+                                                                              monkeypatch):
+    """Defect: `.teacher-tmp-*` stayed forever and the resumed teacher.json had final_loss null."""
+    out = tmp_path / "run"
+
+    def killed(ema, out, info):
+        (out / ".teacher-tmp-dead").mkdir()
+        (out / ".teacher-tmp-dead" / "teacher.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "export_teacher", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(tiny(cache_dir), out, encoder=encoder)
+    monkeypatch.undo()
+    summary = train_teacher(tiny(cache_dir), out, resume=True, encoder=encoder)
+    assert not list(out.glob(".*-tmp-*"))
+    last = json.loads((out / "log.jsonl").read_text().splitlines()[-1])["loss"]
+    info = json.loads((out / "teacher" / "teacher.json").read_text())
+    assert summary["final_loss"] == info["final_loss"] == last
+
+
 # ---- checkpoints and resume -------------------------------------------------------------------------------
 def test_flatten_round_trips_optimizer_state(straight):
     state = build_state(load_config(TINY))
@@ -185,8 +270,8 @@ def test_exact_resume_matches_straight_run(straight, tmp_path, encoder, cache_di
     assert part["teacher"] is None and not (out_b / "teacher").exists()
     with pytest.raises(UserError, match="--resume"):
         train_teacher(tiny(cache_dir), out_b, encoder=encoder)  # never silently overwrite a run
-    with pytest.raises(UserError, match=r"train\.lr"):
-        train_teacher(tiny(cache_dir, "train.lr=0.5"), out_b, resume=True, encoder=encoder)
+    with pytest.raises(UserError, match=r"train\.batch_size"):  # changes what the run is: refused
+        train_teacher(tiny(cache_dir, "train.batch_size=8"), out_b, resume=True, encoder=encoder)
     resumed = train_teacher(tiny(cache_dir), out_b, resume=True, encoder=encoder)  # fresh objects, from disk
     assert resumed["resumed_from"] == 3
     _assert_same_weights(out_a / "checkpoint", out_b / "checkpoint")

@@ -41,6 +41,11 @@ def ok(content: str | dict, sleep: float = 0.0) -> dict:
     return {"status": 200, "body": completion_body(text), "sleep": sleep}
 
 
+def raw(data: bytes, content_type: str = "application/json") -> dict:
+    """An HTTP 200 whose body is whatever `data` is (a proxy's HTML page, truncated JSON, ...)."""
+    return {"status": 200, "raw": data, "content_type": content_type}
+
+
 def status(code: int, message: str = "error", headers: dict | None = None) -> dict:
     return {"status": code, "body": {"error": {"message": message, "type": "test", "code": None}},
             "headers": headers or {}}
@@ -103,10 +108,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(action)
 
     def _reply(self, action: dict) -> None:
-        data = json.dumps(action["body"]).encode()
+        data = action["raw"] if "raw" in action else json.dumps(action["body"]).encode()
         try:
             self.send_response(action["status"])
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", action.get("content_type", "application/json"))
             self.send_header("Content-Length", str(len(data)))
             for name, value in action.get("headers", {}).items():
                 self.send_header(name, value)
@@ -226,6 +231,18 @@ def test_malformed_t2i_reply_is_retried_then_succeeds(server, bad):
     server.push(ok(bad), ok({"score": 1.0, "reasoning": "wrong scene"}))
     score = run_t2i(make_judge(server))[0]
     assert score.score == 1.0 and score.metrics == {"attempts": 2}
+
+
+@pytest.mark.parametrize("body, content_type", [(b"<html>502 Bad Gateway</html>", "text/html"),
+                                                (b'{"id": "chatcmpl-1", "choices": [', "application/json"),
+                                                (b"", "application/json"), (b"[1, 2]", "application/json"),
+                                                (b'{"id": "chatcmpl-1"}', "application/json"),
+                                                (b'{"choices": [{"index": 0}]}', "application/json")])
+def test_http_200_whose_body_is_not_a_completion_is_retried(server, body, content_type):
+    """Defect: a 200 whose body was not JSON failed the case at once, though malformed replies are retried."""
+    server.push(raw(body, content_type), ok({"score": 4.0, "reasoning": "fine"}))
+    score = run_t2i(make_judge(server))[0]
+    assert score.score == 4.0 and score.metrics == {"attempts": 2} and len(server.requests) == 2
 
 
 def test_malformed_every_time_fails_the_case_without_raising(server):
@@ -415,3 +432,23 @@ def test_bench_cli_with_vlm_judge_records_failures_and_resumes(server, tmp_path)
     assert main(argv) == 0
     assert len(server.requests) == asked
     assert KEY not in (out / "cases.jsonl").read_text() + (out / "run.json").read_text()
+
+
+def test_retry_failed_asks_again_only_the_failed_cases(server, tmp_path):
+    """Defect: a failed case could never be re-asked; `--retry-failed` judges exactly those again."""
+    from flashdistill.cli import main
+
+    server.push(status(400, "bad request"), status(400, "bad request"))  # two of six cases fail, not retried
+    out = tmp_path / "vlm"
+    argv = ["bench", "t2i", "--model", "oracle", "--limit", "2", "--judge", "vlm", "--out", str(out),
+            "--vlm-base-url", server.url, "--vlm-model", "fake-vlm", "--vlm-api-key-env", KEY_ENV,
+            "--vlm-concurrency", "1"]
+    assert main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["n_failed"] == 2
+    asked = len(server.requests)
+    assert main(argv + ["--retry-failed"]) == 0
+    assert len(server.requests) == asked + 2  # only the two failed cases
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(r["score"] == 3.0 for r in rows)
+    assert json.loads((out / "results.json").read_text())["n_failed"] == 0
+    assert main(argv + ["--retry-failed"]) == 0 and len(server.requests) == asked + 2  # nothing failed: nothing asked

@@ -8,7 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from flashdistill.errors import UserError
+from flashdistill.cliargs import Parser, nonneg_float, nonneg_int, positive_int
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import out_dir, out_file
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
 DATA = Path(__file__).parent / "bench" / "data"
@@ -22,6 +24,7 @@ CALIBRATION_MODELS = ("oracle", "oracle-blur:0.5", "oracle-blur:1", "oracle-blur
 def cmd_world_sample(args) -> None:
     from flashdistill.world.sample import sample_grid
 
+    out_file(args.out)
     sample_grid(args.category, args.n, args.out, args.split, args.start, args.resolution)
     print(f"wrote {args.out}")
 
@@ -51,8 +54,7 @@ def cmd_bench_run(args) -> None:
     from flashdistill.bench.models import load_model
     from flashdistill.bench.runner import run_bench
 
-    if args.limit is not None and args.limit < 1:
-        raise UserError("--limit must be at least 1")
+    out_dir(args.out)
     cases_file = Path(args.cases) if args.cases else BUILTIN_CASES[args.bench]
     known = T2I_CATEGORIES if args.bench == "t2i" else EDIT_CATEGORIES
     for category in args.category or []:
@@ -63,7 +65,7 @@ def cmd_bench_run(args) -> None:
     model = load_model(args.model, args.resolution, args.cfg, args.batch_size)
     nfe = args.nfe if args.nfe is not None else getattr(model, "default_nfe", None)
     results = run_bench(args.bench, model, _judge(args, args.resolution), cases, Path(args.out), nfe, label,
-                        args.resolution, args.batch_size)
+                        args.resolution, args.batch_size, retry_failed=args.retry_failed)
     print(f"{results['bench']} {results['model']}: average {results['average']} over {results['n_cases']} cases "
           f"({results['n_failed']} failed) -> {Path(args.out) / 'results.json'}")
 
@@ -71,6 +73,7 @@ def cmd_bench_run(args) -> None:
 def cmd_bench_table(args) -> None:
     from flashdistill.bench.table import write_table
 
+    out_file(args.out)
     rows = write_table(args.folders, args.out)
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} ({len(rows)} rows)")
 
@@ -79,6 +82,7 @@ def cmd_bench_make_cases(args) -> None:
     from flashdistill.bench.cases import write_cases
     from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 
+    out_file(args.out)
     n = args.n or MINI_SIZES[args.bench]
     cases = t2i_bench_cases(n, args.split) if args.bench == "t2i" else edit_bench_cases(n, args.split)
     write_cases(args.out, cases)
@@ -88,6 +92,7 @@ def cmd_bench_make_cases(args) -> None:
 def cmd_bench_calibrate(args) -> None:
     from flashdistill.bench.calibrate import calibrate
 
+    out_dir(args.out)
     ok = calibrate(Path(args.out), args.models, args.limit)
     if not ok:
         sys.exit(1)
@@ -125,6 +130,7 @@ def _save_outputs(images, out: str, seeds: list[int]) -> None:
 
 
 def cmd_generate(args) -> None:
+    out_file(args.out)
     model = _pipeline(args)
     seeds = [args.seed + i for i in range(args.n)]
     images = model.sample([args.prompt] * args.n, [None] * args.n, seeds, args.nfe)
@@ -134,6 +140,8 @@ def cmd_generate(args) -> None:
 def cmd_edit(args) -> None:
     from flashdistill.imageio import load_png
 
+    out_file(args.out)
+    source = load_png(args.image)  # readable before any model is loaded
     model = _pipeline(args)
     source = load_png(args.image, model.resolution)
     seeds = [args.seed + i for i in range(args.n)]
@@ -143,21 +151,22 @@ def cmd_edit(args) -> None:
 
 def _add_sampling_args(p, what: str) -> None:
     p.add_argument("--model", required=True, help="teacher:base | teacher:specialized | a model or student folder")
-    p.add_argument("--nfe", type=int, default=None,
+    p.add_argument("--nfe", type=positive_int, default=None,
                    help="sampling steps (default: 50 for teachers, the schedule's 4 for students); with CFG each "
                         "teacher step costs two network passes")
-    p.add_argument("--cfg", type=float, default=None,
+    p.add_argument("--cfg", type=nonneg_float, default=None,
                    help="classifier-free guidance scale for teachers (default: the one the teacher records)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same image")
-    p.add_argument("--n", type=int, default=1, help=f"{what} this many images, seeds S, S+1, ...")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed: the same seed gives the same image")
+    p.add_argument("--n", type=positive_int, default=1, help=f"{what} this many images, seeds S, S+1, ...")
     p.add_argument("--out", required=True, help="PNG path (with --n > 1: PATH-seedS.png per image)")
-    p.add_argument("--resolution", type=int, default=32, help="the model's resolution (default 32)")
+    p.add_argument("--resolution", type=positive_int, default=32, help="the model's resolution (default 32)")
 
 
 # ---- judge ------------------------------------------------------------------------------------------------
 def cmd_judge_train_reader(args) -> None:
     from flashdistill.bench.reader import train_reader
 
+    out_file(args.out)
     kwargs = {"seed": args.seed}
     if args.steps is not None:
         kwargs["steps"] = args.steps
@@ -168,6 +177,8 @@ def cmd_judge_train_reader(args) -> None:
 def cmd_judge_eval_reader(args) -> None:
     from flashdistill.bench.reader import accuracy_table, load_reader
 
+    if args.json:
+        out_file(args.json, "--json")
     table, results = accuracy_table(load_reader(args.weights), n_per_category=args.n)
     print(table)
     if args.json:
@@ -182,26 +193,28 @@ def _add_bench_run(sub, bench: str) -> None:
                                    "if interrupted: rerun the same command.")
     p.add_argument("--model", required=True, help="oracle | noise | oracle-blur:S | oracle-noise:S | teacher:base | "
                                                   "teacher:specialized | a model or student folder")
-    p.add_argument("--nfe", type=int, default=None,
+    p.add_argument("--nfe", type=positive_int, default=None,
                    help="sampling steps for network models (default: 50 for teachers; ignored by oracles)")
-    p.add_argument("--cfg", type=float, default=None, help="CFG scale for teachers (default: the teacher's own)")
+    p.add_argument("--cfg", type=nonneg_float, default=None, help="CFG scale for teachers (default: the teacher's own)")
     p.add_argument("--judge", choices=("world", "vlm"), default="world", help="world: exact ground truth (default)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N cases of each category")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N cases of each category")
     p.add_argument("--category", action="append", default=None, metavar="C",
                    help="only the cases of category C (repeat for several; default: all)")
     p.add_argument("--cases", default=None, help="your own JSONL case file (format: flashdistill/bench/cases.py)")
     p.add_argument("--out", required=True, help="output folder (results.json, cases.jsonl, images/, grid.png)")
-    p.add_argument("--resolution", type=int, default=32, help="image size in pixels (default 32)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--resolution", type=positive_int, default=32, help="image size in pixels (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images generated at once (default 32)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="judge again the cases this folder recorded as failed (score null), e.g. after a judge outage")
     p.add_argument("--vlm-base-url", default=None, help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1")
     p.add_argument("--vlm-model", default=None, help="model name at that endpoint")
     p.add_argument("--vlm-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    p.add_argument("--vlm-concurrency", type=int, default=4, help="requests in flight at once")
+    p.add_argument("--vlm-concurrency", type=positive_int, default=4, help="requests in flight at once")
     p.set_defaults(func=cmd_bench_run, bench=bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="flashdistill",
         description="Few-step distillation toolkit (Qwen-Image-Flash recipe). Subcommands:\n"
                     "  quickstart  the main job: shipped teachers -> 4-NFE student -> benchmarks -> report\n"
@@ -232,12 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--out", required=True)
     p.add_argument("--split", choices=("train", "bench"), default="train")
-    p.add_argument("--start", type=int, default=0, help="first item index in the split")
-    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--start", type=nonneg_int, default=0, help="first item index in the split")
+    p.add_argument("--resolution", type=positive_int, default=32)
     p.set_defaults(func=cmd_world_sample)
     p = world.add_parser("legibility", help="measure how legible the text category's words are per resolution")
-    p.add_argument("--n", type=int, default=300, help="words per resolution")
-    p.add_argument("--resolutions", type=int, nargs="+", default=[16, 32, 48])
+    p.add_argument("--n", type=positive_int, default=300, help="words per resolution")
+    p.add_argument("--resolutions", type=positive_int, nargs="+", default=[16, 32, 48])
     p.set_defaults(func=cmd_world_legibility)
 
     bench = top.add_parser("bench", help="the benchmarks").add_subparsers(dest="sub", required=True)
@@ -249,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_table)
     p = bench.add_parser("make-cases", help="regenerate a mini bench case file from the bench seeds")
     p.add_argument("--bench", choices=("t2i", "edit"), required=True)
-    p.add_argument("--n", type=int, default=None, help="cases per category (default: 200 T2I, 50 edit)")
+    p.add_argument("--n", type=positive_int, default=None, help="cases per category (default: 200 T2I, 50 edit)")
     p.add_argument("--split", choices=("bench", "val"), default="bench",
                    help="bench: the shipped mini benches' seeds; val: disjoint seeds for tuning settings and "
                         "checkpoints without touching the bench")
@@ -257,19 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench_make_cases)
     p = bench.add_parser("calibrate", help="run the reference models on both benches and check the judge's bars")
     p.add_argument("--out", default="runs/calibration")
-    p.add_argument("--limit", type=int, default=None, help="cases per category (default: the full mini benches)")
+    p.add_argument("--limit", type=positive_int, default=None,
+                   help="cases per category (default: the full mini benches)")
     p.add_argument("--models", nargs="+", default=list(CALIBRATION_MODELS))
     p.set_defaults(func=cmd_bench_calibrate)
 
     judge = top.add_parser("judge", help="the world judge's reader").add_subparsers(dest="sub", required=True)
     p = judge.add_parser("train-reader", help="train the reader network and write safetensors")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped reader's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=positive_int, default=None, help="training steps (default: the shipped reader's)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.set_defaults(func=cmd_judge_train_reader)
     p = judge.add_parser("eval-reader", help="accuracy of the reader on fresh held-out renders: clean, blur 1.0, noise 0.1")
     p.add_argument("--weights", default=None, help="safetensors file (default: the shipped reader)")
-    p.add_argument("--n", type=int, default=1000, help="renders per category")
+    p.add_argument("--n", type=positive_int, default=1000, help="renders per category")
     p.add_argument("--json", default=None, help="also write the results (clean, blur 1.0, noise 0.1) here")
     p.set_defaults(func=cmd_judge_eval_reader)
     teacher = top.add_parser("teacher", help="train teachers (see: flashdistill teacher train --help)")
@@ -292,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_args(p, "edit into")
     p.set_defaults(func=cmd_edit)
     return parser
+
+
+def os_error_line(err: OSError) -> str:
+    where = f"{err.filename}: " if err.filename else ""
+    return one_line(f"{where}{err.strerror or err}")
 
 
 def _delegated(argv: list[str]):
@@ -324,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named cannot be read or written: still one line, not a traceback
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: rerun the same command to resume", file=sys.stderr)

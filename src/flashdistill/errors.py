@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input from the user (file, key, value or case). The message names what is wrong and where."""
+
+
+def one_line(err: BaseException) -> str:
+    """The message on one line (a parser's or library's message may span several), as the CLI prints it."""
+    return " ".join(str(err).split()) or type(err).__name__

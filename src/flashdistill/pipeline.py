@@ -10,6 +10,8 @@
   their step count takes a `sampling.sub_schedule` of those timesteps.
 - Noise is drawn per item from `torch.Generator().manual_seed(seed)`: an image depends on its seed only, never on
   the batch it was generated in, so a resumed or re-batched bench run reproduces every image.
+- A model whose output holds NaN or Inf (broken weights, e.g. from a diverged run) is an error naming the model,
+  never an image: `to_image` would clip NaN to black and a benchmark would score it.
 - Text embeddings are rounded through float16, exactly as the training cache stores them, so a teacher sees at
   inference the very embeddings it was trained on.
 
@@ -19,7 +21,6 @@ Teachers by name: `teacher:base` and `teacher:specialized` are the folders shipp
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError
+from flashdistill.files import read_json_object
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.models.mmdit import CONFIG_FILE, Cond, FlowModel
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
@@ -48,8 +50,8 @@ class SamplingSpec:
 
     def passes(self, nfe: int | None = None) -> int:
         if self.timesteps is not None:
-            return nfe or len(self.timesteps)
-        return network_passes(nfe or self.nfe, self.cfg_scale)
+            return nfe if nfe is not None else len(self.timesteps)
+        return network_passes(nfe if nfe is not None else self.nfe, self.cfg_scale)
 
 
 class FlowPipeline:
@@ -122,18 +124,23 @@ class FlowPipeline:
     def _sample_batch(self, texts, sources, seeds, nfe, categories, cfg_scale) -> list[np.ndarray]:
         cond = self._cond(texts, sources, categories)
         spec = self.spec
+        if nfe is not None and nfe < 1:
+            raise UserError(f"--nfe must be at least 1, got {nfe}")
         if spec.timesteps is not None:
-            steps = sub_schedule(spec.timesteps, nfe or len(spec.timesteps))
+            steps = sub_schedule(spec.timesteps, nfe if nfe is not None else len(spec.timesteps))
             noise = self._noise(seeds, len(steps))
             x0 = few_step_sample(self.model, noise[0], cond, steps, renoise=noise[1:])
         else:
-            nfe = nfe or spec.nfe
-            if nfe < 1:
-                raise UserError(f"--nfe must be at least 1, got {nfe}")
+            nfe = nfe if nfe is not None else spec.nfe
             w = spec.cfg_scale if cfg_scale is None else cfg_scale
             empty = [""] * len(texts)
             uncond = self._cond(empty, sources, categories) if w != 1.0 else None  # sources kept, text dropped
             x0 = euler_sample(self.model, self._noise(seeds, 1)[0], cond, uncond, nfe, spec.shift, w)
+        bad = (~torch.isfinite(x0)).flatten(1).any(1)  # (B,)
+        if bool(bad.any()):
+            raise UserError(f"model {self.name} produced NaN/Inf for {int(bad.sum())} of {len(bad)} images (seeds "
+                            f"{[s for s, b in zip(seeds, bad.tolist()) if b][:5]}): its weights are broken, e.g. "
+                            f"saved by a diverged run; no image was written")
         return list(to_image(x0))
 
     # ---- the benchmark interface -----------------------------------------------------------------------
@@ -164,13 +171,20 @@ def teacher_folder(spec: str) -> Path:
     return folder
 
 
+def _number(sampling, key: str, default: float, path: Path) -> float:
+    value = sampling.get(key, default) if isinstance(sampling, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise UserError(f"{path}: sampling.{key} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
 def load_teacher(spec: str, cfg_scale: float | None = None, encoder=None, batch_size: int = 32) -> FlowPipeline:
     """A teacher as a pipeline, with the shift and CFG scale its teacher.json records (CLI values win)."""
     folder = teacher_folder(spec)
     info_path = folder / "teacher.json"
-    sampling = json.loads(info_path.read_text()).get("sampling", {}) if info_path.is_file() else {}
-    spec_ = SamplingSpec(shift=float(sampling.get("shift", 1.0)),
-                         cfg_scale=float(sampling.get("cfg_scale", DEFAULT_CFG_SCALE)))
+    sampling = read_json_object(info_path, "teacher record").get("sampling", {}) if info_path.is_file() else {}
+    spec_ = SamplingSpec(shift=_number(sampling, "shift", 1.0, info_path),
+                         cfg_scale=_number(sampling, "cfg_scale", DEFAULT_CFG_SCALE, info_path))
     if cfg_scale is not None:
         spec_ = replace(spec_, cfg_scale=float(cfg_scale))
     name = spec if cfg_scale is None else f"{spec}@cfg{cfg_scale:g}"

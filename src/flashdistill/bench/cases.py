@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.files import read_text
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import validate_edit
 from flashdistill.world.schema import validate_record
@@ -119,28 +120,26 @@ def load_cases(path: str | Path, bench: str, limit: int | None = None, categorie
     """Read a JSONL case file; `limit` keeps the first N cases of each category, in file order, and `categories`
     (if given) only the cases of those categories."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: case file not found")
+    text = read_text(path, "case file")  # missing, a folder, or not UTF-8 (a binary file): one line
     cases, seen, per_cat = [], set(), {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-            case = parse_case(obj, bench, where, base_dir=path.parent)
-            if case.id in seen:
-                raise UserError(f"{where}: duplicate case id '{case.id}'")
-            seen.add(case.id)
-            if categories and case.category not in categories:
-                continue
-            if limit is not None and per_cat.get(case.category, 0) >= limit:
-                continue
-            per_cat[case.category] = per_cat.get(case.category, 0) + 1
-            cases.append(case)
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a JSON string
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        case = parse_case(obj, bench, where, base_dir=path.parent)
+        if case.id in seen:
+            raise UserError(f"{where}: duplicate case id '{case.id}'")
+        seen.add(case.id)
+        if categories and case.category not in categories:
+            continue
+        if limit is not None and per_cat.get(case.category, 0) >= limit:
+            continue
+        per_cat[case.category] = per_cat.get(case.category, 0) + 1
+        cases.append(case)
     if not cases:
         raise UserError(f"{path}: no cases" + (f" of categories {', '.join(categories)}" if categories else ""))
     return cases

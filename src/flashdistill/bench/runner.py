@@ -5,7 +5,8 @@
 Files in the output folder:
 - `run.json`: what this folder holds (bench, model, nfe, judge, case file); a rerun with other settings is refused;
 - `cases.jsonl`: one line per judged case (id, category, score, sub_scores, reasoning, failure_modes, metrics,
-  error), appended and fsynced as each case finishes, so a killed run loses at most the batch in flight;
+  error), appended and fsynced as each case finishes, so a killed run loses at most the batch in flight; a case
+  that failed (score null, e.g. the VLM judge gave up on it) is asked again with `retry_failed` (`--retry-failed`);
 - `images/<id>.png`: the model's output for each case (what was judged: outputs are quantised to 8 bits first);
 - `results.json`: per-category means, their average (the paper's "Average"), failures and Fréchet distances;
 - `grid.png`: a few outputs per category with their scores.
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from flashdistill.bench.world_judge import frechet_distance, reference_features
 from flashdistill.errors import UserError
+from flashdistill.files import out_dir, read_json_object
 from flashdistill.imageio import load_png, quantize, save_grid, save_png
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES, T2I_TITLES
 from flashdistill.world.edits import source_image
@@ -37,10 +39,13 @@ def write_json(path: Path, obj) -> None:
 
 
 def _claim_folder(out: Path, identity: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir(out)
     run_file = out / "run.json"
     if run_file.exists():
-        old = json.loads(run_file.read_text(encoding="utf-8"))
+        try:
+            old = read_json_object(run_file, "run record")
+        except UserError as err:
+            raise UserError(f"{err}; it records what {out} holds: choose a new --out") from None
         if old != identity:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in identity.items() if old.get(k) != v)
             raise UserError(f"{out} holds another run ({diff}); choose a new --out")
@@ -48,14 +53,17 @@ def _claim_folder(out: Path, identity: dict) -> None:
         write_json(run_file, identity)
 
 
-def load_done(path: Path) -> dict[str, dict]:
-    """Judged cases so far. A torn last line (the process died mid-write) is dropped from the file."""
+def load_done(path: Path, retry_failed: bool = False) -> dict[str, dict]:
+    """Judged cases so far. A torn last line (the process died mid-write) is dropped from the file, and so are the
+    failed cases (score null) when `retry_failed`, so that they are judged again."""
     if not path.exists():
         return {}
     done, good_lines = {}, []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
+            if retry_failed and row["score"] is None:
+                continue
             done[row["id"]] = row
             good_lines.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
@@ -72,20 +80,28 @@ def _sources(cases, resolution: int) -> list[np.ndarray]:
 
 
 def _generate(model, bench: str, batch, nfe, resolution: int):
-    if bench == "t2i":
-        return None, [quantize(img) for img in model.t2i(batch, nfe)]
-    sources = _sources(batch, resolution)
-    return sources, [quantize(img) for img in model.edit(batch, sources, nfe)]
+    sources = None if bench == "t2i" else _sources(batch, resolution)
+    images = model.t2i(batch, nfe) if bench == "t2i" else model.edit(batch, sources, nfe)
+    for case, img in zip(batch, images):
+        if not np.isfinite(img).all():  # a broken model: never quantise NaN to black and score it
+            raise UserError(f"model {model.name} produced NaN/Inf for case {case.id}: its weights are broken")
+    return sources, [quantize(img) for img in images]
 
 
 def run_bench(bench: str, model, judge, cases: list, out: Path, nfe: int | None, cases_label: str,
-              resolution: int = 32, batch_size: int = 32) -> dict:
-    """Generate, judge and record every case not yet in `out/cases.jsonl`; then write results.json and grid.png."""
+              resolution: int = 32, batch_size: int = 32, retry_failed: bool = False) -> dict:
+    """Generate, judge and record every case not yet in `out/cases.jsonl` (and, with `retry_failed`, every case
+    recorded as failed); then write results.json and grid.png."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    check = getattr(judge, "check_cases", None)
+    if check is not None:  # before any image is made: e.g. the world judge needs ground truth in every case
+        check(bench, cases)
     out = Path(out)
     _claim_folder(out, {"bench": bench, "model": model.name, "nfe": nfe, "judge": judge.description,
                         "cases": cases_label, "resolution": resolution})
     log_path = out / "cases.jsonl"
-    done = load_done(log_path)
+    done = load_done(log_path, retry_failed)
     todo = [c for c in cases if c.id not in done]
     if done and todo:
         print(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already judged in {log_path}")

@@ -13,7 +13,8 @@ Behaviour:
   extra text is malformed, like missing/extra keys, non-numeric or out-of-range (1..5) scores, or sub-score keys
   other than EDIT_SUBSCORE_KEYS[category]. Scores are rounded to 2 decimals.
 - Retried with jittered exponential backoff (Retry-After honoured, capped at 60 s): HTTP 429, 5xx, timeouts,
-  connection errors, malformed replies; at most `max_attempts` attempts per case. A case that still fails yields
+  connection errors, malformed replies (an HTTP 200 whose body is not a chat completion, e.g. a proxy's HTML page
+  or truncated JSON, is malformed too); at most `max_attempts` attempts per case. A case that still fails yields
   CaseScore(score=None, error=...) instead of raising.
 - Other 4xx are not retried and fail the case. 401/403/404 before any request of the run has succeeded raise
   UserError instead (bad key or wrong model/URL: every case would fail the same way).
@@ -40,6 +41,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 import openai
+from openai.types.chat import ChatCompletion
 from PIL import Image
 
 from flashdistill.bench.cases import EditCase, T2ICase
@@ -333,6 +335,8 @@ class VLMJudge:
         """One request: a final _Outcome, or (reason, retry_after) when it is worth retrying."""
         try:
             reply = self._client.chat.completions.create(model=self.model, messages=messages)
+        except (ValueError, openai.APIResponseValidationError) as e:  # HTTP 200, body not JSON (JSONDecodeError)
+            return self._scrub(f"malformed reply: the body is not a chat completion ({e})")[:300], None
         except openai.APIStatusError as e:
             reason = self._scrub(f"HTTP {e.status_code}: {_status_detail(e)}")
             if e.status_code == 429 or e.status_code >= 500:
@@ -342,9 +346,11 @@ class VLMJudge:
             return f"timeout after {self.timeout:g} s", None
         except openai.APIConnectionError as e:
             return self._scrub(f"connection error: {e}")[:200], None
+        if not isinstance(reply, ChatCompletion) or not reply.choices:  # a 200 with HTML, a list, no choices
+            return f"malformed reply: the body is not a chat completion ({type(reply).__name__})", None
         run.endpoint_ok.set()
         try:
-            content = reply.choices[0].message.content if reply.choices else None
+            content = getattr(getattr(reply.choices[0], "message", None), "content", None)  # None: malformed
             score = parse(content)
         except _Malformed as e:
             return self._scrub(f"malformed reply: {e}")[:300], None

@@ -19,6 +19,11 @@ score is their mean, capped at 1 + (the weakest of instruction following / ident
 failure there caps the whole, as the paper's template asks.
 
 closeness(d) = exp(-d / TAU) for a mean absolute error d in [0, 1].
+
+Only cases with ground truth can be judged here: a T2I case needs its world `record` and the `attributes` its
+prompt asks for, an edit case its world `source` and `edit`. Any other case (your own prompt or photo) is for the
+VLM judge; `check_cases` (called by the bench runner before any image is made) and the judge_* methods refuse it
+instead of scoring it against nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Iterator
 import numpy as np
 
 from flashdistill.bench.types import CaseScore
+from flashdistill.errors import UserError
 from flashdistill.world.categories import EDIT_SUBSCORE_KEYS
 from flashdistill.world.edits import source_image, target_image, target_record
 from flashdistill.world.render import render
@@ -71,11 +77,25 @@ class WorldJudge:
         self.resolution = resolution
         self.reader = reader or load_reader()
 
+    def check_cases(self, bench: str, cases) -> None:
+        """UserError naming the cases that carry no world ground truth (they are for the VLM judge)."""
+        if bench == "t2i":
+            lacking = [c.id for c in cases if c.record is None or not c.attributes]
+            need = "a world 'record' and its 'attributes'"
+        else:
+            lacking = [c.id for c in cases if c.source is None or c.edit is None]
+            need = "a world 'source' and 'edit'"
+        if lacking:
+            shown = ", ".join(lacking[:3]) + (f" and {len(lacking) - 3} more" if len(lacking) > 3 else "")
+            raise UserError(f"the world judge needs {need} in every case; {shown} "
+                            f"{'has' if len(lacking) == 1 else 'have'} none: judge them with --judge vlm")
+
     def _quality(self, images: np.ndarray, preds: list[dict]) -> list[float]:
         return [_mae(img, render(p, self.resolution)) for img, p in zip(images, preds)]
 
     # ---- T2I -------------------------------------------------------------------------------------------
     def judge_t2i(self, cases, images) -> Iterator[tuple[int, CaseScore]]:
+        self.check_cases("t2i", cases)
         by_cat: dict[str, list[int]] = {}
         for i, case in enumerate(cases):
             by_cat.setdefault(case.category, []).append(i)
@@ -105,6 +125,7 @@ class WorldJudge:
 
     # ---- Edits -----------------------------------------------------------------------------------------
     def judge_edit(self, cases, sources, outputs) -> Iterator[tuple[int, CaseScore]]:
+        self.check_cases("edit", cases)
         for i, (case, out) in enumerate(zip(cases, outputs)):
             yield i, self._edit_case(case, np.asarray(out, np.float32))
 

@@ -14,13 +14,13 @@ edit averages (1-5).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flashdistill.distill.export import STUDENT_FILE, Student, StudentModel, export_student
+from flashdistill.errors import UserError
 
 
 class BenchScorer:
@@ -62,9 +62,13 @@ class BestTracker:
     @classmethod
     def open(cls, run: Path, since_best: int = 0) -> BestTracker:
         path = Path(run) / "best" / STUDENT_FILE
-        info = json.loads(path.read_text()) if path.is_file() else {}
-        return cls(Path(run) / "best", float(info.get("score", float("-inf"))), int(info.get("iteration", -1)),
-                   since_best)
+        from flashdistill.files import read_json_object
+
+        info = read_json_object(path, "best student record") if path.is_file() else {}
+        score, iteration = info.get("score", float("-inf")), info.get("iteration", -1)
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not isinstance(iteration, int):
+            raise UserError(f"{path}: 'score' must be a number and 'iteration' an integer")
+        return cls(Path(run) / "best", float(score), iteration, since_best)
 
     def update(self, score: float, iteration: int, ema, timesteps: list[float], info: dict) -> bool:
         """Export `ema` to best/ when `score` beats the best so far; returns whether `iteration` is the best."""

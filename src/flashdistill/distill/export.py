@@ -35,7 +35,8 @@ from safetensors.torch import load_file
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
-from flashdistill.teacher.checkpoint import find_checkpoint, read_state
+from flashdistill.files import read_json_object
+from flashdistill.teacher.checkpoint import find_checkpoint, read_state, restore_latest
 
 STUDENT_FILE = "student.json"
 SCHEDULER_FOLDER = "scheduler"
@@ -85,21 +86,33 @@ def export_student(model: FlowModel, folder: Path, timesteps: list[float], info:
     return folder
 
 
+def check_timesteps(timesteps, where: str) -> list[float]:
+    """A student's timesteps as read from disk: a non-empty, strictly decreasing list in (0, 1]."""
+    ok = isinstance(timesteps, list) and timesteps and all(
+        isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t <= 1 for t in timesteps)
+    if not ok or any(b >= a for a, b in zip(timesteps, timesteps[1:])):
+        raise UserError(f"{where}: 'timesteps' must be a decreasing list of numbers in (0, 1], got {timesteps!r}"[:300])
+    return [float(t) for t in timesteps]
+
+
 def _from_export(folder: Path) -> Student:
-    info = json.loads((folder / STUDENT_FILE).read_text())
-    return Student(FlowModel.from_pretrained(folder, torch_dtype=torch.float32), info["timesteps"], info)
+    info = read_json_object(folder / STUDENT_FILE, "student record")
+    timesteps = check_timesteps(info.get("timesteps"), str(folder / STUDENT_FILE))
+    return Student(FlowModel.from_pretrained(folder, torch_dtype=torch.float32), timesteps, info)
 
 
 def _from_checkpoint(run: Path) -> Student | None:
-    ckpt = find_checkpoint(run, CHECKPOINT_FILES)
-    if ckpt is None:
-        return None
-    state = read_state(ckpt)
-    spec = state["meta"]["student"]
-    model = FlowModel(MMDiTConfig(**spec["config"]))
-    model.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
-    info = {"weights": "ema", "iteration": state["step"], "from": str(ckpt)}
-    return Student(model, spec["timesteps"], info)
+    """The EMA student of the newest checkpoint that reads back (the previous one if the newest is damaged)."""
+
+    def load(ckpt: Path) -> Student:
+        state = read_state(ckpt)
+        spec = state["meta"]["student"]
+        model = FlowModel(MMDiTConfig(**spec["config"]))
+        model.load_state_dict(load_file(str(ckpt / "ema.safetensors")))
+        info = {"weights": "ema", "iteration": state["step"], "from": str(ckpt)}
+        return Student(model, check_timesteps(spec["timesteps"], str(ckpt / "state.json")), info)
+
+    return restore_latest(run, CHECKPOINT_FILES, load)
 
 
 def load_student(path: str | Path) -> Student:

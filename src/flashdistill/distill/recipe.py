@@ -31,14 +31,17 @@ import yaml
 from flashdistill.data.batches import TaskMix
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
+from flashdistill.files import read_text, yaml_problem
 from flashdistill.flow import euler_timesteps
 from flashdistill.teacher.config import apply_overrides, from_dict
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 
-# Keys that change bookkeeping only, never the weights an iteration produces: a resumed run may change them.
+# Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
+# the remaining iterations move, not what the run is); `--resume` says which of them changed.
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every", "run.text_cache",
-                  "run.device", "run.threads", "eval.every", "eval.limit", "eval.patience")
+                  "run.device", "run.threads", "eval.every", "eval.limit", "eval.patience", "dmd.lr", "critic.lr",
+                  "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -254,12 +257,11 @@ def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Rec
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply dotted overrides, validate. Bad input -> UserError naming the key."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"recipe {path}: no such file")
+    text = read_text(path, "recipe")  # missing, a folder, or not UTF-8: one line naming the file
     try:
-        raw = _load_yaml(path.read_text())
+        raw = _load_yaml(text)
     except yaml.YAMLError as err:
-        raise UserError(f"recipe {path}: not valid YAML: {err}") from None
+        raise UserError(f"recipe {path}: not valid YAML: {yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"recipe {path}: the top level must be a mapping")
     return recipe_from_raw(raw, overrides)

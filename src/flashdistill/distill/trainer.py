@@ -9,8 +9,12 @@ One iteration (paper §2.2 and §4.3; DMD2 conventions):
 3. Critic: `critic.updates` flow-matching updates (eq. 2) on the detached x_θ, each with fresh (t, noise).
 Edit rows carry their source tokens through student, teachers and critic alike (`Cond.source`).
 
-Failure handling: a non-finite loss or gradient norm skips that update (the weights are untouched) and is counted;
-after `dmd.max_bad_steps` bad iterations in a row the run stops with exit code 1 and says what to change.
+Failure handling: an iteration is all or nothing. The generator's step waits until its gradient and every critic
+update are known finite; a non-finite loss or gradient norm anywhere skips the whole iteration (student, critic,
+both optimizers and the EMA as they were before it; the critic is restored from a copy taken before its updates)
+and is counted. After `dmd.max_bad_steps` bad iterations in a row the run stops with exit code 1 and says what to
+change; checkpoints are not written during such a streak, and a newest checkpoint that no good iteration has run
+from is set aside (`checkpoint.diverged`), so `--resume --set dmd.lr=...` continues from weights known to be good.
 Exact resume: nothing but the checkpoint (student, EMA, critic, both AdamW states, iteration) carries state
 between iterations, so `--resume` after a kill reaches the weights of an uninterrupted run.
 
@@ -22,9 +26,9 @@ Under `torchrun --nproc_per_node=N` the same command runs data-parallel (see `ro
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
-import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -34,19 +38,23 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix, make_batch
 from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_student
+from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import Recipe, load_recipe, resume_fingerprint
+from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
 from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.models.mmdit import Cond
-from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, save_state
+from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.teacher.logs import RunLogger
-from flashdistill.teacher.train import TrainingDiverged, config_diff, ema_update, hardware, open_cache, step_generator
+from flashdistill.teacher.train import (TrainingDiverged, check_resume, diverged, ema_update, hardware, open_cache,
+                                        retune, step_generator)
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "k", "skipped", "time_data", "time_student",
            "time_teachers", "time_critic", "step_time")
@@ -119,22 +127,9 @@ def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor, Cond, Cond, Dra
     return batch.x[sl].to(dev), cond, uncond, draws.rows(sl, dev)
 
 
-def optimizer_step(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float,
-                   dist: Dist) -> tuple[bool, float]:
-    """Backward, clip, step; a non-finite loss or gradient norm (on any rank) skips the step: (stepped, norm)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()  # under DDP this all-reduces, so every rank sees the same gradient norm
-    norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), clip if clip > 0 else float("inf")))
-    bad = not (torch.isfinite(loss).item() and torch.isfinite(torch.tensor(norm)).item())
-    if dist.mean(float(bad)) > 0:
-        opt.zero_grad(set_to_none=True)
-        return False, norm
-    opt.step()
-    return True, norm
-
-
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, d: Draws) -> tuple:
-    """Eq. 4/7 with backward simulation; returns (x_θ detached, loss, grad norm, stepped, teachers that ran)."""
+    """Eq. 4/7 with backward simulation, up to the gradient: (x_θ detached, loss, grad norm, finite, teachers that
+    ran). `apply_generator` takes the step once the critic's updates have been finite too."""
     r, rc = ctx.roles, ctx.recipe
     with ctx.timed("student"):
         x, v, _ = dmd.simulate(r.student_train, d.noises, rc.timesteps, d.k, cond, rc.dmd.bf16, r.student)
@@ -149,23 +144,34 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
         loss = dmd.generator_loss(x, grad)
         if rc.dmd.first_step_fm > 0 and d.k == 0:  # same k on every rank: the graphs agree under DDP
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, d.noises[0], x_data)
-        stepped, norm = optimizer_step(r.student_train, r.opt_student, loss, rc.dmd.grad_clip, ctx.dist)
-        if stepped:
-            ema_update(r.ema, r.student, rc.dmd.ema_decay)
-    return x.detach(), loss.item(), norm, stepped, ran
+        ok, norm = backward_checked(r.student_train, r.opt_student, loss, rc.dmd.grad_clip, ctx.dist)
+    return x.detach(), loss.item(), norm, ok, ran
 
 
-def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, d: Draws) -> tuple[float, float, bool]:
-    """`critic.updates` flow-matching steps on the detached student samples: (mean loss, last norm, all stepped)."""
+def apply_generator(ctx: Context) -> None:
+    """The generator's step (its gradient is in place) and the EMA after it."""
+    r = ctx.roles
+    with ctx.timed("student"):
+        r.opt_student.step()
+        ema_update(r.ema, r.student, ctx.recipe.dmd.ema_decay)
+
+
+def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, d: Draws) -> tuple[float, float, bool, float]:
+    """`critic.updates` flow-matching steps on the detached student samples: (mean loss, last norm, all finite,
+    first loss). A non-finite update stops them and puts the critic and its optimizer back as before the first."""
     r, rc = ctx.roles, ctx.recipe
-    losses, norm, all_ok = [], float("nan"), True
+    losses, norm = [], float("nan")
+    before = Snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
     with ctx.timed("critic"):
         for u in range(rc.critic.updates):
             loss = dmd.critic_loss(r.critic_train, x, d.critic_eps[u], d.critic_t[u], cond, rc.dmd.bf16)
             ok, norm = optimizer_step(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
             losses.append(loss.item())
-            all_ok &= ok
-    return sum(losses) / len(losses), norm, all_ok
+            if not ok:
+                if before is not None and u > 0:
+                    before.restore(r.critic, r.opt_critic)
+                return sum(losses) / len(losses), norm, False, losses[0]
+    return sum(losses) / len(losses), norm, True, losses[0]
 
 
 def train_iteration(ctx: Context, step: int) -> dict:
@@ -175,10 +181,17 @@ def train_iteration(ctx: Context, step: int) -> dict:
     with ctx.timed("data"):
         x_data, cond, uncond, d = build_inputs(ctx, step)
     x, loss_g, norm_g, ok_g, ran = generator_update(ctx, x_data, cond, uncond, d)
-    loss_c, norm_c, ok_c = critic_update(ctx, x, cond, d)
+    nan = float("nan")
+    loss_c, norm_c, ok_c, first_c = critic_update(ctx, x, cond, d) if ok_g else (nan, nan, False, nan)
+    if ok_g and ok_c:
+        apply_generator(ctx)
+    else:
+        ctx.roles.opt_student.zero_grad(set_to_none=True)
     dist = ctx.dist
     metrics = {"step": step + 1, "loss": dist.mean(loss_g), "loss_critic": dist.mean(loss_c), "grad_norm": norm_g,
                "grad_norm_critic": norm_c, "k": d.k, "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
+               # the weights this iteration started from gave finite losses (its updates may still have failed)
+               "weights_ok": bool(math.isfinite(dist.mean(loss_g)) and math.isfinite(dist.mean(first_c))),
                "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
     metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
     metrics["step_time"] = time.perf_counter() - start
@@ -186,29 +199,41 @@ def train_iteration(ctx: Context, step: int) -> dict:
 
 
 def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -> tuple[int, dict]:
-    """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume."""
+    """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous
+    checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported."""
     if dist.main:
-        for stale in out.glob(".checkpoint-tmp-*"):  # left by a kill during a checkpoint write
-            shutil.rmtree(stale, ignore_errors=True)
+        remove_stale_tmp(out)  # left by a kill during a checkpoint or export write
+    dist.barrier()
     folder = find_checkpoint(out, CHECKPOINT_FILES)
     if folder is None:
         if resume and dist.main:
             print(f"no checkpoint in {out}: starting from iteration 0", file=sys.stderr)
         return 0, {}
-    saved = read_state(folder)
     if not resume:
-        raise UserError(f"{out} already holds a checkpoint at iteration {saved['step']}: pass --resume to continue "
-                        f"it, or choose another --out")
-    diff = config_diff(saved["meta"]["fingerprint"], resume_fingerprint(recipe))
-    if diff:
-        raise UserError(f"--resume: the recipe differs from the checkpoint's in {', '.join(diff)} (only "
-                        f"dmd.iterations, dmd.max_bad_steps, run.* intervals and eval.* may change)")
-    saved = load_state(folder, roles.modules(), roles.optimizers())
+        raise UserError(f"{out} already holds a checkpoint at iteration {read_state(folder)['step']}: pass --resume "
+                        f"to continue it, or choose another --out")
+
+    def load(folder: Path) -> dict:
+        meta = read_state(folder)["meta"]
+        changed = check_resume(meta, resume_fingerprint(recipe), recipe.to_dict(), "recipe", RESUMABLE_KEYS,
+                               "recipe")
+        saved = load_state(folder, roles.modules(), roles.optimizers())
+        if changed and dist.main:
+            print(f"resuming with changed {', '.join(changed)}", file=sys.stderr)
+        return saved
+
+    saved = restore_latest(out, CHECKPOINT_FILES, load)
+    retune(roles.opt_student, recipe.dmd.lr, recipe.dmd.weight_decay)
+    retune(roles.opt_critic, recipe.critic.lr, recipe.critic.weight_decay)
     return int(saved["step"]), saved["meta"]
 
 
 def count_bad(metrics: dict, health: dict, limit: int) -> None:
-    """Track skipped iterations; raise TrainingDiverged after `limit` in a row."""
+    """Track skipped iterations and the last whose starting weights gave finite losses (`last_good`, an iteration
+    index: a checkpoint of that many iterations or fewer holds weights known to be good); raise TrainingDiverged
+    after `limit` skipped in a row."""
+    if metrics["weights_ok"]:
+        health["last_good"] = metrics["step"] - 1
     if not metrics["skipped"]:
         health["bad_streak"] = 0
     else:
@@ -218,8 +243,7 @@ def count_bad(metrics: dict, health: dict, limit: int) -> None:
             raise TrainingDiverged(
                 f"{health['bad_streak']} iterations in a row were skipped for a non-finite loss or gradient (last: "
                 f"iteration {metrics['step']}, generator loss {metrics['loss']:.4g}, critic loss "
-                f"{metrics['loss_critic']:.4g}); the weights are those of the last good iteration. Lower dmd.lr or "
-                f"critic.lr, or set dmd.grad_clip, then --resume from the last checkpoint")
+                f"{metrics['loss_critic']:.4g}). Lower dmd.lr or critic.lr, or set dmd.grad_clip, then --resume")
     metrics["skipped_total"] = health["skipped_total"]
 
 
@@ -262,13 +286,13 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     `scorer` the quick-eval BenchScorer; `stop_after` ends this call after that many iterations, checkpointed."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out}: is a file, not a folder")
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size)
     roles = build_roles(recipe, dist)  # first: a bad teacher path should not leave an empty run folder behind
     if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
+        out_dir(out)
     dist.barrier()
     start, meta = restore(roles, recipe, out, resume, dist)
     total = recipe.dmd.iterations
@@ -279,7 +303,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     tracker = BestTracker.open(out, meta.get("evals_since_best", 0))
     if scorer is None and recipe.eval.every and dist.main:
         scorer = BenchScorer(out / "eval", recipe.eval.limit, roles.student.config.resolution, ctx.cache.encoder)
-    health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0)}
+    health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0),
+              "last_good": meta.get("last_good", start - 1)}
     wall_before, t0, metrics, done, stop = meta.get("wall_time_s", 0.0), time.perf_counter(), {}, start, False
     logger = RunLogger(out, start, SCALARS) if dist.main else None
     quiet = {} if dist.main else {"disable": True}  # rank 0 reports; TQDM_DISABLE=1 silences it too
@@ -287,7 +312,11 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     try:
         for step in range(start, end):
             metrics = train_iteration(ctx, step)
-            count_bad(metrics, health, recipe.dmd.max_bad_steps)
+            try:
+                count_bad(metrics, health, recipe.dmd.max_bad_steps)
+            except TrainingDiverged as err:
+                raise (diverged(err, out, health["last_good"], "iteration", CHECKPOINT_FILES) if dist.main
+                       else err) from None
             done = step + 1
             if logger is not None:
                 logger.add(metrics, log_now=done % recipe.run.log_every == 0 or done in (1, end))
@@ -295,11 +324,13 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
                 bar.set_postfix(loss=f"{logger.smoothed:.4f}", critic=f"{metrics['loss_critic']:.4f}")
             if recipe.eval.every and done % recipe.eval.every == 0:
                 stop = evaluate(ctx, scorer, tracker, logger, done)
-            if done % recipe.run.checkpoint_every == 0 or done == end or stop:
+            periodic = done % recipe.run.checkpoint_every == 0 and not health["bad_streak"]
+            if periodic or done == end or stop:  # no periodic checkpoint of weights a bad streak has not cleared
                 ctx.cache.flush()  # so a resumed run finds this run's embeddings on disk
                 if dist.main:
                     wall = wall_before + time.perf_counter() - t0
-                    save_state(out, roles.modules(), roles.optimizers(), done, _meta(ctx, health, tracker, wall))
+                    save_state(out, roles.modules(), roles.optimizers(), done,
+                               {**_meta(ctx, health, tracker, wall), "last_loss": metrics["loss"]})
                 dist.barrier()
             if stop:
                 break
@@ -314,13 +345,14 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
                 "command": command, "wall_time_s": round(wall, 1), "hardware": hardware(), "ranks": dist.world}
         student = str(export_student(roles.ema, out / "student", recipe.timesteps, info))
     dist.barrier()
-    return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+    return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss", meta.get("last_loss")),
+            "wall_time_s": wall,
             "skipped_total": health["skipped_total"], "best_score": tracker.best if tracker.best_iteration >= 0
             else None, "best_iteration": tracker.best_iteration, "student": student, "stopped_early": stop}
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Distill teachers into a few-step student with DMD "
+    parser = Parser(prog=prog, description="Distill teachers into a few-step student with DMD "
                                                             "(step-wise multi-teacher guidance, task mixture).")
     parser.add_argument("recipe", metavar="RECIPE", help="distillation recipe YAML (see configs/flash.yaml)")
     parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
@@ -341,11 +373,15 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
         summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}")
     except UserError as err:
         if main_rank:
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
+        if main_rank:
+            print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
         if main_rank:
-            print(f"error: distillation diverged: {err}", file=sys.stderr)
+            print(f"error: distillation diverged: {one_line(err)}", file=sys.stderr)
         return 1
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -70,18 +70,28 @@ def resolve_base(spec: str, folder: Path) -> Path:
 
 def load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None = None):
     """Base + adapter, fused and unloaded: a plain FlowModel."""
-    from flashdistill.models.mmdit import TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
+    from flashdistill.models.mmdit import TRANSFORMER_FOLDER, FlowModel
+
+    from flashdistill.models.mmdit import CONFIG_FILE, config_from_meta
 
     folder = Path(folder)
-    lora = meta["lora"]
+    lora = meta.get("lora")
+    if not isinstance(lora, dict) or not isinstance(lora.get("base"), str):
+        raise UserError(f"{folder / CONFIG_FILE}: 'lora' must be an object naming its 'base'")
+    config = config_from_meta(meta, folder / CONFIG_FILE)
     base = FlowModel.from_pretrained(resolve_base(lora["base"], folder), torch_dtype=torch_dtype)
-    if base.config != MMDiTConfig(**meta["config"]):
+    if base.config != config:
         raise UserError(f"{folder}: the adapter was trained on a {meta['config']} base, {lora['base']} is a "
                         f"{base.config}")
     adapter = folder / TRANSFORMER_FOLDER / WEIGHTS
     if not adapter.is_file():
         raise UserError(f"{folder}: {adapter.name} is missing")
-    base.transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS)
+    try:
+        base.transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS,
+                                           use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # damaged or foreign adapter file
+        reason = " ".join(str(err.__cause__ or err).split())[:200]
+        raise UserError(f"{adapter}: the LoRA adapter does not load: {reason}") from None
     base.transformer.fuse_lora()
     base.transformer.unload_lora()
     return base

@@ -233,23 +233,65 @@ class FlowModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None) -> FlowModel:
+        """Weights load from safetensors only (diffusers' `use_safetensors=True`): pickle files are never read.
+        A missing, damaged or foreign file is a UserError naming it (see `_load_transformer`)."""
+        from flashdistill.files import read_json_object
+
         folder = Path(folder)
         meta_path = folder / CONFIG_FILE
         if not meta_path.is_file():
             raise UserError(f"no flashdistill model in {folder}: {CONFIG_FILE} is missing")
-        meta = json.loads(meta_path.read_text())
+        meta = read_json_object(meta_path, "model config")
         if meta.get("model") == "mmdit-lora":
             from flashdistill.models.lora import load_lora
 
             return load_lora(folder, meta, torch_dtype)
-        raw = meta["config"]
-        known = {f.name for f in fields(MMDiTConfig)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise UserError(f"{meta_path}: unknown config keys {unknown}")
-        kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
-        transformer = QwenImageTransformer2DModel.from_pretrained(folder / TRANSFORMER_FOLDER, **kwargs)
-        return cls(MMDiTConfig(**raw), transformer)
+        config = config_from_meta(meta, meta_path)
+        return cls(config, _load_transformer(folder / TRANSFORMER_FOLDER, torch_dtype))
+
+
+def config_from_meta(meta: dict, meta_path: Path) -> MMDiTConfig:
+    """The MMDiTConfig a flashdistill_model.json records; UserError naming the file and key when it is wrong."""
+    raw = meta.get("config")
+    if not isinstance(raw, dict):
+        raise UserError(f"{meta_path}: 'config' must be an object with the model's shape, got {raw!r}"[:300])
+    unknown = sorted(set(raw) - {f.name for f in fields(MMDiTConfig)})
+    if unknown:
+        raise UserError(f"{meta_path}: unknown config keys {unknown}")
+    for f in fields(MMDiTConfig):
+        value = raw.get(f.name, f.default)
+        if isinstance(f.default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{meta_path}: config.{f.name} must be true or false, got {value!r}")
+        elif isinstance(f.default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{meta_path}: config.{f.name} must be a positive integer, got {value!r}")
+    try:
+        return MMDiTConfig(**raw)
+    except (TypeError, ValueError, UserError) as err:
+        raise UserError(f"{meta_path}: config: {err}") from None
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _load_transformer(folder: Path, torch_dtype: torch.dtype | None) -> QwenImageTransformer2DModel:
+    """diffusers' from_pretrained with use_safetensors=True; a folder with only pickle weights is refused."""
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder}: config.json is missing (not a diffusers transformer folder)")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.safetensors.index.json")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise UserError(f"{folder}: only pickle weights ({', '.join(pickles)}); flashdistill loads safetensors "
+                            f"only, because unpickling a file can run code. Convert it where you trust it "
+                            f"(safetensors.torch.save_file) and load again")
+        raise UserError(f"{folder}: no diffusion_pytorch_model.safetensors")
+    kwargs = {} if torch_dtype is None else {"torch_dtype": torch_dtype}
+    try:
+        return QwenImageTransformer2DModel.from_pretrained(folder, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:  # damaged safetensors, broken config.json
+        cause = err.__cause__ or err
+        reason = " ".join(str(cause).split())[:200] or type(cause).__name__
+        raise UserError(f"{folder}: the weights do not load: {reason}") from None
 
 
 def _trim_text(text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:

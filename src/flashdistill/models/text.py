@@ -84,7 +84,8 @@ class TextEncoder:
             raise UserError(f"no text encoder at {path}: expected a folder with config.json")
         hf_logging.disable_progress_bar()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval().requires_grad_(False)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True, use_safetensors=True)  # never pickle
+        self.model = self.model.to(device).eval().requires_grad_(False)
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.device = torch.device(device)

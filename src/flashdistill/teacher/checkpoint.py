@@ -12,9 +12,14 @@ state (the optimizer's `{"state": {0: {"exp_avg": T, ...}}, "param_groups": [...
 tensors go to safetensors under path-like names, the structure to JSON with tagged dicts and tuples so that int
 keys and tuples come back as they were. Python floats survive JSON exactly (repr round-trips).
 
-Atomicity: the checkpoint is written to a temporary sibling folder, then the old one is moved aside, the new one
-renamed into place and the old one deleted. A kill at any point leaves either the old or the new checkpoint
-complete; `find_checkpoint` also accepts the moved-aside one (`checkpoint.old`) if the kill fell between renames.
+Atomicity: the checkpoint is written to a temporary sibling folder, then the current one is renamed to
+`checkpoint.prev` (replacing the one before it) and the new one renamed into place. A kill at any point leaves a
+complete checkpoint, and two are kept: `restore_latest` loads the newest that reads back and falls back to
+`checkpoint.prev` when the newest is damaged (a truncated or garbage safetensors file, a broken state.json).
+
+Divergence: a checkpoint is "confirmed" once an iteration run from its weights gave a finite loss. When a run
+diverges, `set_aside_unconfirmed` renames a newest checkpoint that was never confirmed to `checkpoint.diverged`, so
+`--resume` continues from the last weights known to be good (see `distill/trainer.py`, `teacher/train.py`).
 
 `save_state` / `load_state` are the general form (any named modules and stateful objects), used by the
 distillation engine for its student, EMA, critic and two optimizers; `save_checkpoint` is the teacher's layout.
@@ -26,15 +31,21 @@ import json
 import os
 import shutil
 import uuid
+import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from flashdistill.errors import UserError
 
 FORMAT = 1
 NAME = "checkpoint"
+PREVIOUS = f"{NAME}.prev"
+DIVERGED = f"{NAME}.diverged"
+LEGACY = f"{NAME}.old"  # written by earlier versions between two renames
 FILES = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
 
 
@@ -91,7 +102,7 @@ def save_state(out: Path, modules: dict[str, torch.nn.Module], objects: dict, st
     """The general form of `save_checkpoint`: `<name>.safetensors` per module, and the `state_dict()` of every
     stateful object (optimizers, schedulers) under its name in state.json/state.safetensors. Atomic."""
     out = Path(out)
-    final, old = out / NAME, out / f"{NAME}.old"
+    final, prev = out / NAME, out / PREVIOUS
     tmp = out / f".{NAME}-tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -105,13 +116,12 @@ def save_state(out: Path, modules: dict[str, torch.nn.Module], objects: dict, st
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: its presence marks completeness
     _fsync_dir_files(tmp)
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
+    if final.exists():  # absent after set_aside_unconfirmed: then checkpoint.prev stays the previous one
+        if prev.exists():
+            shutil.rmtree(prev)
+        os.replace(final, prev)
     os.replace(tmp, final)
-    if old.exists():
-        shutil.rmtree(old)
+    shutil.rmtree(out / LEGACY, ignore_errors=True)
     return final
 
 
@@ -119,23 +129,72 @@ def _complete(folder: Path, files: tuple[str, ...]) -> bool:
     return folder.is_dir() and all((folder / f).is_file() for f in files)
 
 
+def checkpoints(out: Path, files: tuple[str, ...] = FILES) -> list[Path]:
+    """The complete checkpoints under `out` (each holding all of `files`), newest first."""
+    return [f for f in (Path(out) / NAME, Path(out) / LEGACY, Path(out) / PREVIOUS) if _complete(f, files)]
+
+
 def find_checkpoint(out: Path, files: tuple[str, ...] = FILES) -> Path | None:
     """The newest complete checkpoint under `out` (one holding all of `files`), or None."""
-    for folder in (Path(out) / NAME, Path(out) / f"{NAME}.old"):
-        if _complete(folder, files):
-            return folder
-    return None
+    found = checkpoints(out, files)
+    return found[0] if found else None
+
+
+class CheckpointUnreadable(UserError):
+    """A checkpoint folder whose files do not read back (truncated, garbage, broken JSON)."""
+
+
+# What a damaged checkpoint raises while it is read: safetensors' own error, I/O, JSON and structure errors.
+UNREADABLE = (CheckpointUnreadable, SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError)
 
 
 def read_state(folder: Path) -> dict:
     """state.json of a checkpoint folder (step, meta, structure), without loading any tensor."""
     try:
-        state = json.loads((Path(folder) / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"checkpoint {folder}: unreadable state.json: {err}") from None
+        state = json.loads((Path(folder) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointUnreadable(f"checkpoint {folder}: unreadable state.json ({err})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("meta"), dict) or \
+            not isinstance(state.get("step"), int):
+        raise CheckpointUnreadable(f"checkpoint {folder}: state.json lacks its step or meta")
     if state.get("format") != FORMAT:
-        raise UserError(f"checkpoint {folder}: format {state.get('format')!r}, expected {FORMAT}")
+        raise CheckpointUnreadable(f"checkpoint {folder}: format {state.get('format')!r}, expected {FORMAT}")
     return state
+
+
+def restore_latest(out: Path, files: tuple[str, ...], load: Callable[[Path], dict]) -> dict | None:
+    """`load(folder)` on the newest checkpoint that reads back, falling back to the previous one when the newest
+    is damaged (a note on stderr says so); None when there is no checkpoint. UserError when none reads back."""
+    problems = []
+    for folder in checkpoints(out, files):
+        try:
+            loaded = load(folder)
+        except UNREADABLE as err:
+            reason = f"{type(err).__name__}: {err}" if not isinstance(err, UserError) else str(err)
+            problems.append(f"{folder.name}: {' '.join(reason.split())[:200]}")
+            continue
+        for problem in problems:
+            print(f"note: a checkpoint does not read back ({problem}); used the previous one, {folder}",
+                  file=sys.stderr)
+        return loaded
+    if problems:
+        raise UserError(f"{out}: no checkpoint reads back ({'; '.join(problems)}); start again with another --out")
+    return None
+
+
+def set_aside_unconfirmed(out: Path, confirmed_through: int, files: tuple[str, ...] = FILES) -> Path | None:
+    """After a divergence: rename the newest checkpoint to checkpoint.diverged when its step is past
+    `confirmed_through` (the last iteration that ran from good weights); returns the checkpoint --resume will use."""
+    newest = Path(out) / NAME
+    if _complete(newest, files):
+        try:
+            step = read_state(newest)["step"]
+        except CheckpointUnreadable:
+            step = confirmed_through + 1
+        if step > confirmed_through:
+            shutil.rmtree(Path(out) / DIVERGED, ignore_errors=True)
+            os.replace(newest, Path(out) / DIVERGED)
+    return find_checkpoint(out, files)
 
 
 def load_checkpoint(folder: Path, model, ema, optimizer, scheduler) -> dict:
@@ -148,7 +207,7 @@ def load_state(folder: Path, modules: dict[str, torch.nn.Module], objects: dict)
     folder = Path(folder)
     state = read_state(folder)
     for name, module in modules.items():
-        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors")))  # SafetensorError if damaged
     tensors = load_file(str(folder / "state.safetensors"))
     for name, obj in objects.items():
         obj.load_state_dict(unflatten(state[name], tensors))

@@ -35,8 +35,10 @@ from flashdistill.models.mmdit import MMDiTConfig
 from flashdistill.world.render import check_resolution
 
 PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
-# Keys that change bookkeeping only, never the weights a step produces: a resumed run may change them.
-RESUMABLE_KEYS = ("train.steps", "run.checkpoint_every", "run.log_every", "run.text_cache")
+# Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
+# the remaining steps move, not what the run is).
+RESUMABLE_KEYS = ("train.steps", "run.checkpoint_every", "run.log_every", "run.text_cache", "train.lr",
+                  "train.weight_decay", "train.grad_clip")
 
 
 @dataclass
@@ -276,13 +278,14 @@ def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Tea
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TeacherConfig:
     """Read a YAML teacher config, apply dotted overrides, validate. Bad input -> UserError."""
+    from flashdistill.files import read_text, yaml_problem
+
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config {path}: no such file")
+    text = read_text(path, "config")  # missing, a folder, or not UTF-8: one line naming the file
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"config {path}: not valid YAML: {err}") from None
+        raise UserError(f"config {path}: not valid YAML: {yaml_problem(err)}") from None
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"config {path}: the top level must be a mapping")
     return config_from_raw(raw, overrides)

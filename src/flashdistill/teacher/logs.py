@@ -4,8 +4,9 @@ The distillation engine uses the same logger with its own scalar names (`scalars
 periodic quick evaluation. A non-finite loss (a skipped step) is logged as is but kept out of the smoothed loss
 and the window means.
 
-On resume from step s, records after s (written by the killed run after its last checkpoint) are dropped from
-log.jsonl and tensorboard is told to purge them, so the logs of a resumed run read like an uninterrupted one.
+On resume from step s, records after s (written by the killed run after its last checkpoint) and lines torn by
+the kill are dropped from log.jsonl and tensorboard is told to purge them, so the logs of a resumed run read like
+an uninterrupted one.
 View with `tensorboard --logdir <out>/tb`.
 """
 
@@ -32,10 +33,18 @@ class RunLogger:
         self._window: list[dict] = []
 
     def _truncate(self, start: int) -> None:
+        """Keep the records up to `start`; a line that does not parse (torn by a kill mid-write) is dropped."""
         if not self.path.is_file():
             return
-        keep = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= start]
+        keep = []
+        for line in self.path.read_bytes().decode("utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) and \
+                    record.get("step", 0) <= start:
+                keep.append(line)
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def add(self, metrics: dict, log_now: bool) -> None:

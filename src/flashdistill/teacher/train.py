@@ -9,7 +9,9 @@ AdamW with linear warmup + cosine decay, global-norm clipping, and an EMA of the
 Exact resume: batch choice is a pure function of (seed, step) and every other draw (dropout, t, eps) comes from a
 torch.Generator seeded by (seed, step), so nothing but the checkpoint (weights, EMA, optimizer, scheduler, step)
 carries state from one step to the next. A run killed at any point and resumed with `--resume` reaches the weights
-of an uninterrupted run. Checkpoints are atomic and pickle-free (see `checkpoint.py`).
+of an uninterrupted run. Checkpoints are atomic and pickle-free (see `checkpoint.py`). A NaN/Inf loss or gradient
+raises TrainingDiverged before the step touches weights, optimizer, scheduler or EMA, and a checkpoint of weights
+no finite step ran from is set aside (`diverged`), so `--resume --set train.lr=...` restarts from good weights.
 
 Outputs in `--out`: `checkpoint/`, `tb/` (tensorboard: loss, lr, grad norm, step time), `log.jsonl`, and at the
 end `teacher/` = the EMA weights (FlowModel.save_pretrained) + `teacher.json` (config, steps, wall time, hardware,
@@ -38,20 +40,23 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.models.mmdit import Cond, FlowModel
-from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, save_state
-from flashdistill.teacher.config import (TeacherConfig, TimestepSection, TrainSection, load_config,
+from flashdistill.teacher.checkpoint import (find_checkpoint, load_state, read_state, restore_latest, save_state,
+                                             set_aside_unconfirmed)
+from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
                                          resume_fingerprint)
 from flashdistill.teacher.logs import RunLogger
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; training stops before the bad step touches the weights."""
+    """The loss or gradient became NaN or Inf; training stops before the bad step touches the weights."""
 
 
 @dataclass
@@ -111,6 +116,11 @@ def build_state(config: TeacherConfig) -> TrainState:
     return TrainState(model.train(), ema, optimizer, scheduler, head, target)
 
 
+def checkpoint_files(state: TrainState) -> tuple[str, ...]:
+    """The files a complete checkpoint of this run holds (its modules' weights, then the optimizer state)."""
+    return (*(f"{name}.safetensors" for name in state.modules()), "state.safetensors", "state.json")
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The torch.Generator for every random draw of step `step`: independent of make_batch's stream."""
     state = np.random.SeedSequence([int(seed), int(step), 1]).generate_state(1, np.uint64)[0]
@@ -160,22 +170,27 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def train_step(state: TrainState, config: TeacherConfig, cache, step: int) -> dict:
-    """One optimizer step on batch `step`; returns its metrics. Raises TrainingDiverged on a non-finite loss."""
+    """One optimizer step on batch `step`; returns its metrics. Raises TrainingDiverged on a non-finite loss or
+    gradient norm, before the optimizer, the scheduler or the EMA have moved."""
     tc = config.train
     start = time.perf_counter()
     batch = make_batch(step, tc.batch_size, config.mix, tc.seed, "train", config.model.resolution)
     x, eps, t, cond = prepare_inputs(batch, cache, tc, config.timesteps, step_generator(tc.seed, step))
     losses = teacher_losses(state, config, x, eps, t, cond)
     loss = losses["loss"]
+    lr = state.scheduler.get_last_lr()[0]
     if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {state.scheduler.get_last_lr()[0]:.3g}); "
-                               f"lower train.lr or set train.grad_clip, then --resume from the last checkpoint")
+        raise TrainingDiverged(f"loss is {loss.item()} at step {step} (lr {lr:.3g}); lower train.lr or set "
+                               f"train.grad_clip, then --resume")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = tc.grad_clip if tc.grad_clip > 0 else float("inf")
     params = [p for group in state.optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    lr = state.scheduler.get_last_lr()[0]
+    if not torch.isfinite(grad_norm):
+        state.optimizer.zero_grad(set_to_none=True)
+        raise TrainingDiverged(f"gradient norm is {float(grad_norm)} at step {step} (lr {lr:.3g}); lower train.lr "
+                               f"or set train.grad_clip, then --resume")
     state.optimizer.step()
     state.scheduler.step()
     ema_update(state.ema, state.model, tc.ema_decay)
@@ -206,25 +221,83 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
-def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -> tuple[int, float]:
-    """(first step, wall seconds already spent): 0 for a fresh run, the checkpoint's step for --resume."""
-    for stale in out.glob(".checkpoint-tmp-*"):  # left by a kill during a checkpoint write
-        shutil.rmtree(stale, ignore_errors=True)
+def _drop_keys(data: dict, keys: tuple[str, ...]) -> dict:
+    data = copy.deepcopy(data)
+    for key in keys:
+        group, name = key.split(".")
+        if isinstance(data.get(group), dict):
+            data[group].pop(name, None)
+    return data
+
+
+def _get(data: dict, key: str):
+    group, name = key.split(".")
+    return (data.get(group) or {}).get(name)
+
+
+def check_resume(meta: dict, fingerprint: dict, settings: dict, saved_settings: str, resumable: tuple[str, ...],
+                 what: str) -> list[str]:
+    """Refuse a resume whose run-defining keys differ from the checkpoint's; return the changed `resumable` keys as
+    `key old -> new`. A checkpoint written before a key became resumable still holds it in its fingerprint."""
+    if not isinstance(meta.get("fingerprint"), dict):
+        raise UserError(f"--resume: the checkpoint records no {what} to compare with")
+    diff = config_diff(_drop_keys(meta["fingerprint"], resumable), _drop_keys(fingerprint, resumable))
+    if diff:
+        raise UserError(f"--resume: the {what} differs from the checkpoint's in {', '.join(diff)} (only "
+                        f"{', '.join(resumable)} may change)")
+    old = meta.get(saved_settings) or {}
+    return [f"{k} {_get(old, k)!r} -> {_get(settings, k)!r}" for k in resumable
+            if old and _get(old, k) != _get(settings, k)]
+
+
+def retune(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, scheduler=None) -> None:
+    """Put the config's lr and weight decay into a restored optimizer (its state_dict brought the old ones)."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = weight_decay
+        group["initial_lr"] = lr
+        group["lr"] = lr
+    if scheduler is not None:  # LambdaLR: lr = base lr · factor(step)
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        factors = [f(scheduler.last_epoch) for f in scheduler.lr_lambdas]
+        for group, factor in zip(optimizer.param_groups, factors):
+            group["lr"] = lr * factor
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
+def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -> tuple[int, dict]:
+    """(first step, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous checkpoint
+    when the newest does not read back). Changed resumable keys (train.lr, ...) are applied and reported."""
+    remove_stale_tmp(out)  # left by a kill during a checkpoint or export write
     folder = find_checkpoint(out)
     if folder is None:
         if resume:
             print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
-        return 0, 0.0
-    saved = read_state(folder)
+        return 0, {}
     if not resume:
-        raise UserError(f"{out} already holds a checkpoint at step {saved['step']}: pass --resume to continue it, "
+        step = read_state(folder)["step"] if (folder / "state.json").is_file() else "?"
+        raise UserError(f"{out} already holds a checkpoint at step {step}: pass --resume to continue it, "
                         f"or choose another --out")
-    diff = config_diff(saved["meta"]["fingerprint"], resume_fingerprint(config))
-    if diff:
-        raise UserError(f"--resume: the config differs from the checkpoint's in {', '.join(diff)} "
-                        f"(only train.steps and logging/checkpoint intervals may change)")
-    saved = load_state(folder, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler})
-    return int(saved["step"]), float(saved["meta"].get("wall_time_s", 0.0))
+
+    def load(folder: Path) -> dict:
+        meta = read_state(folder)["meta"]
+        changed = check_resume(meta, resume_fingerprint(config), config.to_dict(), "config", RESUMABLE_KEYS, "config")
+        saved = load_state(folder, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler})
+        if changed:
+            print(f"resuming with changed {', '.join(changed)}", file=sys.stderr)
+        return saved
+
+    saved = restore_latest(out, checkpoint_files(state), load)
+    retune(state.optimizer, config.train.lr, config.train.weight_decay, state.scheduler)
+    return int(saved["step"]), saved["meta"]
+
+
+def diverged(err: TrainingDiverged, out: Path, last_good: int, unit: str, files=None) -> TrainingDiverged:
+    """The divergence message, after setting aside a checkpoint no finite step has run from: --resume then
+    continues from weights known to be good."""
+    kept = set_aside_unconfirmed(out, last_good, *([files] if files else []))
+    where = (f"--resume continues from the checkpoint at {unit} {read_state(kept)['step']}, the last known good"
+             if kept else f"no checkpoint holds good weights yet, so --resume starts again from {unit} 0")
+    return TrainingDiverged(f"{err}. The weights, optimizer and EMA were not updated by the bad {unit}; {where}")
 
 
 def hardware() -> dict:
@@ -236,7 +309,7 @@ def hardware() -> dict:
 def export_teacher(ema: FlowModel, out: Path, info: dict) -> Path:
     """Write `<out>/teacher/` (EMA weights + teacher.json) atomically; returns its path."""
     final = out / "teacher"
-    tmp = out / f".teacher-tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out / f".teacher-tmp-{uuid.uuid4().hex[:8]}"  # a kill leaves it: restore() removes it
     ema.save_pretrained(tmp)
     (tmp / "teacher.json").write_text(json.dumps(info, indent=1) + "\n")
     if final.exists():
@@ -254,10 +327,11 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
+        raise UserError(f"--out {out}: is a file, not a folder")
     state = build_state(config)  # first: a bad init_from should not leave an empty run folder behind
-    out.mkdir(parents=True, exist_ok=True)
-    start, wall_before = restore(state, config, out, resume)
+    out_dir(out)
+    start, saved_meta = restore(state, config, out, resume)
+    wall_before = float(saved_meta.get("wall_time_s", 0.0))
     if start > config.train.steps:
         raise UserError(f"train.steps: {config.train.steps} is fewer than the {start} steps the checkpoint has done")
     cache = open_cache(config, out, encoder, config.model.spell_quoted)
@@ -267,7 +341,11 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
     with RunLogger(out, start) as logger:
         bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", dynamic_ncols=True)
         for step in range(start, end):
-            metrics = train_step(state, config, cache, step)
+            try:
+                metrics = train_step(state, config, cache, step)
+            except TrainingDiverged as err:
+                raise diverged(err, out, step - 1, "step", checkpoint_files(state)) from None
+            meta["last_loss"] = metrics["loss"]
             done = step + 1
             logger.add(metrics, log_now=done % config.run.log_every == 0 or done in (1, end))
             bar.update(1)
@@ -279,21 +357,22 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
                            meta)
         bar.close()
     wall = wall_before + time.perf_counter() - t0
+    final_loss = metrics.get("loss", saved_meta.get("last_loss"))  # a resume with no step left ran none
     if end < steps or (start == steps and (out / "teacher").is_dir()):  # interrupted on purpose, or nothing to do
         teacher = str(out / "teacher") if end == steps else None
-        return {"steps": end, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+        return {"steps": end, "resumed_from": start, "final_loss": final_loss, "wall_time_s": wall,
                 "teacher": teacher, "checkpoint": str(out / "checkpoint")}
     info = {"format": 1, "config": config.to_dict(), "steps": steps, "wall_time_s": round(wall, 1),
-            "final_loss": metrics.get("loss"), "hardware": hardware(), "command": command,
+            "final_loss": final_loss, "hardware": hardware(), "command": command,
             "text_encoder": getattr(cache.encoder, "id", None), "sampling": {"shift": config.timesteps.shift},
             "weights": "EMA", "ema_decay": config.train.ema_decay}
     teacher = export_teacher(state.ema, out, info)
-    return {"steps": steps, "resumed_from": start, "final_loss": metrics.get("loss"), "wall_time_s": wall,
+    return {"steps": steps, "resumed_from": start, "final_loss": final_loss, "wall_time_s": wall,
             "teacher": str(teacher), "checkpoint": str(out / "checkpoint")}
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="Train a flow-matching teacher on the embedded world.")
+    parser = Parser(prog=prog, description="Train a flow-matching teacher on the embedded world.")
     parser.add_argument("config", metavar="CONFIG", help="teacher YAML (see configs/teacher_*.yaml)")
     parser.add_argument("--out", help="run folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
@@ -314,10 +393,13 @@ def main_train(argv: list[str] | None = None, prog: str = "flashdistill teacher 
         out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         summary = train_teacher(config, out, args.resume, command=f"{prog} {shlex.join(argv)}")
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
+        print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:
-        print(f"error: training diverged: {err}", file=sys.stderr)
+        print(f"error: training diverged: {one_line(err)}", file=sys.stderr)
         return 1
     loss = summary["final_loss"]
     print(f"teacher after {summary['steps']} steps (final loss {'n/a' if loss is None else f'{loss:.4f}'}, "

@@ -1,0 +1,98 @@
+"""User files in, output paths out, with one-line errors: every reader and writer of a user-named path goes here.
+
+A file the user names (a recipe, a case file, a model folder's JSON, a run's record) can be missing, a folder, not
+UTF-8 (a PNG given as a recipe, a Latin-1 YAML), or not the JSON it should be; an output path can be an existing
+file where a folder is wanted, or sit where nothing can be created. Each of these is a `UserError` naming the path
+and what is wrong, which the CLI prints as one line with exit code 2, never a traceback.
+
+- `read_text(path, what)`: the UTF-8 text of a file.
+- `read_json(path, what)` / `read_json_object(path, what)`: a JSON value / a JSON object from a file.
+- `out_dir(path, flag)`: create (or reuse) an output folder; `out_file(path, flag)`: make sure a file can be
+  written there (its folder is created, the path is not a folder).
+- `remove_stale_tmp(folder)`: delete the `.NAME-tmp-*` / `.NAME-old-*` folders a kill during an atomic write left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from flashdistill.errors import UserError
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{what} {path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{what} {path}: is a folder, not a file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what} {path}: not UTF-8 text (byte {err.start} is 0x{err.object[err.start]:02x}); "
+                        f"save it as UTF-8") from None
+    except OSError as err:
+        raise UserError(f"{what} {path}: cannot read it ({err.strerror or err})") from None
+
+
+def read_json(path: str | Path, what: str = "file"):
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+
+
+def read_json_object(path: str | Path, what: str = "file") -> dict:
+    obj = read_json(path, what)
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path}: must hold a JSON object, got a {type(obj).__name__}")
+    return obj
+
+
+def yaml_problem(err) -> str:
+    """A PyYAML error as one phrase with its position: `found character '\\t' ... (line 2, column 1)`."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(str(getattr(err, "problem", None) or err).split()) + where
+
+
+def out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """The output folder `path`, created with its parents; UserError if it is a file or cannot be written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path}: is a file, not a folder")
+    _make_dir(path, f"{flag} {path}")
+    return path
+
+
+def out_file(path: str | Path, flag: str = "--out") -> Path:
+    """A path a file can be written to: not a folder, its folder created and writable; UserError otherwise."""
+    path = Path(path)
+    if path.is_dir() or not path.name:
+        raise UserError(f"{flag} {path}: is a folder; give a file path")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"{flag} {path}: {parent} is a file, not a folder")
+    _make_dir(parent, f"{flag} {path}")
+    return path
+
+
+def _make_dir(path: Path, where: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{where}: cannot create the folder {path} ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{where}: the folder {path} is not writable")
+
+
+def remove_stale_tmp(folder: str | Path) -> list[Path]:
+    """Delete the temporary folders of interrupted atomic writes (`.NAME-tmp-*`, `.NAME-old-*`); returns them."""
+    folder = Path(folder)
+    stale = [p for pattern in (".*-tmp-*", ".*-old-*") for p in folder.glob(pattern) if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
