@@ -6,7 +6,7 @@ or `QwenImageEditPlusPipeline` (`edit-plus`) read with `from_pretrained(out)`:
     model_index.json                    pipeline class + one [library, class] pair per component
     scheduler/scheduler_config.json     FlowMatchEulerDiscreteScheduler, Qwen-Image's dynamic-shift settings
     transformer/                        QwenImageTransformer2DModel, 2 layers, in 64 / out 16 (the real channel layout)
-    vae/                                AutoencoderKLQwenImage, z_dim 16, 8x spatial, base_dim 8, random latents_mean/std
+    vae/                                AutoencoderKLQwenImage, z_dim 16, 8x spatial, base_dim 4, random latents_mean/std
     text_encoder/                       Qwen2_5_VLForConditionalGeneration, hidden 32, 2 layers, tiny vision tower
     tokenizer/                          Qwen2Tokenizer: 256 byte-level symbols, no merges, Qwen's special tokens
     processor/                          (edit kinds) Qwen2VLProcessor files: the tokenizer + image/video processor
@@ -57,7 +57,7 @@ def vae_config(seed: int) -> dict:
     g = torch.Generator().manual_seed(seed + 1)
     mean = (torch.randn(16, generator=g) * 0.5).tolist()
     std = (0.5 + torch.rand(16, generator=g) * 1.5).tolist()
-    return dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
+    return dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
                 temperal_downsample=[False, True, True], latents_mean=[round(m, 4) for m in mean],
                 latents_std=[round(s, 4) for s in std])
 
