@@ -9,7 +9,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                batch_size (global), iterations, ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
                max_bad_steps (consecutive non-finite steps tolerated)
     guidance:  λ_{k,m}(c) (paper eq. 5-6), see `flashdistill.distill.guidance`
-    data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5)
+    data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5);
+               prompts / edits: the user's JSONL files (flashdistill.data.files), encoded by `flashdistill cache`
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default)
@@ -138,6 +139,8 @@ class DataSection:
 
     composition: dict[str, float] | None = None
     counts: dict[str, int] | None = None
+    prompts: str | None = None  # a prompts JSONL file (flashdistill.data.files); read by `flashdistill cache`
+    edits: str | None = None  # an edits JSONL file (image, instruction, category)
 
     def check(self) -> None:
         _require(self.composition is None or self.counts is None, "data",
