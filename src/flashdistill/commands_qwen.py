@@ -6,7 +6,9 @@ function and reports bad input as a UserError (one line, exit code 2, by the CLI
 
 from __future__ import annotations
 
-from pathlib import Path
+import shlex
+
+from flashdistill.errors import UserError
 
 
 def cmd_tiny_folder(args) -> None:
@@ -14,6 +16,58 @@ def cmd_tiny_folder(args) -> None:
 
     out = write_tiny_folder(args.out, args.kind, args.seed)
     print(f"wrote a tiny random {KINDS[args.kind]} folder to {out} (seed {args.seed})")
+
+
+def _cache_inputs(args) -> tuple[str, str | None, str | None, str]:
+    """(model folder, prompts file, edits file, out folder) from a recipe and/or the explicit options."""
+    model, prompts, edits, out = args.model, args.prompts, args.edits, args.out
+    if args.recipe:
+        from flashdistill.distill.recipe import load_recipe
+
+        recipe = load_recipe(args.recipe, args.overrides)
+        model = model or recipe.teachers[recipe.student.init_from]
+        prompts = prompts or recipe.data.prompts
+        edits = edits or recipe.data.edits
+        out = out or recipe.run.text_cache
+    if not model:
+        raise UserError("cache: name the model: a RECIPE (its student.init_from teacher) or --model FOLDER")
+    if not prompts and not edits:
+        raise UserError("cache: nothing to encode: give data.prompts / data.edits in the recipe, or --prompts / "
+                        "--edits")
+    if not out:
+        raise UserError("cache: where to write: --out DIR (or run.text_cache in the recipe)")
+    return model, prompts, edits, out
+
+
+def _cache_command(args, out: str) -> str:
+    """The command that (re)builds this cache, for error messages of readers."""
+    parts = ["flashdistill", "cache"] + ([args.recipe] if args.recipe else [])
+    parts += [f"--set={o}" for o in args.overrides]
+    for flag in ("model", "prompts", "edits"):
+        if getattr(args, flag):
+            parts += [f"--{flag}", getattr(args, flag)]
+    parts += ["--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def cmd_cache(args) -> None:
+    from flashdistill.data.cache import build_cache
+    from flashdistill.data.files import read_edits, read_prompts
+    from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
+
+    for flag in ("batch_size", "shard_size", "vae_area"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    model, prompts_file, edits_file, out = _cache_inputs(args)
+    read_model_index(model)  # a clear error before anything is read or loaded
+    prompts = read_prompts(prompts_file) if prompts_file else []
+    edits = read_edits(edits_file) if edits_file else []
+    family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
+    counts = build_cache(out, family, prompts, edits, _cache_command(args, out), negative_prompt=args.negative_prompt,
+                         vae_area=args.vae_area, dtype=args.dtype, batch_size=args.batch_size,
+                         shard_size=args.shard_size)
+    print(f"cache {out}: {counts['prompts']} prompts (negative included), {counts['edits']} edits; encoded "
+          f"{counts['encoded']} now, {counts['entries']} entries in all")
 
 
 def add_commands(top) -> None:
@@ -29,3 +83,26 @@ def add_commands(top) -> None:
     p.add_argument("--out", required=True, help="folder to create (must not hold a pipeline already)")
     p.add_argument("--seed", type=int, default=0, help="weight seed: the same seed writes the same weights")
     p.set_defaults(func=cmd_tiny_folder)
+
+    p = top.add_parser("cache", help="encode prompts, the negative prompt and edits (VL embedding + source latents) "
+                                     "once into a safetensors cache",
+                       description="Encode every prompt of data.prompts, the negative prompt, and for every edit of "
+                                   "data.edits the VL embedding of source + instruction (and of source + negative) "
+                                   "and the source latents, into safetensors shards keyed by content. Resumable: "
+                                   "after Ctrl-C or a kill, the same command encodes only what is missing.")
+    p.add_argument("recipe", nargs="?", default=None, help="recipe YAML (teachers, data.prompts, data.edits)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="dotted overrides of the recipe")
+    p.add_argument("--model", default=None, help="Qwen-Image pipeline folder (default: the recipe's "
+                                                 "student.init_from teacher)")
+    p.add_argument("--prompts", default=None, help="prompts JSONL (default: the recipe's data.prompts)")
+    p.add_argument("--edits", default=None, help="edits JSONL (default: the recipe's data.edits)")
+    p.add_argument("--out", default=None, help="cache folder (default: the recipe's run.text_cache)")
+    p.add_argument("--negative-prompt", default=" ", help="the negative prompt of true CFG (default: ' ')")
+    p.add_argument("--vae-area", type=int, default=1024 * 1024,
+                   help="pixel area of a source image at the VAE, aspect kept (default 1024*1024, the pipelines')")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per text-encoder pass")
+    p.add_argument("--shard-size", type=int, default=256, help="entries per shard (a kill loses at most one shard)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=cmd_cache)

@@ -150,12 +150,13 @@ class QwenImageFamily:
         std = torch.tensor(self.vae_config["latents_std"]).view(1, z, 1, 1).to(like.device, like.dtype)
         return mean, std
 
-    def vae_pixels(self, image, height: int | None = None, width: int | None = None) -> Tensor:
-        """A PIL source as the edit pipelines feed it to the VAE: (1, 3, H, W) in [-1, 1], default area 1024²."""
+    def vae_pixels(self, image, height: int | None = None, width: int | None = None, area: int = VAE_AREA) -> Tensor:
+        """A PIL source as the edit pipelines feed it to the VAE: (1, 3, H, W) in [-1, 1]; by default H x W has the
+        source's aspect and the pipelines' area 1024² (sides multiples of 32)."""
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
 
         if height is None or width is None:
-            width, height = calculate_dimensions(VAE_AREA, image.size[0] / image.size[1])[:2]
+            width, height = calculate_dimensions(area, image.size[0] / image.size[1])[:2]
         if self.kind == "edit":  # QwenImageEditPipeline resizes first, then preprocesses
             image = self.pipe.image_processor.resize(image, height, width)
         return self.pipe.image_processor.preprocess(image, height, width)
@@ -181,6 +182,29 @@ class QwenImageFamily:
         mean, std = self._mean_std(z)
         image = vae.decode((z * std + mean).unsqueeze(2), return_dict=False)[0][:, :, 0]
         return self.pipe.image_processor.postprocess(image, output_type="pt").float()
+
+    @torch.no_grad()
+    def encode_edit(self, instruction: str, image, negative_prompt: str = NEGATIVE_PROMPT,
+                    area: int = VAE_AREA) -> dict[str, Tensor]:
+        """What an edit needs, once: the VL embedding of source + instruction (`emb`, (L, D)), of source + negative
+        prompt (`neg`), and the normalised source latents (`latents`, (16, h, w))."""
+        emb, mask = self.encode_prompts([instruction, negative_prompt], [image, image])
+        latents = self.encode_images(self.vae_pixels(image, area=area))[0]
+        return {"emb": emb[0][mask[0]], "neg": emb[1][mask[1]], "latents": latents}
+
+    def identity(self) -> str:
+        """What the cached encodings depend on: the pipeline class, the encoder/VAE/tokenizer configs and the weight
+        files' names and sizes (a cheap fingerprint; weights are not hashed)."""
+        import hashlib
+
+        h = hashlib.sha256(self.pipeline_class.encode())
+        for sub in ("text_encoder", "vae", "tokenizer", "processor"):
+            for path in sorted((self.folder / sub).glob("*")):
+                if path.suffix == ".json" or path.name.endswith(".txt"):
+                    h.update(path.name.encode() + path.read_bytes())
+                elif path.is_file():
+                    h.update(f"{path.name}:{path.stat().st_size}".encode())
+        return h.hexdigest()[:32]
 
     # ---- the transformer, time, guidance ----------------------------------------------------------------------
     def flow_model(self, height: int = 1024, width: int | None = None) -> FlowModel:
