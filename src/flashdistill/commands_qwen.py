@@ -7,6 +7,7 @@ function and reports bad input as a UserError (one line, exit code 2, by the CLI
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 from flashdistill.errors import UserError
 
@@ -70,6 +71,23 @@ def cmd_cache(args) -> None:
           f"{counts['encoded']} now, {counts['entries']} entries in all")
 
 
+def cmd_plan(args) -> None:
+    from flashdistill.distill.plan import count, meta_transformer, plan_spec, render
+
+    for flag in ("world_size", "lora_rank", "resolution", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.text_tokens < 0 or (args.teachers is not None and args.teachers < 1):
+        raise UserError("--text-tokens must be >= 0 and --teachers >= 1")
+    config, teachers = plan_spec(args.spec, args.overrides)
+    counts = count(meta_transformer(config), args.lora_rank)
+    text = render(args.spec, counts, args.world_size, args.lora_rank, args.teachers or teachers, args.resolution,
+                  args.batch_size, args.text_tokens)
+    print(text, end="")
+    if args.out:
+        Path(args.out).write_text(text)
+
+
 def add_commands(top) -> None:
     """Register `qwen`, `cache` and `plan` on the top-level subparsers `top`."""
     qwen = top.add_parser("qwen", help="Qwen-Image pipeline folders (tiny random ones for tests and trials)")
@@ -106,3 +124,23 @@ def add_commands(top) -> None:
     p.add_argument("--shard-size", type=int, default=256, help="entries per shard (a kill loses at most one shard)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_cache)
+
+    p = top.add_parser("plan", help="bytes per rank of weights, grads and AdamW states of every role, per role "
+                                    "layout (full / lora), plus an activation estimate",
+                       description="Count the teacher transformer's real parameter shapes on the meta device (no "
+                                   "weights needed) and print, per roles.mode, the bytes per rank of every role's "
+                                   "weights, gradients and AdamW states under even FSDP sharding, and an activation "
+                                   "estimate with its formula. SPEC: a recipe YAML, a pipeline folder, a "
+                                   "transformer config.json, teacher:NAME, or qwen-image (the shipped 20B config).")
+    p.add_argument("spec", help="recipe.yaml | pipeline folder | config.json | teacher:NAME | qwen-image")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="dotted overrides of the recipe")
+    p.add_argument("--world-size", type=int, default=1, help="ranks the sharded states are split over")
+    p.add_argument("--lora-rank", type=int, default=64, help="rank of the student/critic adapters (default 64)")
+    p.add_argument("--teachers", type=int, default=None,
+                   help="distinct teachers, the base included (default: the recipe's, or 1)")
+    p.add_argument("--resolution", type=int, default=1024, help="image side in pixels for the activations")
+    p.add_argument("--batch-size", type=int, default=1, help="micro-batch per rank for the activations")
+    p.add_argument("--text-tokens", type=int, default=256, help="text tokens per sample for the activations")
+    p.add_argument("--out", default=None, help="also write the plan (Markdown) to this file")
+    p.set_defaults(func=cmd_plan)
