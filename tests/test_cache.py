@@ -109,7 +109,8 @@ def test_cli(setup, tmp_path, capsys, one_thread):
     code = main(["cache", "--model", str(family.folder), "--prompts", str(root / "prompts.jsonl"), "--edits",
                  str(root / "edits.jsonl"), "--out", str(out), "--vae-area", str(AREA)])
     assert code == 0 and "encoded 6 now, 6 entries in all" in capsys.readouterr().out
-    assert json.loads((out / "index.json").read_text())["entries"] == 6
+    index = json.loads((out / "index.json").read_text())
+    assert index["entries"] == 6 and index["command"].endswith(f"--out {out} --vae-area {AREA}")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x", "category": "c"}\n{"prompt": 1, "category": "c"}\n')
     assert main(["cache", "--model", str(family.folder), "--prompts", str(bad), "--out", str(out)]) == 2

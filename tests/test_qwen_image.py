@@ -25,7 +25,7 @@ def _our_sampling(family, cond, neg, nfe, height, width, scale, seed):
     """Euler from t=1 with true CFG, written with flashdistill's pieces only."""
     c, h, w = family.latent_shape(height, width)
     z = randn_tensor((1, 1, c, h, w), generator=torch.Generator().manual_seed(seed))[:, 0]  # the pipeline's draw
-    model = family.flow_model(height, width)
+    model = family.flow_model(height)
     sigmas = family.sigmas(nfe, height, width)
     for t, t_next in zip(sigmas[:-1], sigmas[1:]):
         v = family.cfg(model(z, t, cond), model(z, t, neg), scale)

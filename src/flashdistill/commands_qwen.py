@@ -48,6 +48,10 @@ def _cache_command(args, out: str) -> str:
         if getattr(args, flag):
             parts += [f"--{flag}", getattr(args, flag)]
     parts += ["--out", out]
+    defaults = {"negative_prompt": " ", "vae_area": 1024 * 1024, "dtype": "bfloat16"}
+    for flag, default in defaults.items():  # settings that change the entries: the command must repeat them
+        if getattr(args, flag) != default:
+            parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return " ".join(shlex.quote(p) for p in parts)
 
 

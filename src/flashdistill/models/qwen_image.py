@@ -207,8 +207,9 @@ class QwenImageFamily:
         return h.hexdigest()[:32]
 
     # ---- the transformer, time, guidance ----------------------------------------------------------------------
-    def flow_model(self, height: int = 1024, width: int | None = None) -> FlowModel:
-        """The transformer behind `v = model(z_t, t, cond)`; z_t (B, 16, height/8, width/8)."""
+    def flow_model(self, height: int = 1024) -> FlowModel:
+        """The transformer behind `v = model(z_t, t, cond)`, z_t (B, 16, H/8, W/8). Only `height` is recorded (in
+        MMDiTConfig.resolution); the forward reads every size, non-square and source sizes included, from z_t."""
         transformer = self.pipe.transformer
         if transformer is None:
             raise UserError(f"{self.folder}: the transformer was not loaded (parts)")
