@@ -14,6 +14,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default)
+    roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
+               lora_rank, lora_alpha, gradient_checkpointing
 
 Strictness as in `flashdistill.teacher.config` (whose `from_dict` / `apply_overrides` this reuses): an unknown key,
 a wrong type or an impossible value raises UserError naming the dotted key. `tasks.ratio=7:3` on the command line
@@ -87,11 +89,27 @@ class StudentSection:
 
 
 @dataclass
+class RolesSection:
+    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters; distill/lora_roles)."""
+
+    mode: str = "full"
+    lora_rank: int = 64
+    lora_alpha: float | None = None  # default: the rank (scale 1)
+    gradient_checkpointing: bool = False  # per transformer block, in the grad passes
+
+    def check(self) -> None:
+        _require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
+        _require(self.lora_rank >= 1, "roles.lora_rank", "must be >= 1")
+        _require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
+
+
+@dataclass
 class CriticSection:
     init_from: str = "base"
     lr: float = 1e-4
     updates: int = 2  # critic updates per generator update (DMD2's two-timescale rule)
     weight_decay: float = 0.0
+    lora: bool = True  # with roles.mode lora: the critic is an adapter (true) or a full-parameter copy (false)
 
     def check(self) -> None:
         _require(self.lr > 0, "critic.lr", "must be > 0")
@@ -206,6 +224,7 @@ class Recipe:
     tasks: TasksSection = field(default_factory=TasksSection)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunSection = field(default_factory=RunSection)
+    roles: RolesSection = field(default_factory=RolesSection)
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
@@ -214,7 +233,7 @@ class Recipe:
             name = getattr(self, role).init_from
             _require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
                      f"{', '.join(self.teachers)}")
-        for section in (self.student, self.critic, self.dmd, self.data, self.eval, self.run):
+        for section in (self.student, self.critic, self.dmd, self.data, self.eval, self.run, self.roles):
             section.check()
         self.task_mix()
         return self

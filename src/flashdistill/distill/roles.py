@@ -136,10 +136,17 @@ def _wrap(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
 
 def build_roles(recipe: Recipe, dist: Dist) -> Roles:
+    if recipe.roles.mode == "lora":  # one frozen base shared by every role (distill/lora_roles.py)
+        from flashdistill.distill.lora_roles import build_lora_roles
+
+        return build_lora_roles(recipe, dist, resolve_teacher)
     teachers = load_teachers(recipe, dist.device)
     student = copy.deepcopy(teachers[recipe.student.init_from]).train().requires_grad_(True)
     critic = copy.deepcopy(teachers[recipe.critic.init_from]).train().requires_grad_(True)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
+    if recipe.roles.gradient_checkpointing:
+        for model in (student, critic):
+            model.transformer.enable_gradient_checkpointing()
     d, c = recipe.dmd, recipe.critic
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
