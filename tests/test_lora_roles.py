@@ -112,3 +112,18 @@ def test_full_critic_and_errors(teachers, lora_teacher, tmp_path):
     with pytest.raises(UserError, match="must be a full model"):
         build_roles(recipe(teachers, lora_teacher, tmp_path, "student.init_from=specialized",
                            "critic.init_from=specialized"), Dist())
+
+
+def test_gradient_checkpointing_changes_memory_not_math(teachers, lora_teacher, tmp_path):
+    grads = []
+    for flag in ("false", "true"):
+        roles = build_roles(recipe(teachers, lora_teacher, tmp_path, f"roles.gradient_checkpointing={flag}"), Dist())
+        assert roles.student.base.transformer.gradient_checkpointing == (flag == "true")
+        z, t, cond = _inputs(2)
+        with torch.no_grad():  # make the adapter non-trivial, identically in both runs
+            for i, p in enumerate(roles.student.parameters()):
+                p.fill_(0.01 * ((i % 5) - 2))
+        roles.student(z, t, cond).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in roles.student.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
