@@ -1,4 +1,4 @@
-"""The CLI subcommands of the qwen-image family: `qwen tiny-folder`, `cache` and `plan`.
+"""The CLI subcommands of the qwen-image family: `qwen tiny-folder`, `qwen random-lora`, `cache` and `plan`.
 
 `flashdistill.cli.build_parser` calls `add_commands(top)` once; each command is a thin layer over a library
 function and reports bad input as a UserError (one line, exit code 2, by the CLI).
@@ -17,6 +17,15 @@ def cmd_tiny_folder(args) -> None:
 
     out = write_tiny_folder(args.out, args.kind, args.seed)
     print(f"wrote a tiny random {KINDS[args.kind]} folder to {out} (seed {args.seed})")
+
+
+def cmd_random_lora(args) -> None:
+    from flashdistill.models.qwen_tiny import write_random_lora
+
+    if args.rank < 1 or args.std <= 0:
+        raise UserError("--rank must be >= 1 and --std > 0")
+    out = write_random_lora(args.base, args.out, args.rank, args.std, args.seed)
+    print(f"wrote a random rank-{args.rank} LoRA on {args.base} to {out} (diffusers' LoRA format)")
 
 
 def _cache_inputs(args) -> tuple[str, str | None, str | None, str]:
@@ -105,6 +114,14 @@ def add_commands(top) -> None:
     p.add_argument("--out", required=True, help="folder to create (must not hold a pipeline already)")
     p.add_argument("--seed", type=int, default=0, help="weight seed: the same seed writes the same weights")
     p.set_defaults(func=cmd_tiny_folder)
+    p = sub.add_parser("random-lora", help="write a random LoRA on a pipeline folder's transformer (diffusers' "
+                                           "LoRA format): a stand-in specialized teacher for trials")
+    p.add_argument("--base", required=True, help="pipeline folder whose transformer the LoRA adapts")
+    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--rank", type=int, default=4)
+    p.add_argument("--std", type=float, default=0.05, help="std of the random LoRA matrices")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_random_lora)
 
     p = top.add_parser("cache", help="encode prompts, the negative prompt and edits (VL embedding + source latents) "
                                      "once into a safetensors cache",

@@ -98,18 +98,12 @@ class AdapterView(nn.Module):
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
 
-def _lora_teacher_meta(folder: Path) -> dict | None:
-    path = folder / CONFIG_FILE
-    meta = json.loads(path.read_text()) if path.is_file() else {}
-    return meta if meta.get("model") == "mmdit-lora" else None
-
-
-def build_lora_roles(recipe, dist, resolve):
-    """The roles of `roles.mode: lora` (see the module docstring); `resolve(spec, key)` gives a teacher folder."""
+def build_lora_roles(recipe, dist, family):
+    """The roles of `roles.mode: lora` (see the module docstring); `family` (distill/families.py) resolves and
+    loads the teachers and says which one is a LoRA on the base."""
     from peft import LoraConfig
 
     from flashdistill.distill.roles import Roles
-    from flashdistill.models.lora import resolve_base
 
     if dist.world > 1:
         raise UserError("roles.mode: lora runs on one process for now; use roles.mode: full under torchrun")
@@ -118,10 +112,10 @@ def build_lora_roles(recipe, dist, resolve):
     if recipe.critic.init_from != base_name:
         raise UserError(f"critic.init_from: with roles.mode lora the critic starts from the student's base "
                         f"{base_name!r}")
-    base_path = resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
-    if _lora_teacher_meta(base_path):
+    base_path = family.resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
+    if family.is_lora(base_path):
         raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
-    base = FlowModel.from_pretrained(base_path, torch_dtype=torch.float32).to(dist.device).eval()
+    base = family.load_model(base_path).to(dist.device).eval()
     base.requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
@@ -138,17 +132,17 @@ def build_lora_roles(recipe, dist, resolve):
             base.transformer.add_adapter(copy.deepcopy(config), adapter_name=name)
     teachers: dict[str, object] = {}  # name -> None (the base), an adapter name, or a separate FlowModel
     for i, (name, spec) in enumerate(recipe.teachers.items()):
-        path = resolve(spec, f"teachers.{name}").resolve()
-        meta = None if path == base_path else _lora_teacher_meta(path)
+        path = family.resolve(spec, f"teachers.{name}").resolve()
+        adapter = None if path == base_path else family.lora_adapter(path, base_path)
         if path == base_path:
             teachers[name] = None
-        elif meta and resolve_base(meta["lora"]["base"], path).resolve() == base_path:
+        elif adapter:
             teachers[name] = f"teacher{i}"
-            base.transformer.load_lora_adapter(str(path / TRANSFORMER_FOLDER), prefix=None, weight_name=WEIGHTS,
+            folder, weight_name, prefix = adapter
+            base.transformer.load_lora_adapter(str(folder), prefix=prefix, weight_name=weight_name,
                                                adapter_name=teachers[name])
         else:  # a different model: its own frozen copy, as in roles.mode full
-            teachers[name] = FlowModel.from_pretrained(path, torch_dtype=torch.float32).to(dist.device).eval()
-            teachers[name].requires_grad_(False)
+            teachers[name] = family.load_model(path).to(dist.device).eval().requires_grad_(False)
     base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
@@ -162,4 +156,4 @@ def build_lora_roles(recipe, dist, resolve):
     d, c = recipe.dmd, recipe.critic
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic)
+    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)

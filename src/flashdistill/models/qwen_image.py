@@ -193,18 +193,8 @@ class QwenImageFamily:
         return {"emb": emb[0][mask[0]], "neg": emb[1][mask[1]], "latents": latents}
 
     def identity(self) -> str:
-        """What the cached encodings depend on: the pipeline class, the encoder/VAE/tokenizer configs and the weight
-        files' names and sizes (a cheap fingerprint; weights are not hashed)."""
-        import hashlib
-
-        h = hashlib.sha256(self.pipeline_class.encode())
-        for sub in ("text_encoder", "vae", "tokenizer", "processor"):
-            for path in sorted((self.folder / sub).glob("*")):
-                if path.suffix == ".json" or path.name.endswith(".txt"):
-                    h.update(path.name.encode() + path.read_bytes())
-                elif path.is_file():
-                    h.update(f"{path.name}:{path.stat().st_size}".encode())
-        return h.hexdigest()[:32]
+        """What the cached encodings depend on (`folder_identity`)."""
+        return folder_identity(self.folder, self.pipeline_class)
 
     # ---- the transformer, time, guidance ----------------------------------------------------------------------
     def flow_model(self, height: int = 1024) -> FlowModel:
@@ -252,6 +242,22 @@ class QwenImageFamily:
         h, w = source_size or (None, None)
         latents = torch.cat([self.encode_images(self.vae_pixels(s, h, w)) for s in sources])
         return Cond(emb, mask, latents, category=categories)
+
+
+def folder_identity(folder: str | Path, pipeline_class: str) -> str:
+    """What a folder's encodings depend on: the pipeline class, the encoder/VAE/tokenizer configs and the weight
+    files' names and sizes (a cheap fingerprint; weights are not hashed). Needs no model loaded."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256(pipeline_class.encode())
+    for sub in ("text_encoder", "vae", "tokenizer", "processor"):
+        for path in sorted((folder / sub).glob("*")):
+            if path.suffix == ".json" or path.name.endswith(".txt"):
+                h.update(path.name.encode() + path.read_bytes())
+            elif path.is_file():
+                h.update(f"{path.name}:{path.stat().st_size}".encode())
+    return h.hexdigest()[:32]
 
 
 def _with_mask(emb: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -204,3 +204,31 @@ def _image_only_processor_class():
             return super().check_argument_for_proper_class(argument_name, argument)
 
     return ImageOnlyQwen2VLProcessor
+
+
+def write_random_lora(base: str | Path, out: str | Path, rank: int = 4, std: float = 0.05, seed: int = 0) -> Path:
+    """A random LoRA on the transformer of pipeline folder `base`, in diffusers' LoRA format
+    (`QwenImagePipeline.save_lora_weights`; `load_lora_weights` reads it): a stand-in specialized teacher for
+    trials on tiny folders. Both LoRA matrices are drawn N(0, std²), so the adapter changes the model."""
+    from diffusers import QwenImagePipeline, QwenImageTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from flashdistill.models.lora import DEFAULT_TARGETS
+
+    base, out = Path(base), Path(out)
+    if not (base / "transformer" / "config.json").is_file():
+        raise UserError(f"--base {base}: no transformer/config.json (not a pipeline folder)")
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: must end in .safetensors")
+    transformer = QwenImageTransformer2DModel.from_pretrained(base / "transformer")
+    transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(DEFAULT_TARGETS)))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in transformer.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    QwenImagePipeline.save_lora_weights(out.parent, transformer_lora_layers=get_peft_model_state_dict(transformer),
+                                        weight_name=out.name)
+    return out
