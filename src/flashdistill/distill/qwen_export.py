@@ -153,7 +153,7 @@ class QwenStudent:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         kwargs = {} if KIND[cls_name] == "t2i" else {"processor": load_processor(base)}
         pipe = getattr(diffusers, cls_name).from_pretrained(
-            base, local_files_only=True, torch_dtype=torch.float32,
+            base, local_files_only=True, dtype=torch.float32,
             transformer=QwenImageTransformer2DModel.from_pretrained(self.folder / "transformer"),
             scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(self.folder / "scheduler"), **kwargs)
         if not edit and not isinstance(pipe, QwenImagePipeline):
