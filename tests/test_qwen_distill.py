@@ -186,3 +186,22 @@ def test_edit_pipelines_load_the_lora_and_generate_edit_commands(world, straight
     for name in ("g.png", "e.png"):
         with Image.open(tmp_path / name) as img:
             assert img.size == (64, 64) and np.asarray(img).std() > 0
+
+
+def test_live_roles_hold_what_the_planner_counts(world):
+    from flashdistill.distill.memory import materialize_optimizer_states, measure, planned
+    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+
+    config, teachers = plan_spec(str(RECIPE), world[1])
+    counts = count(meta_transformer(config), rank=4)
+    live = {}
+    for mode in ("full", "lora"):
+        roles = build_roles(load_recipe(RECIPE, world[1] + [f"roles.mode={mode}"]), Dist())
+        materialize_optimizer_states(roles)
+        live[mode] = measure(roles)
+        assert teachers == 2 and live[mode].elements == planned(counts, mode, teachers).elements, mode
+        assert live[mode].elements["optimizer"] == 2 * live[mode].elements["trainable"] > 0
+    # full: 2 teachers + student + critic + EMA = 5 copies; lora: one base + 4 rank-4 adapters
+    assert live["full"].elements["frozen"] == 2 * counts.params
+    assert live["lora"].elements["frozen"] == counts.params + counts.lora_params
+    assert live["lora"].total_bytes < live["full"].total_bytes / 3

@@ -77,3 +77,18 @@ def planned(counts, mode: str, teachers: int) -> Usage:
             elements["optimizer"] += 2 * row.params  # AdamW's two moments
             nbytes["optimizer"] += int(row.optimizer)
     return Usage(elements, nbytes)
+
+
+@torch.no_grad()
+def materialize_optimizer_states(roles) -> None:
+    """Create AdamW's moments as the first step does, with zero gradients (weights unchanged: no decay, zero step)."""
+    for opt in roles.optimizers().values():
+        saved = [g["weight_decay"] for g in opt.param_groups]
+        for g in opt.param_groups:
+            g["weight_decay"] = 0.0
+            for p in g["params"]:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        for g, wd in zip(opt.param_groups, saved):
+            g["weight_decay"] = wd
