@@ -83,9 +83,12 @@ def test_recipe_takes_the_files_categories(world):
     for extra, key in (("data.composition={landscape: 1, sky: 1}", "data.composition.sky"),
                        ("guidance.sky={base: 1.0}", "guidance.sky"),
                        ("tasks.edit_mix={object_manipulation: 1}", "tasks.edit_mix.object_manipulation"),
-                       ("data.edits=null", "tasks.ratio"), ("dmd.first_step_fm=0.5", "dmd.first_step_fm")):
+                       ("dmd.first_step_fm=0.5", "dmd.first_step_fm"), ("eval.every=5", "eval.every")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             load_recipe(RECIPE, sets + [extra])
+    t2i_only = load_recipe(RECIPE, sets + ["data.edits=null", "guidance={default: {base: 1.0}}"])  # cache can run
+    with pytest.raises(UserError, match=r"tasks\.ratio: 5:5 asks for edit rows"):  # distill cannot
+        build_roles(t2i_only, Dist())
     with pytest.raises(UserError, match="teachers.base: not set"):
         load_recipe(RECIPE)
 

@@ -114,6 +114,7 @@ class QwenImageFolder:
                             f"set data.prompts and/or data.edits (then run `flashdistill cache`)")
         if not recipe.run.text_cache:
             raise UserError("run.text_cache: name the folder `flashdistill cache RECIPE` wrote (the condition cache)")
+        recipe.check_tasks()
 
     def resolve(self, spec: str, key: str) -> Path:
         path = Path(spec)

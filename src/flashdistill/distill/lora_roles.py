@@ -3,7 +3,8 @@
 - The base teacher is the base with adapters off; the student and the critic are two peft adapters of rank
   `roles.lora_rank` on it (LoRA B starts at zero, so both start as the base, as DMD2 initialises them); the EMA is
   a third adapter that follows the student adapter only; a specialized teacher saved as a LoRA on the same base
-  (models/lora.py's `mmdit-lora` folders) is a frozen fourth adapter. `critic.lora: false` makes the critic a full
+  (models/lora.py's `mmdit-lora` folders, or a diffusers LoRA file on a Qwen-Image folder; the family in
+  distill/families.py says which) is a frozen fourth adapter. `critic.lora: false` makes the critic a full
   copy of the base instead. Any other teacher stays its own frozen model.
 - Each role is an `AdapterView`: `view(z_t, t, cond)` switches the shared transformer to its adapter (or off) and
   runs it, so the engine keeps calling `v = model(z_t, t, cond)` and never knows the layout. A view's

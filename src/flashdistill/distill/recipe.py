@@ -265,17 +265,24 @@ class Recipe:
         for section in (self.student, self.critic, self.dmd, self.eval, self.run, self.roles):
             section.check()
         if self.data.uses_files():
-            self._check_files(t2i_known, edit_known)
-        self.task_mix()
+            self._check_files(edit_known)
+        t2i, edit = self.tasks.weights()
+        if (t2i == 0 or t2i_known) and (edit == 0 or edit_known):  # else check_tasks() refuses it before training
+            self.task_mix()
         return self
 
-    def _check_files(self, t2i_known: dict[str, int], edit_known: dict[str, int]) -> None:
-        """Data files: the levers name the files' categories; what needs the world's images is refused."""
+    def check_tasks(self) -> None:
+        """Before training: both sides of tasks.ratio have items (a prompts-only recipe may still build a cache)."""
+        t2i_known, edit_known = self.data.categories()
         t2i, edit = self.tasks.weights()
         _require(t2i == 0 or bool(t2i_known), "tasks.ratio", f"{self.tasks.ratio} asks for T2I rows but data.prompts "
                  f"is not set")
         _require(edit == 0 or bool(edit_known), "tasks.ratio", f"{self.tasks.ratio} asks for edit rows but "
                  f"data.edits is not set")
+        self.task_mix()
+
+    def _check_files(self, edit_known: dict[str, int]) -> None:
+        """Data files: the levers name the files' categories; what needs the world's images is refused."""
         if self.tasks.edit_mix == TasksSection().edit_mix:  # the default: every category the edits file names
             self.tasks.edit_mix = {c: 1.0 for c in edit_known}
         _require(self.dmd.first_step_fm == 0, "dmd.first_step_fm", "needs the world's target images; data files "

@@ -1,8 +1,9 @@
 """The three roles of DMD (frozen teachers, trainable student and critic), their optimizers, and data parallelism.
 
 - Teachers are named in the recipe by folder (FlowModel.save_pretrained layout) or as `teacher:NAME`, the shipped
-  teacher in `src/flashdistill/assets/teachers/NAME/` (resolved by `flashdistill.pipeline.teacher_folder`).
-  They are frozen and evaluated in eval mode.
+  teacher in `src/flashdistill/assets/teachers/NAME/` (resolved by `flashdistill.pipeline.teacher_folder`); with a
+  Qwen-Image pipeline folder as the base, by pipeline folder or diffusers LoRA file. The recipe's family
+  (distill/families.py) resolves and loads them. They are frozen and evaluated in eval mode.
 - The student starts as a copy of the teacher `student.init_from`, the critic (fake score) as a copy of
   `critic.init_from` (the base teacher, paper §2.2); the EMA of the student starts as the student.
 - AdamW for both trainable roles, constant learning rates (DMD2).
