@@ -42,12 +42,6 @@ class TaskMix:
     composition: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in T2I_CATEGORIES})
     edit_mix: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in EDIT_CATEGORIES})
     t2i_pool: dict[str, int] = field(default_factory=dict)  # category -> pool size; absent: PROMPTS_PER_CATEGORY
-    # The categories the weights may name and the items each holds: the world's by default; a file source
-    # (flashdistill.data.sources) passes the user's categories and their item counts.
-    t2i_categories: tuple[str, ...] = T2I_CATEGORIES
-    edit_categories: tuple[str, ...] = EDIT_CATEGORIES
-    t2i_sizes: dict[str, int] = field(default_factory=dict)  # absent: PROMPTS_PER_CATEGORY
-    edit_sizes: dict[str, int] = field(default_factory=dict)  # absent: EDIT_INDEX_RANGE (unbounded world pools)
 
     def validate(self, where: str = "mix") -> TaskMix:
         """Raise UserError naming the dotted key of the first bad weight; returns self."""
@@ -77,14 +71,39 @@ class TaskMix:
             raise UserError(f"{where}.edit_mix: all weights are 0 but {where}.edit_weight is > 0")
         return self
 
+    # The categories the weights may name and the items each holds: the world's here; FileMix holds the user's.
+    @property
+    def t2i_categories(self) -> tuple[str, ...]:
+        return T2I_CATEGORIES
+
+    @property
+    def edit_categories(self) -> tuple[str, ...]:
+        return EDIT_CATEGORIES
+
     def t2i_size(self, cat: str) -> int:
-        return self.t2i_sizes.get(cat, PROMPTS_PER_CATEGORY)
+        return PROMPTS_PER_CATEGORY
 
     def edit_size(self, cat: str) -> int:
-        return self.edit_sizes.get(cat, EDIT_INDEX_RANGE)
+        return EDIT_INDEX_RANGE  # edit pools are unbounded
 
     def edit_share(self) -> float:
         return self.edit_weight / (self.t2i_weight + self.edit_weight)
+
+
+@dataclass
+class FileMix(TaskMix):
+    """A TaskMix over the user's data files: their categories and how many items each holds (data/sources.py)."""
+
+    t2i_categories: tuple[str, ...] = ()
+    edit_categories: tuple[str, ...] = ()
+    t2i_sizes: dict[str, int] = field(default_factory=dict)
+    edit_sizes: dict[str, int] = field(default_factory=dict)
+
+    def t2i_size(self, cat: str) -> int:
+        return self.t2i_sizes[cat]
+
+    def edit_size(self, cat: str) -> int:
+        return self.edit_sizes[cat]
 
 
 def _check_weight(w, key: str) -> None:

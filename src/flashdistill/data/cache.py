@@ -169,6 +169,16 @@ class ConditionCache:
         self.model_id = self.meta["model_id"]
         self._where = _scan(self.folder, {})
         self._handles: dict[Path, object] = {}
+        self._digests: dict[tuple, str] = {}  # (path, mtime, size) -> sha256: a source is hashed once per run
+
+    def _digest(self, path: Path) -> str:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (an edit source named in the edits file)")
+        st = path.stat()
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        if key not in self._digests:
+            self._digests[key] = file_digest(path)
+        return self._digests[key]
 
     def __len__(self) -> int:
         return len(self._where)
@@ -196,7 +206,7 @@ class ConditionCache:
         """emb, mask, neg, neg_mask (B, L, D)/(B, L) and latents (B, 16, h, w) of edit items (data.files.Item)."""
         emb, neg, latents = [], [], []
         for item in items:
-            key = edit_key(self.model_id, item.text, file_digest(item.source), self.meta["vae_area"])
+            key = edit_key(self.model_id, item.text, self._digest(item.source), self.meta["vae_area"])
             what = f"edit {item.text[:60]!r} of {item.source}"
             emb.append(self._get(key, "emb", what))
             neg.append(self._get(key, "neg", what))

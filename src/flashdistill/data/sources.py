@@ -11,6 +11,8 @@ A source turns batch `step` into model-space tensors and conditioning, so the en
   source + instruction and of source + negative prompt, and the normalised VAE latents of the sources (edit rows).
   No encoder is loaded: a missing entry raises a UserError naming the cache command. The unconditional branch is
   the negative prompt, as the Qwen-Image pipelines' true CFG uses it. Files hold no target images (`x` is None).
+  Every row's target is `data.resolution`² (latents `shape`); an edit's source keeps the latent size the cache
+  gave it (the VAE area of `flashdistill cache`, the source's aspect), so one batch's sources share a size.
 
 Both are pure functions of (seed, step): a resumed run gets the very batches it would have got.
 Tests: `pytest tests/test_qwen_distill.py`.

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from flashdistill.data.batches import EDIT_INDEX_RANGE, TaskMix
+from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
@@ -305,11 +305,12 @@ class Recipe:
         d = self.data
         t2i_known, edit_known = d.categories()
         composition = d.composition or {c: float(n) for c, n in (d.counts or {}).items()}
-        files = {"t2i_sizes": t2i_known, "edit_sizes": edit_known} if d.uses_files() else {}
-        mix = TaskMix(t2i_weight=t2i, edit_weight=edit, edit_mix=dict(self.tasks.edit_mix),
-                      composition=composition or {c: 1.0 for c in t2i_known},
-                      t2i_pool={c: int(n) for c, n in (d.counts or {}).items() if n > 0},
-                      t2i_categories=tuple(t2i_known), edit_categories=tuple(edit_known), **files)
+        files = dict(t2i_categories=tuple(t2i_known), edit_categories=tuple(edit_known), t2i_sizes=t2i_known,
+                     edit_sizes=edit_known) if d.uses_files() else {}
+        mix = (FileMix if files else TaskMix)(
+            t2i_weight=t2i, edit_weight=edit, edit_mix=dict(self.tasks.edit_mix),
+            composition=composition or {c: 1.0 for c in t2i_known},
+            t2i_pool={c: int(n) for c, n in (d.counts or {}).items() if n > 0}, **files)
         where = {"t2i_weight": "tasks.ratio", "edit_weight": "tasks.ratio", "composition": "data",
                  "edit_mix": "tasks.edit_mix", "t2i_pool": "data.counts"}
         try:
