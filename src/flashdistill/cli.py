@@ -223,9 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "  judge   train and evaluate the world judge's reader network\n"
                     "  teacher train a base teacher, or specialize one (flow matching, T2I + editing)\n"
                     "  distill DMD distillation into a 4-NFE student from a recipe (configs/flash.yaml)\n"
-                    "  generate / edit   sample images from a teacher or a distilled student",
+                    "  generate / edit   sample images from a teacher or a distilled student\n"
+                    "  qwen / cache / plan   Qwen-Image folders: tiny test folders, embedding caches, memory plan",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,generate,edit}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,generate,edit,qwen,cache,plan}")
 
     p = top.add_parser("quickstart", help="distil the shipped teachers into a 4-NFE student, benchmark it against "
                                           "its teacher, measure speed, write report.md/.html (~15 min on a CPU)",
@@ -305,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruction", required=True)
     _add_sampling_args(p, "edit into")
     p.set_defaults(func=cmd_edit)
+
+    from flashdistill.commands_qwen import add_commands
+
+    add_commands(top)
     return parser
 
 

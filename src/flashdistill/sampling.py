@@ -38,13 +38,15 @@ def _concat_cond(a: Cond, b: Cond) -> Cond:
                 source=source, has_source=has_source, category=category)
 
 
-def guided_velocity(model, z_t: Tensor, t: Tensor, cond: Cond, uncond: Cond | None, cfg_scale: float) -> Tensor:
-    """Classifier-free guided velocity; `uncond` is the same batch with the text dropped (sources kept)."""
+def guided_velocity(model, z_t: Tensor, t: Tensor, cond: Cond, uncond: Cond | None, cfg_scale: float,
+                    rule=None) -> Tensor:
+    """Classifier-free guided velocity; `uncond` is the same batch with the text dropped (sources kept). `rule`
+    (v_c, v_u, w) -> v replaces v_u + w·(v_c - v_u), e.g. Qwen-Image's norm-preserving true CFG."""
     if uncond is None or cfg_scale == 1.0:
         return model(z_t, t, cond)
     v = model(torch.cat([z_t, z_t]), torch.cat([t, t]), _concat_cond(cond, uncond))
     v_c, v_u = v.chunk(2)
-    return v_u + cfg_scale * (v_c - v_u)
+    return v_u + cfg_scale * (v_c - v_u) if rule is None else rule(v_c, v_u, cfg_scale)
 
 
 @torch.no_grad()

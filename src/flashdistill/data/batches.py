@@ -49,7 +49,7 @@ class TaskMix:
             _check_weight(getattr(self, name), f"{where}.{name}")
         if self.t2i_weight + self.edit_weight <= 0:
             raise UserError(f"{where}.t2i_weight, {where}.edit_weight: at least one task weight must be > 0")
-        for name, known in (("composition", T2I_CATEGORIES), ("edit_mix", EDIT_CATEGORIES)):
+        for name, known in (("composition", self.t2i_categories), ("edit_mix", self.edit_categories)):
             table = getattr(self, name)
             if not isinstance(table, dict):
                 raise UserError(f"{where}.{name}: must be a mapping category -> weight, got {table!r}")
@@ -60,19 +60,50 @@ class TaskMix:
         if not isinstance(self.t2i_pool, dict):
             raise UserError(f"{where}.t2i_pool: must be a mapping category -> number of prompts")
         for cat, n in self.t2i_pool.items():
-            if cat not in T2I_CATEGORIES:
-                raise UserError(f"{where}.t2i_pool.{cat}: unknown category; known: {', '.join(T2I_CATEGORIES)}")
-            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= PROMPTS_PER_CATEGORY:
-                raise UserError(f"{where}.t2i_pool.{cat}: must be an integer in [1, {PROMPTS_PER_CATEGORY}], "
-                                f"got {n!r}")
+            if cat not in self.t2i_categories:
+                raise UserError(f"{where}.t2i_pool.{cat}: unknown category; known: {', '.join(self.t2i_categories)}")
+            most = self.t2i_size(cat)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= most:
+                raise UserError(f"{where}.t2i_pool.{cat}: must be an integer in [1, {most}], got {n!r}")
         if self.t2i_weight > 0 and sum(self.composition.values()) <= 0:
             raise UserError(f"{where}.composition: all weights are 0 but {where}.t2i_weight is > 0")
         if self.edit_weight > 0 and sum(self.edit_mix.values()) <= 0:
             raise UserError(f"{where}.edit_mix: all weights are 0 but {where}.edit_weight is > 0")
         return self
 
+    # The categories the weights may name and the items each holds: the world's here; FileMix holds the user's.
+    @property
+    def t2i_categories(self) -> tuple[str, ...]:
+        return T2I_CATEGORIES
+
+    @property
+    def edit_categories(self) -> tuple[str, ...]:
+        return EDIT_CATEGORIES
+
+    def t2i_size(self, cat: str) -> int:
+        return PROMPTS_PER_CATEGORY
+
+    def edit_size(self, cat: str) -> int:
+        return EDIT_INDEX_RANGE  # edit pools are unbounded
+
     def edit_share(self) -> float:
         return self.edit_weight / (self.t2i_weight + self.edit_weight)
+
+
+@dataclass
+class FileMix(TaskMix):
+    """A TaskMix over the user's data files: their categories and how many items each holds (data/sources.py)."""
+
+    t2i_categories: tuple[str, ...] = ()
+    edit_categories: tuple[str, ...] = ()
+    t2i_sizes: dict[str, int] = field(default_factory=dict)
+    edit_sizes: dict[str, int] = field(default_factory=dict)
+
+    def t2i_size(self, cat: str) -> int:
+        return self.t2i_sizes[cat]
+
+    def edit_size(self, cat: str) -> int:
+        return self.edit_sizes[cat]
 
 
 def _check_weight(w, key: str) -> None:
@@ -107,16 +138,17 @@ def choose_items(step: int, batch_size: int, mix: TaskMix, seed: int) -> list[tu
     mix.validate()
     rng = np.random.default_rng([int(seed), int(step)])
     is_edit = rng.random(batch_size) < mix.edit_share()  # (B,)
-    t2i_p, edit_p = (_probs(mix.composition, T2I_CATEGORIES) if mix.t2i_weight > 0 else None,
-                     _probs(mix.edit_mix, EDIT_CATEGORIES) if mix.edit_weight > 0 else None)
+    t2i_cats, edit_cats = mix.t2i_categories, mix.edit_categories
+    t2i_p, edit_p = (_probs(mix.composition, t2i_cats) if mix.t2i_weight > 0 else None,
+                     _probs(mix.edit_mix, edit_cats) if mix.edit_weight > 0 else None)
     rows = []
     for edit in is_edit:
         if edit:
-            cat = EDIT_CATEGORIES[int(rng.choice(len(EDIT_CATEGORIES), p=edit_p))]
-            rows.append(("edit", cat, int(rng.integers(EDIT_INDEX_RANGE))))
+            cat = edit_cats[int(rng.choice(len(edit_cats), p=edit_p))]
+            rows.append(("edit", cat, int(rng.integers(mix.edit_size(cat)))))
         else:
-            cat = T2I_CATEGORIES[int(rng.choice(len(T2I_CATEGORIES), p=t2i_p))]
-            rows.append(("t2i", cat, int(rng.integers(mix.t2i_pool.get(cat, PROMPTS_PER_CATEGORY)))))
+            cat = t2i_cats[int(rng.choice(len(t2i_cats), p=t2i_p))]
+            rows.append(("t2i", cat, int(rng.integers(mix.t2i_pool.get(cat, mix.t2i_size(cat))))))
     return rows
 
 

@@ -55,8 +55,9 @@ def simulate(student, noises: Tensor, timesteps: list[float], k: int, cond: Cond
 
 @torch.no_grad()
 def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cfg_scale: float,
-            bf16: bool = False) -> tuple[Tensor, list[str]]:
-    """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5); weights (B, M) in the order of `teachers`.
+            bf16: bool = False, cfg_rule=None) -> tuple[Tensor, list[str]]:
+    """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5); weights (B, M) in the order of `teachers`; `cfg_rule`: the
+    family's guidance formula (sampling.guided_velocity; None = the standard one).
     Returns the mix (B, C, H, W) and the names of the teachers that ran."""
     mix = torch.zeros_like(x_t)
     ran = []
@@ -67,7 +68,8 @@ def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond,
             continue  # a zero-weight teacher is never evaluated
         ran.append(name)
         with autocast(x_t.device, bf16):
-            v = guided_velocity(teacher, x_t[rows], t[rows], cond.select(rows), uncond.select(rows), cfg_scale)
+            v = guided_velocity(teacher, x_t[rows], t[rows], cond.select(rows), uncond.select(rows), cfg_scale,
+                                cfg_rule)
         x0 = x0_from_v(x_t[rows], t[rows], v.float())  # (R, C, H, W)
         mix[rows] += w[rows, None, None, None] * x0
     return mix, ran

@@ -4,8 +4,8 @@ The real score at student step k is a convex mix of teachers, s_real^(k) = Σ_m 
 λ_{k,m}(c) in [0, 1] and Σ_m λ_{k,m}(c) = 1 (eq. 6). Scores are affine in x0 at a fixed (x_t, t), so the engine
 mixes the teachers' x0 predictions with the same weights (see `flashdistill.distill.dmd.real_x0`).
 
-Recipe form (`guidance:` in YAML): a key per category (any T2I or edit category) and an optional `default` for the
-categories not listed. A value is one row `{teacher: weight}` used at every student step, or a list of exactly K
+Recipe form (`guidance:` in YAML): a key per category (any T2I or edit category; with data files, the categories
+the files name) and an optional `default` for the categories not listed. A value is one row `{teacher: weight}` used at every student step, or a list of exactly K
 rows, one per student step k = 0..K-1 (k = 0 is the first step, from pure noise):
 
     guidance:
@@ -61,8 +61,9 @@ def _check_rows(value, teachers: list[str], nfe: int, where: str) -> list[dict[s
     return [dict(row) for _ in range(nfe)]
 
 
-def parse_guidance(raw, teachers: list[str], nfe: int) -> dict[str, list[dict[str, float]]]:
-    """Validate the recipe's `guidance` section; returns every category's K rows (defaults filled in)."""
+def parse_guidance(raw, teachers: list[str], nfe: int, categories=CATEGORIES) -> dict[str, list[dict[str, float]]]:
+    """Validate the recipe's `guidance` section; returns every category's K rows (defaults filled in). `categories`:
+    those a batch can hold (the world's, or the user's from data files)."""
     if raw is None or raw == {}:
         if len(teachers) != 1:
             raise UserError(f"guidance: required with {len(teachers)} teachers ({', '.join(teachers)}): give "
@@ -71,11 +72,11 @@ def parse_guidance(raw, teachers: list[str], nfe: int) -> dict[str, list[dict[st
     if not isinstance(raw, dict):
         raise UserError(f"guidance: must be a mapping category -> rows, got {raw!r}")
     for cat in raw:
-        if cat != "default" and cat not in CATEGORIES:
-            raise UserError(f"guidance.{cat}: unknown category; known: default, {', '.join(CATEGORIES)}")
+        if cat != "default" and cat not in categories:
+            raise UserError(f"guidance.{cat}: unknown category; known: default, {', '.join(categories)}")
     default = _check_rows(raw["default"], teachers, nfe, "guidance.default") if "default" in raw else None
     table = {}
-    for cat in CATEGORIES:
+    for cat in categories:
         if cat in raw:
             table[cat] = _check_rows(raw[cat], teachers, nfe, f"guidance.{cat}")
         elif default is not None:
@@ -91,8 +92,8 @@ class Guidance:
     def __init__(self, table: dict[str, list[dict[str, float]]], teachers: list[str]):
         self.teachers = list(teachers)
         self.nfe = len(next(iter(table.values())))
-        self._cat = {c: i for i, c in enumerate(CATEGORIES)}
-        lam = torch.zeros(self.nfe, len(CATEGORIES), len(self.teachers), dtype=torch.float64)  # (K, C, M)
+        self._cat = {c: i for i, c in enumerate(table)}  # every category of the batches (parse_guidance fills all)
+        lam = torch.zeros(self.nfe, len(table), len(self.teachers), dtype=torch.float64)  # (K, C, M)
         for cat, rows in table.items():
             for k, row in enumerate(rows):
                 for name, w in row.items():

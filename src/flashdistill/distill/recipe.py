@@ -9,10 +9,15 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                batch_size (global), iterations, ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
                max_bad_steps (consecutive non-finite steps tolerated)
     guidance:  λ_{k,m}(c) (paper eq. 5-6), see `flashdistill.distill.guidance`
-    data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5)
+    data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5);
+               prompts / edits: the user's JSONL files (flashdistill.data.files), encoded by `flashdistill cache`;
+               with them the categories are the files' (composition, edit_mix and guidance name those) and
+               resolution is the target side in pixels (qwen-image)
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default)
+    roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
+               lora_rank, lora_alpha, gradient_checkpointing
 
 Strictness as in `flashdistill.teacher.config` (whose `from_dict` / `apply_overrides` this reuses): an unknown key,
 a wrong type or an impossible value raises UserError naming the dotted key. `tasks.ratio=7:3` on the command line
@@ -28,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from flashdistill.data.batches import TaskMix
+from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
 from flashdistill.files import read_text, yaml_problem
@@ -89,11 +94,27 @@ class StudentSection:
 
 
 @dataclass
+class RolesSection:
+    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters; distill/lora_roles)."""
+
+    mode: str = "full"
+    lora_rank: int = 64
+    lora_alpha: float | None = None  # default: the rank (scale 1)
+    gradient_checkpointing: bool = False  # per transformer block, in the grad passes
+
+    def check(self) -> None:
+        _require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
+        _require(self.lora_rank >= 1, "roles.lora_rank", "must be >= 1")
+        _require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
+
+
+@dataclass
 class CriticSection:
     init_from: str = "base"
     lr: float = 1e-4
     updates: int = 2  # critic updates per generator update (DMD2's two-timescale rule)
     weight_decay: float = 0.0
+    lora: bool = True  # with roles.mode lora: the critic is an adapter (true) or a full-parameter copy (false)
 
     def check(self) -> None:
         _require(self.lr > 0, "critic.lr", "must be > 0")
@@ -137,21 +158,48 @@ class DMDSection:
 
 @dataclass
 class DataSection:
-    """T2I category composition: relative weights, or prompt counts (weights ∝ counts, pool = first N prompts)."""
+    """T2I category composition: relative weights, or prompt counts (weights ∝ counts, pool = first N prompts).
+
+    Without `prompts` / `edits` the items come from the embedded world and its categories; with them, from the
+    user's files, and the categories are the ones the files name (`categories()`)."""
 
     composition: dict[str, float] | None = None
     counts: dict[str, int] | None = None
+    prompts: str | None = None  # a prompts JSONL file (flashdistill.data.files); read by `flashdistill cache`
+    edits: str | None = None  # an edits JSONL file (image, instruction, category)
+    resolution: int | None = None  # with data files: the target image side in pixels (default 1024)
 
-    def check(self) -> None:
+    def uses_files(self) -> bool:
+        return bool(self.prompts or self.edits)
+
+    def categories(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(T2I category -> items, edit category -> items): the files' when given, else the world's pools."""
+        if not self.uses_files():
+            return ({c: PROMPTS_PER_CATEGORY for c in T2I_CATEGORIES},
+                    {c: EDIT_INDEX_RANGE for c in EDIT_CATEGORIES})
+        from collections import Counter
+
+        from flashdistill.data.files import read_edits, read_prompts
+
+        t2i = Counter(i.category for i in read_prompts(self.prompts)) if self.prompts else Counter()
+        edit = Counter(i.category for i in read_edits(self.edits, check_images=False)) if self.edits else Counter()
+        return dict(t2i), dict(edit)
+
+    def check(self, t2i_known: dict[str, int]) -> None:
         _require(self.composition is None or self.counts is None, "data",
                  "give data.composition (weights) or data.counts (numbers of prompts), not both")
+        where = f"the categories of {self.prompts}" if self.uses_files() else "the world's categories"
         for name, table in (("composition", self.composition), ("counts", self.counts)):
             for cat, w in (table or {}).items():
-                _require(cat in T2I_CATEGORIES, f"data.{name}.{cat}", f"unknown category; known: "
-                         f"{', '.join(T2I_CATEGORIES)}")
+                _require(cat in t2i_known, f"data.{name}.{cat}", f"unknown category; known ({where}): "
+                         f"{', '.join(t2i_known) or 'none'}")
                 _require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
         for cat, n in (self.counts or {}).items():
-            _require(n <= PROMPTS_PER_CATEGORY, f"data.counts.{cat}", f"at most {PROMPTS_PER_CATEGORY} prompts exist")
+            _require(n <= t2i_known[cat], f"data.counts.{cat}", f"at most {t2i_known[cat]} prompts exist")
+        _require(self.resolution is None or (self.resolution >= 16 and self.resolution % 16 == 0), "data.resolution",
+                 f"must be a multiple of 16 (VAE factor 8, 2x2 patches), got {self.resolution}")
+        _require(self.resolution is None or self.uses_files(), "data.resolution",
+                 "applies to data files only (the world renders at the teachers' resolution)")
 
 
 @dataclass
@@ -206,6 +254,7 @@ class Recipe:
     tasks: TasksSection = field(default_factory=TasksSection)
     eval: EvalSection = field(default_factory=EvalSection)
     run: RunSection = field(default_factory=RunSection)
+    roles: RolesSection = field(default_factory=RolesSection)
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
@@ -214,10 +263,40 @@ class Recipe:
             name = getattr(self, role).init_from
             _require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
                      f"{', '.join(self.teachers)}")
-        for section in (self.student, self.critic, self.dmd, self.data, self.eval, self.run):
+        t2i_known, edit_known = self.data.categories()
+        self.data.check(t2i_known)
+        for section in (self.student, self.critic, self.dmd, self.eval, self.run, self.roles):
             section.check()
-        self.task_mix()
+        if self.data.uses_files():
+            self._check_files(edit_known)
+        t2i, edit = self.tasks.weights()
+        if (t2i == 0 or t2i_known) and (edit == 0 or edit_known):  # else check_tasks() refuses it before training
+            self.task_mix()
         return self
+
+    def check_tasks(self) -> None:
+        """Before training: both sides of tasks.ratio have items (a prompts-only recipe may still build a cache)."""
+        t2i_known, edit_known = self.data.categories()
+        t2i, edit = self.tasks.weights()
+        _require(t2i == 0 or bool(t2i_known), "tasks.ratio", f"{self.tasks.ratio} asks for T2I rows but data.prompts "
+                 f"is not set")
+        _require(edit == 0 or bool(edit_known), "tasks.ratio", f"{self.tasks.ratio} asks for edit rows but "
+                 f"data.edits is not set")
+        self.task_mix()
+
+    def _check_files(self, edit_known: dict[str, int]) -> None:
+        """Data files: the levers name the files' categories; what needs the world's images is refused."""
+        if self.tasks.edit_mix == TasksSection().edit_mix:  # the default: every category the edits file names
+            self.tasks.edit_mix = {c: 1.0 for c in edit_known}
+        _require(self.dmd.first_step_fm == 0, "dmd.first_step_fm", "needs the world's target images; data files "
+                 "hold prompts and edit sources only (set it to 0)")
+        _require(self.eval.every == 0, "eval.every", "the quick evaluation scores the world's val split; with data "
+                 "files set it to 0")
+
+    def categories(self) -> list[str]:
+        """Every category a batch can hold, T2I first (the guidance table's rows)."""
+        t2i_known, edit_known = self.data.categories()
+        return list(dict.fromkeys([*t2i_known, *edit_known]))
 
     @property
     def timesteps(self) -> list[float]:
@@ -227,10 +306,14 @@ class Recipe:
         """The sampler's levers (flashdistill.data.batches.TaskMix) from `data` and `tasks`."""
         t2i, edit = self.tasks.weights()
         d = self.data
+        t2i_known, edit_known = d.categories()
         composition = d.composition or {c: float(n) for c, n in (d.counts or {}).items()}
-        mix = TaskMix(t2i_weight=t2i, edit_weight=edit, edit_mix=dict(self.tasks.edit_mix),
-                      composition=composition or {c: 1.0 for c in T2I_CATEGORIES},
-                      t2i_pool={c: int(n) for c, n in (d.counts or {}).items() if n > 0})
+        files = dict(t2i_categories=tuple(t2i_known), edit_categories=tuple(edit_known), t2i_sizes=t2i_known,
+                     edit_sizes=edit_known) if d.uses_files() else {}
+        mix = (FileMix if files else TaskMix)(
+            t2i_weight=t2i, edit_weight=edit, edit_mix=dict(self.tasks.edit_mix),
+            composition=composition or {c: 1.0 for c in t2i_known},
+            t2i_pool={c: int(n) for c, n in (d.counts or {}).items() if n > 0}, **files)
         where = {"t2i_weight": "tasks.ratio", "edit_weight": "tasks.ratio", "composition": "data",
                  "edit_mix": "tasks.edit_mix", "t2i_pool": "data.counts"}
         try:
@@ -248,9 +331,11 @@ class Recipe:
 def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Recipe:
     raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []), load=_load_yaml)
     guidance = raw.pop("guidance", None)
+    for name, spec in (raw.get("teachers") or {}).items() if isinstance(raw.get("teachers"), dict) else ():
+        _require(spec is not None, f"teachers.{name}", f"not set: pass --set teachers.{name}=PATH")
     recipe = from_dict(Recipe, raw)
     recipe.check()
-    recipe.guidance = parse_guidance(guidance, list(recipe.teachers), len(recipe.timesteps))
+    recipe.guidance = parse_guidance(guidance, list(recipe.teachers), len(recipe.timesteps), recipe.categories())
     return recipe
 
 

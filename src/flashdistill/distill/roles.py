@@ -1,8 +1,9 @@
 """The three roles of DMD (frozen teachers, trainable student and critic), their optimizers, and data parallelism.
 
 - Teachers are named in the recipe by folder (FlowModel.save_pretrained layout) or as `teacher:NAME`, the shipped
-  teacher in `src/flashdistill/assets/teachers/NAME/` (resolved by `flashdistill.pipeline.teacher_folder`).
-  They are frozen and evaluated in eval mode.
+  teacher in `src/flashdistill/assets/teachers/NAME/` (resolved by `flashdistill.pipeline.teacher_folder`); with a
+  Qwen-Image pipeline folder as the base, by pipeline folder or diffusers LoRA file. The recipe's family
+  (distill/families.py) resolves and loads them. They are frozen and evaluated in eval mode.
 - The student starts as a copy of the teacher `student.init_from`, the critic (fake score) as a copy of
   `critic.init_from` (the base teacher, paper §2.2); the EMA of the student starts as the student.
 - AdamW for both trainable roles, constant learning rates (DMD2).
@@ -90,16 +91,16 @@ def resolve_teacher(spec: str, key: str) -> Path:
         raise UserError(f"{key}: {err}") from None
 
 
-def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, FlowModel]:
-    """Every named teacher, frozen, in eval mode; teachers sharing a folder share one module."""
+def load_teachers(recipe: Recipe, device: torch.device, family=None) -> dict[str, FlowModel]:
+    """Every named teacher, frozen, in eval mode; teachers sharing a path share one module. `family`
+    (distill/families.py) reads the paths; default: the recipe's."""
+    family = family or _family(recipe)
     loaded: dict[Path, FlowModel] = {}
     teachers = {}
     for name, spec in recipe.teachers.items():
-        path = resolve_teacher(spec, f"teachers.{name}").resolve()
+        path = family.resolve(spec, f"teachers.{name}").resolve()
         if path not in loaded:
-            # float32 whatever the storage dtype: shipped teachers are stored in float16 to halve the package
-            model = FlowModel.from_pretrained(path, torch_dtype=torch.float32)
-            loaded[path] = model.to(device).eval().requires_grad_(False)
+            loaded[path] = family.load_model(path).to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
     spelling = {name: t.config.spell_quoted for name, t in teachers.items()}
     if len(set(spelling.values())) > 1:
@@ -108,6 +109,12 @@ def load_teachers(recipe: Recipe, device: torch.device) -> dict[str, FlowModel]:
     if len(set(shapes.values())) > 1:
         raise UserError(f"teachers: all teachers must share resolution and channels, got {shapes}")
     return teachers
+
+
+def _family(recipe: Recipe):
+    from flashdistill.distill.families import family_for
+
+    return family_for(recipe)
 
 
 @dataclass
@@ -120,6 +127,7 @@ class Roles:
     opt_critic: torch.optim.Optimizer
     student_train: torch.nn.Module  # what the grad passes go through: DDP wrapper or the bare module
     critic_train: torch.nn.Module
+    family: object = None  # distill/families.py: what reads the teachers, the batches, the export
 
     def modules(self) -> dict[str, torch.nn.Module]:
         return {"student": self.student, "ema": self.ema, "critic": self.critic}
@@ -138,12 +146,21 @@ def _wrap(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
-def build_roles(recipe: Recipe, dist: Dist) -> Roles:
-    teachers = load_teachers(recipe, dist.device)
+def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
+    family = family or _family(recipe)
+    if recipe.roles.mode == "lora":  # one frozen base shared by every role (distill/lora_roles.py)
+        from flashdistill.distill.lora_roles import build_lora_roles
+
+        return build_lora_roles(recipe, dist, family)
+    teachers = load_teachers(recipe, dist.device, family)
     student = copy.deepcopy(teachers[recipe.student.init_from]).train().requires_grad_(True)
     critic = copy.deepcopy(teachers[recipe.critic.init_from]).train().requires_grad_(True)
     ema = copy.deepcopy(student).eval().requires_grad_(False)
+    if recipe.roles.gradient_checkpointing:
+        for model in (student, critic):
+            model.transformer.enable_gradient_checkpointing()
     d, c = recipe.dmd, recipe.critic
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    return Roles(teachers, student, ema, critic, opt_student, opt_critic, _wrap(student, dist), _wrap(critic, dist))
+    return Roles(teachers, student, ema, critic, opt_student, opt_critic, _wrap(student, dist), _wrap(critic, dist),
+                 family)

@@ -1,7 +1,8 @@
 """The DMD distillation loop: `python -m flashdistill.distill.trainer RECIPE --out DIR [--resume] [--set k=v ...]`.
 
 One iteration (paper §2.2 and §4.3; DMD2 conventions):
-1. Batch `i` from `make_batch` (T2I and edit rows at the recipe's ratio and composition); every random draw of
+1. Batch `i` from the family's batch source (data/sources.py: the world, or the data files through the
+   condition cache; T2I and edit rows at the recipe's ratio and composition); every random draw of
    the iteration (student step k, noises, DMD times) comes from `step_generator(seed, i)` for the global batch.
 2. Generator: backward simulation to step k (`dmd.simulate`) gives x_θ; x_t = (1-t)·x_θ + t·ξ; x0_real from the
    λ_k-weighted teachers with CFG (eq. 5-7), x0_fake from the critic; loss 0.5·||x_θ - sg(x_θ - grad)||² with the
@@ -39,10 +40,10 @@ import torch
 from tqdm import tqdm
 
 from flashdistill.cliargs import Parser
-from flashdistill.data.batches import TaskMix, make_batch
+from flashdistill.data.batches import TaskMix
 from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
-from flashdistill.distill.export import CHECKPOINT_FILES, Student, export_student
+from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
@@ -93,11 +94,11 @@ class Context:
     recipe: Recipe
     roles: Roles
     guidance: Guidance
-    cache: object  # EmbeddingCache
-    uncond: tuple[torch.Tensor, torch.Tensor]  # the empty prompt, (1, L, D) and (1, L)
+    source: object  # flashdistill.data.sources: WorldSource | FileSource
     mix: TaskMix
     dist: Dist
     timers: dict[str, float]
+    family: object = None  # distill/families.py: the teachers' CFG rule and the export
 
     @contextmanager
     def timed(self, part: str):
@@ -110,21 +111,18 @@ class Context:
         self.timers[part] = self.timers.get(part, 0.0) + time.perf_counter() - start
 
 
-def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor, Cond, Cond, Draws]:
-    """This rank's rows of batch `step`: real images (for §6.1 only), cond, uncond (text dropped), draws."""
-    r, d, dev = ctx.recipe, ctx.recipe.dmd, ctx.dist.device
-    res = ctx.roles.student.config.resolution
-    batch = make_batch(step, d.batch_size, ctx.mix, d.seed, "train", res)
-    draws = draw(step_generator(d.seed, step), r, d.batch_size, tuple(batch.x.shape[1:]))
-    sl = ctx.dist.rows(d.batch_size)
-    emb, mask = ctx.cache.get(batch.texts[sl])  # (b, L, D), (b, L)
-    cond = Cond(emb.to(dev), mask.to(dev), batch.source[sl].to(dev), batch.has_source[sl].to(dev),
-                batch.category[sl])
-    b = len(cond.category)
-    u_emb, u_mask = ctx.uncond
-    uncond = Cond(u_emb.to(dev).expand(b, -1, -1), u_mask.to(dev).expand(b, -1), cond.source, cond.has_source,
-                  cond.category)
-    return batch.x[sl].to(dev), cond, uncond, draws.rows(sl, dev)
+def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor | None, Cond, Cond, Draws]:
+    """This rank's rows of batch `step`: real images (for §6.1 only; None from data files), cond, uncond, draws."""
+    d, dev = ctx.recipe.dmd, ctx.dist.device
+    batch = ctx.source.batch(step, d.batch_size, ctx.dist.rows(d.batch_size))
+    draws = draw(step_generator(d.seed, step), ctx.recipe, d.batch_size, ctx.source.shape)
+    x = None if batch.x is None else batch.x.to(dev)
+    return x, _to(batch.cond, dev), _to(batch.uncond, dev), draws.rows(ctx.dist.rows(d.batch_size), dev)
+
+
+def _to(cond: Cond, dev: torch.device) -> Cond:
+    source = None if cond.source is None else cond.source.to(dev)
+    return Cond(cond.text.to(dev), cond.text_mask.to(dev), source, cond.has_source.to(dev), cond.category)
 
 
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, d: Draws) -> tuple:
@@ -136,7 +134,8 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
     x_t = interpolate(x.detach(), d.xi, d.t)
     with ctx.timed("teachers"):
         weights = ctx.guidance.weights(d.k, cond.category)  # (b, M)
-        x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16)
+        x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
+                                   ctx.family.cfg_rule)
     with ctx.timed("critic"):
         x0_fake = dmd.fake_x0(r.critic, x_t, d.t, cond, rc.dmd.bf16)
     with ctx.timed("student"):
@@ -274,10 +273,14 @@ def _meta(ctx: Context, health: dict, tracker: BestTracker, wall: float) -> dict
 
 
 def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Context:
-    # reads recipe.run.text_cache, like a teacher config; prompts spelled as the teachers were trained
-    cache = open_cache(recipe, out, encoder, roles.student.config.spell_quoted)
-    return Context(recipe, roles, Guidance(recipe.guidance, list(recipe.teachers)), cache, cache.empty_embedding(),
-                   recipe.task_mix(), dist, {})
+    family = roles.family
+    if family is None:
+        from flashdistill.distill.families import family_for
+
+        family = family_for(recipe)
+    source = family.source(recipe, out, encoder, roles.student.config)
+    guidance = Guidance(recipe.guidance, list(recipe.teachers))
+    return Context(recipe, roles, guidance, source, recipe.task_mix(), dist, {}, family)
 
 
 def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None, scorer=None,
@@ -302,7 +305,7 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     ctx = _context(recipe, roles, dist, out, encoder)
     tracker = BestTracker.open(out, meta.get("evals_since_best", 0))
     if scorer is None and recipe.eval.every and dist.main:
-        scorer = BenchScorer(out / "eval", recipe.eval.limit, roles.student.config.resolution, ctx.cache.encoder)
+        scorer = BenchScorer(out / "eval", recipe.eval.limit, roles.student.config.resolution, ctx.source.encoder)
     health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0),
               "last_good": meta.get("last_good", start - 1)}
     wall_before, t0, metrics, done, stop = meta.get("wall_time_s", 0.0), time.perf_counter(), {}, start, False
@@ -326,7 +329,7 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
                 stop = evaluate(ctx, scorer, tracker, logger, done)
             periodic = done % recipe.run.checkpoint_every == 0 and not health["bad_streak"]
             if periodic or done == end or stop:  # no periodic checkpoint of weights a bad streak has not cleared
-                ctx.cache.flush()  # so a resumed run finds this run's embeddings on disk
+                ctx.source.flush()  # so a resumed run finds this run's embeddings on disk
                 if dist.main:
                     wall = wall_before + time.perf_counter() - t0
                     save_state(out, roles.modules(), roles.optimizers(), done,
@@ -343,7 +346,7 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     if (done == total or stop) and dist.main:
         info = {"weights": "ema", "iteration": done, "ema_decay": recipe.dmd.ema_decay, "recipe": recipe.to_dict(),
                 "command": command, "wall_time_s": round(wall, 1), "hardware": hardware(), "ranks": dist.world}
-        student = str(export_student(roles.ema, out / "student", recipe.timesteps, info))
+        student = str(ctx.family.export(roles, out / "student", recipe.timesteps, info))
     dist.barrier()
     return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss", meta.get("last_loss")),
             "wall_time_s": wall,

@@ -1,0 +1,106 @@
+"""Batch sources: what the DMD loop trains on, from the embedded world or from the user's data files.
+
+A source turns batch `step` into model-space tensors and conditioning, so the engine (`distill/trainer.py`) reads
+`source.batch(step, batch_size, rows)` and never knows where items come from or which family encodes them:
+
+- `WorldSource`: `data.batches.make_batch` (procedural items, exact target images in pixel space) with the text
+  from the MiniLM `EmbeddingCache`; the unconditional branch is the empty prompt (the teachers' CFG dropout).
+- `FileSource`: items of `data.prompts` / `data.edits` (flashdistill.data.files) chosen by the same task-mixture
+  sampler (`choose_items` with the files' categories and item counts), conditioning read from the `ConditionCache`
+  that `flashdistill cache` wrote: prompt embeddings, the negative prompt (T2I rows), the VL embeddings of
+  source + instruction and of source + negative prompt, and the normalised VAE latents of the sources (edit rows).
+  No encoder is loaded: a missing entry raises a UserError naming the cache command. The unconditional branch is
+  the negative prompt, as the Qwen-Image pipelines' true CFG uses it. Files hold no target images (`x` is None).
+  Every row's target is `data.resolution`² (latents `shape`); an edit's source keeps the latent size the cache
+  gave it (the VAE area of `flashdistill cache`, the source's aspect), so one batch's sources share a size.
+
+Both are pure functions of (seed, step): a resumed run gets the very batches it would have got.
+Tests: `pytest tests/test_qwen_distill.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from flashdistill.data.batches import TaskMix, choose_items, make_batch
+from flashdistill.data.cache import pad_rows
+from flashdistill.models.mmdit import Cond
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainBatch:
+    """This rank's rows of one batch, on the CPU."""
+
+    x: Tensor | None  # (b, C, H, W) target images in model space; None when the source has none (data files)
+    cond: Cond
+    uncond: Cond  # the same rows with the unconditional text (sources kept)
+
+
+def _uncond(cond: Cond, emb: Tensor, mask: Tensor) -> Cond:
+    return Cond(emb, mask, cond.source, cond.has_source, cond.category)
+
+
+class WorldSource:
+    """The embedded world's items with MiniLM text embeddings (see the module docstring)."""
+
+    def __init__(self, mix: TaskMix, seed: int, resolution: int, cache):
+        self.mix, self.seed, self.resolution, self.cache = mix, seed, resolution, cache
+        self.encoder = cache.encoder  # the quick evaluation encodes bench prompts with the same MiniLM
+        self.shape = (3, resolution, resolution)
+        self.empty = cache.empty_embedding()  # (1, L, D), (1, L): the empty prompt
+
+    def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
+        b = make_batch(step, batch_size, self.mix, self.seed, "train", self.resolution)
+        emb, mask = self.cache.get(b.texts[rows])  # (b, L, D), (b, L)
+        cond = Cond(emb, mask, b.source[rows], b.has_source[rows], b.category[rows])
+        u_emb, u_mask = self.empty
+        n = len(cond.category)
+        return TrainBatch(b.x[rows], cond, _uncond(cond, u_emb.expand(n, -1, -1), u_mask.expand(n, -1)))
+
+    def flush(self) -> None:
+        self.cache.flush()  # so a resumed run finds this run's embeddings on disk
+
+
+class FileSource:
+    """Items from the user's files, conditioning from a ConditionCache (see the module docstring)."""
+
+    def __init__(self, mix: TaskMix, seed: int, prompts: list, edits: list, cache, latent_shape: tuple[int, ...]):
+        self.mix, self.seed, self.cache, self.shape = mix, seed, cache, tuple(latent_shape)
+        self.encoder = None
+        self.items = {"t2i": _by_category(prompts), "edit": _by_category(edits)}
+
+    def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
+        chosen = choose_items(step, batch_size, self.mix, self.seed)[rows]
+        items = [self.items[task][cat][index] for task, cat, index in chosen]
+        t2i = [i for i, item in enumerate(items) if not item.is_edit]
+        edit = [i for i, item in enumerate(items) if item.is_edit]
+        emb, neg = [None] * len(items), [None] * len(items)
+        source = None
+        if t2i:
+            e, m = self.cache.prompts([items[i].text for i in t2i])
+            n, nm = self.cache.negative(1)
+            for j, i in enumerate(t2i):
+                emb[i], neg[i] = e[j][m[j]], n[0][nm[0]]
+        if edit:
+            got = self.cache.edits([items[i] for i in edit])
+            source = torch.zeros(len(items), *got["latents"].shape[1:])  # (b, 16, h_src, w_src), zeros on T2I rows
+            for j, i in enumerate(edit):
+                emb[i], neg[i] = got["emb"][j][got["mask"][j]], got["neg"][j][got["neg_mask"][j]]
+                source[i] = got["latents"][j]
+        has_source = torch.tensor([item.is_edit for item in items])
+        cond = Cond(*pad_rows(emb), source, has_source, [item.category for item in items])
+        return TrainBatch(None, cond, _uncond(cond, *pad_rows(neg)))
+
+    def flush(self) -> None:
+        """Nothing to write: the cache is read-only during training."""
+
+
+def _by_category(items: list) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for item in items:
+        out.setdefault(item.category, []).append(item)
+    return out

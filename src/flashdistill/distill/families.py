@@ -1,0 +1,166 @@
+"""Model families at the engine's seams (design.md §3): the trainer asks its family, never which family it is.
+
+`family_for(recipe)` looks once at the base teacher (`student.init_from`): a diffusers Qwen-Image pipeline folder
+(`model_index.json`) is the `qwen-image` family, anything else the `embedded` one. A family answers:
+
+- `resolve(spec, key)`: the path a teacher spec names (errors name the recipe key);
+- `load_model(path)`: a frozen-able `FlowModel` (`v = model(z_t, t, cond)`), float32; a LoRA teacher is fused;
+- `is_lora(path)`, `lora_adapter(path, base)`: (folder, file, prefix) of a teacher stored as a LoRA on the
+  base, or None; `roles.mode:
+  lora` loads it as an adapter on the shared base instead of fusing it (distill/lora_roles.py);
+- `cfg_rule`: how the teachers' guided velocity is formed (None: v_u + w·(v_c - v_u); Qwen-Image: the pipelines'
+  norm-preserving true CFG, `QwenImageFamily.cfg`);
+- `source(recipe, out, encoder, config)`: the batch source (flashdistill.data.sources): the world with MiniLM text,
+  or the data files with the ConditionCache (no text encoder, no VAE);
+- `export(roles, folder, timesteps, info)`: the student on disk (distill/export.py, or distill/qwen_export.py:
+  diffusers LoRA file + merged transformer + 4-step scheduler).
+
+Teachers of the qwen-image family: a pipeline folder (its `transformer/` is read; the text encoder and the VAE are
+not) or a `.safetensors` LoRA file in diffusers' format (`QwenImagePipeline.save_lora_weights`) on the base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from flashdistill.errors import UserError
+from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
+
+DEFAULT_RESOLUTION = 1024  # Qwen-Image's native side; data.resolution overrides it
+
+
+def family_for(recipe):
+    """The family of the recipe's base teacher (see the module docstring)."""
+    spec = recipe.teachers[recipe.student.init_from]
+    if (Path(spec) / "model_index.json").is_file():
+        family = QwenImageFolder(Path(spec), recipe.data.resolution or DEFAULT_RESOLUTION)
+    else:
+        family = Embedded()
+    family.check(recipe)
+    return family
+
+
+class Embedded:
+    """flashdistill's own models (FlowModel folders, `teacher:NAME`), the world, MiniLM text."""
+
+    name = "embedded"
+    cfg_rule = None
+
+    def check(self, recipe) -> None:
+        if recipe.data.uses_files():
+            raise UserError(f"data.prompts / data.edits: data files are encoded by a Qwen-Image pipeline folder; "
+                            f"teachers.{recipe.student.init_from} is not one (no model_index.json)")
+
+    def resolve(self, spec: str, key: str) -> Path:
+        from flashdistill.distill.roles import resolve_teacher
+
+        return resolve_teacher(spec, key)
+
+    def load_model(self, path: Path) -> FlowModel:
+        # float32 whatever the storage dtype: shipped teachers are stored in float16 to halve the package
+        return FlowModel.from_pretrained(path, torch_dtype=torch.float32)
+
+    @staticmethod
+    def _lora_meta(path: Path) -> dict:
+        meta_path = path / CONFIG_FILE
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        return meta if meta.get("model") == "mmdit-lora" else {}
+
+    def is_lora(self, path: Path) -> bool:
+        return bool(self._lora_meta(path))
+
+    def lora_adapter(self, path: Path, base_path: Path):
+        from flashdistill.models.lora import WEIGHTS, resolve_base
+
+        meta = self._lora_meta(path)
+        if not meta:
+            return None
+        if resolve_base(meta["lora"]["base"], path).resolve() != base_path:
+            return None  # a LoRA on another base: its own fused model
+        return path / TRANSFORMER_FOLDER, WEIGHTS, None
+
+    def source(self, recipe, out: Path, encoder, config: MMDiTConfig):
+        from flashdistill.data.sources import WorldSource
+        from flashdistill.teacher.train import open_cache
+
+        # reads recipe.run.text_cache, like a teacher config; prompts spelled as the teachers were trained
+        cache = open_cache(recipe, out, encoder, config.spell_quoted)
+        return WorldSource(recipe.task_mix(), recipe.dmd.seed, config.resolution, cache)
+
+    def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
+        from flashdistill.distill.export import export_student
+
+        return export_student(roles.ema, folder, timesteps, info)
+
+
+class QwenImageFolder:
+    """A diffusers Qwen-Image(-Edit) pipeline folder as the base; the user's data files through the cache."""
+
+    name = "qwen-image"
+
+    def __init__(self, folder: Path, resolution: int):
+        from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
+
+        self.folder = folder.resolve()
+        self.index = read_model_index(self.folder)
+        self.resolution = resolution  # pixels
+        self.cfg_rule = QwenImageFamily.cfg
+
+    def check(self, recipe) -> None:
+        if not recipe.data.uses_files():
+            raise UserError(f"teachers.{recipe.student.init_from}: a Qwen-Image folder trains on your data files: "
+                            f"set data.prompts and/or data.edits (then run `flashdistill cache`)")
+        if not recipe.run.text_cache:
+            raise UserError("run.text_cache: name the folder `flashdistill cache RECIPE` wrote (the condition cache)")
+        recipe.check_tasks()
+
+    def resolve(self, spec: str, key: str) -> Path:
+        path = Path(spec)
+        if path.is_file() and path.suffix == ".safetensors":
+            return path
+        if (path / "model_index.json").is_file():
+            return path
+        raise UserError(f"{key}: {spec} is neither a Qwen-Image pipeline folder (model_index.json) nor a LoRA "
+                        f".safetensors file")
+
+    def load_model(self, path: Path) -> FlowModel:
+        from diffusers import QwenImageTransformer2DModel
+
+        adapter = self.lora_adapter(path, self.folder)
+        folder = self.folder if adapter else path
+        transformer = QwenImageTransformer2DModel.from_pretrained(folder / TRANSFORMER_FOLDER,
+                                                                  torch_dtype=torch.float32)
+        if adapter:  # a LoRA teacher, fused into its own copy of the base (roles.mode full)
+            transformer.load_lora_adapter(str(adapter[0]), weight_name=adapter[1], prefix=adapter[2])
+            transformer.fuse_lora()
+            transformer.unload_lora()
+        side = self.resolution // 8  # latents: the VAE's factor 8
+        return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
+
+    def is_lora(self, path: Path) -> bool:
+        return Path(path).is_file()
+
+    def lora_adapter(self, path: Path, base_path: Path):
+        path = Path(path)
+        return (path.parent, path.name, "transformer") if path.is_file() else None
+
+    def source(self, recipe, out: Path, encoder, config: MMDiTConfig):
+        from flashdistill.data.cache import ConditionCache
+        from flashdistill.data.files import read_edits, read_prompts
+        from flashdistill.data.sources import FileSource
+        from flashdistill.models.qwen_image import folder_identity
+
+        d = recipe.data
+        cache = ConditionCache(recipe.run.text_cache, folder_identity(self.folder, self.index["_class_name"]))
+        prompts = read_prompts(d.prompts) if d.prompts else []
+        edits = read_edits(d.edits, check_images=False) if d.edits else []
+        shape = (config.channels, config.resolution, config.resolution)
+        return FileSource(recipe.task_mix(), recipe.dmd.seed, prompts, edits, cache, shape)
+
+    def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
+        from flashdistill.distill.qwen_export import export_qwen_student
+
+        return export_qwen_student(roles, folder, timesteps, {**info, "resolution": self.resolution}, self.folder)

@@ -1,0 +1,160 @@
+"""`roles.mode: lora` (prototype): one frozen base transformer shared by every role.
+
+- The base teacher is the base with adapters off; the student and the critic are two peft adapters of rank
+  `roles.lora_rank` on it (LoRA B starts at zero, so both start as the base, as DMD2 initialises them); the EMA is
+  a third adapter that follows the student adapter only; a specialized teacher saved as a LoRA on the same base
+  (models/lora.py's `mmdit-lora` folders, or a diffusers LoRA file on a Qwen-Image folder; the family in
+  distill/families.py says which) is a frozen fourth adapter. `critic.lora: false` makes the critic a full
+  copy of the base instead. Any other teacher stays its own frozen model.
+- Each role is an `AdapterView`: `view(z_t, t, cond)` switches the shared transformer to its adapter (or off) and
+  runs it, so the engine keeps calling `v = model(z_t, t, cond)` and never knows the layout. A view's
+  `parameters()` / `state_dict()` are its adapter's only, so optimizers, EMA, clipping and checkpoints see exactly
+  the trainable state; the names drop the adapter name, so the student's and the EMA's state dicts align.
+- peft freezes an adapter when another is activated; the view re-enables the trainable adapters (student, critic)
+  after every switch, so a graph built under one adapter still back-propagates into it while another runs.
+- Export: the EMA adapter as diffusers' LoRA file plus the base's name (`FlowModel.from_pretrained` fuses it).
+
+Limits of the prototype: one process (no DDP / FSDP yet), and a student loads from the run's exports, not from a
+bare checkpoint. Tests: `pytest tests/test_lora_roles.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from flashdistill.errors import UserError
+from flashdistill.models.lora import DEFAULT_TARGETS, WEIGHTS
+from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel
+
+TRAINABLE = ("student", "critic")
+
+
+def _adapter_params(base: FlowModel, adapter: str) -> list[tuple[str, nn.Parameter]]:
+    """(name without the adapter, parameter) of one adapter, in module order."""
+    out = []
+    for name, p in base.transformer.named_parameters():
+        parts = name.split(".")
+        if adapter in parts and any(x.startswith("lora_") for x in parts):
+            out.append((".".join(x for x in parts if x != adapter), p))
+    return out
+
+
+def activate(base: FlowModel, adapter: str | None) -> None:
+    """Switch the shared transformer to `adapter` (None: adapters off), keeping the trainable adapters trainable."""
+    tr = base.transformer
+    if adapter is None:
+        tr.disable_adapters()
+    else:
+        tr.enable_adapters()
+        tr.set_adapter(adapter)
+    for name in TRAINABLE:
+        for _, p in base.adapter_params.get(name, []):
+            p.requires_grad_(True)
+
+
+class AdapterView(nn.Module):
+    """One role on the shared base: `adapter` None is the base itself (adapters off)."""
+
+    def __init__(self, base: FlowModel, adapter: str | None):
+        super().__init__()
+        object.__setattr__(self, "base", base)  # not a submodule: this view owns only its adapter's parameters
+        self.adapter = adapter
+        self.config = base.config
+        self._params = [] if adapter is None else base.adapter_params[adapter]
+
+    def forward(self, z_t, t, cond):
+        activate(self.base, self.adapter)
+        return self.base(z_t, t, cond)
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, nn.Parameter]]:
+        yield from ((prefix + name, p) for name, p in self._params)
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self._params}
+
+    def load_state_dict(self, state: dict, strict: bool = True, assign: bool = False):
+        mine = dict(self._params)
+        if set(state) != set(mine):
+            raise UserError(f"the checkpoint's {self.adapter} adapter does not match this recipe's "
+                            f"(roles.lora_rank or the targets differ)")
+        with torch.no_grad():
+            for name, p in mine.items():
+                p.copy_(state[name])
+        return None
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """This adapter as diffusers' LoRA file + `flashdistill_model.json` naming the base (models/lora.py)."""
+        folder = Path(folder)
+        self.base.transformer.save_lora_adapter(folder / TRANSFORMER_FOLDER, adapter_name=self.adapter,
+                                                weight_name=WEIGHTS)
+        meta = {"format": 1, "model": "mmdit-lora", "config": asdict(self.config), "lora": self.base.lora_spec}
+        (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def build_lora_roles(recipe, dist, family):
+    """The roles of `roles.mode: lora` (see the module docstring); `family` (distill/families.py) resolves and
+    loads the teachers and says which one is a LoRA on the base."""
+    from peft import LoraConfig
+
+    from flashdistill.distill.roles import Roles
+
+    if dist.world > 1:
+        raise UserError("roles.mode: lora runs on one process for now; use roles.mode: full under torchrun")
+    rc = recipe.roles
+    base_name = recipe.student.init_from
+    if recipe.critic.init_from != base_name:
+        raise UserError(f"critic.init_from: with roles.mode lora the critic starts from the student's base "
+                        f"{base_name!r}")
+    base_path = family.resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
+    if family.is_lora(base_path):
+        raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
+    base = family.load_model(base_path).to(dist.device).eval()
+    base.requires_grad_(False)
+    if rc.gradient_checkpointing:
+        base.transformer.enable_gradient_checkpointing()
+    critic_full = None if recipe.critic.lora else copy.deepcopy(base).train().requires_grad_(True)
+    alpha = rc.lora_alpha or rc.lora_rank
+    base.lora_spec = {"base": recipe.teachers[base_name], "rank": rc.lora_rank, "alpha": float(alpha),
+                      "targets": list(DEFAULT_TARGETS)}
+    config = LoraConfig(r=rc.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
+                        init_lora_weights=True)
+    names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.dmd.seed)
+        for name in names:
+            base.transformer.add_adapter(copy.deepcopy(config), adapter_name=name)
+    teachers: dict[str, object] = {}  # name -> None (the base), an adapter name, or a separate FlowModel
+    for i, (name, spec) in enumerate(recipe.teachers.items()):
+        path = family.resolve(spec, f"teachers.{name}").resolve()
+        adapter = None if path == base_path else family.lora_adapter(path, base_path)
+        if path == base_path:
+            teachers[name] = None
+        elif adapter:
+            teachers[name] = f"teacher{i}"
+            folder, weight_name, prefix = adapter
+            base.transformer.load_lora_adapter(str(folder), prefix=prefix, weight_name=weight_name,
+                                               adapter_name=teachers[name])
+        else:  # a different model: its own frozen copy, as in roles.mode full
+            teachers[name] = family.load_model(path).to(dist.device).eval().requires_grad_(False)
+    base.to(dist.device)
+    adapters = names + [a for a in teachers.values() if isinstance(a, str)]
+    base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
+    for adapter, params in base.adapter_params.items():
+        for _, p in params:
+            p.requires_grad_(adapter in TRAINABLE)
+    teachers = {name: a if isinstance(a, FlowModel) else AdapterView(base, a) for name, a in teachers.items()}
+    student, ema = AdapterView(base, "student"), AdapterView(base, "ema")
+    ema.load_state_dict(student.state_dict())  # same names in the same order: ema_update pairs them by position
+    critic = AdapterView(base, "critic") if critic_full is None else critic_full
+    d, c = recipe.dmd, recipe.critic
+    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)

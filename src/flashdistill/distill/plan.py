@@ -1,0 +1,196 @@
+"""Memory planner: bytes per rank of every DMD role, per role layout, counted from real parameter shapes.
+
+`flashdistill plan SPEC [--world-size N]` builds the teacher's `QwenImageTransformer2DModel` from its config on the
+meta device (no weights are read or allocated, so the 20B Qwen-Image config plans in a second) and counts:
+
+- P, the transformer's parameters, and A, the parameters of LoRA rank r on the usual targets (models/lora.py's
+  DEFAULT_TARGETS, matched as peft matches them: a Linear whose name ends in the target): r·(in + out) each.
+- Precision, as in the open Qwen-Image DMD trainers: frozen weights bf16 (2 B/param); a trainable parameter keeps
+  an fp32 master (4), an fp32 gradient (4) and AdamW's two fp32 moments (8); the EMA is an fp32 copy (4) of what the
+  student trains. Every such state is sharded evenly over the world size N (FSDP2 FULL_SHARD: bytes / N).
+- Transient, not sharded: FSDP's all-gathered bf16 parameters of the current and the prefetched block
+  (2 · 2 B · the largest block).
+
+Layouts (`roles.mode`, issue 13):
+- `full`: every teacher a frozen copy, student and critic full trainable copies, EMA of the student.
+- `lora`: one frozen base; student and critic are adapters of rank r on it; a specialized teacher is a LoRA (rank r)
+  on the same base; EMA of the student adapter only.
+- `lora, critic.lora false`: the same with a full-parameter critic.
+
+Activations (an estimate, stated as a formula; not measured): a grad pass through one dual-stream block saves
+about c = 17 D-wide bf16 tensors per token (modulated input 1, q/k/v 3, q/k norms 2, attention output 1, residual 1,
+second modulated input 1, MLP hidden 4 before and 4 after the activation); attention scores are not stored (SDPA
+keeps O(S) per head). With S = image tokens (+ source tokens for edits) + text tokens and micro-batch B:
+
+    per block  = 2 B · c · D · B · S
+    no checkpointing:      L · per block
+    per-block checkpoints: L · 2 B · D · B · S (each block's input) + one block recomputed (per block)
+
+Only one grad pass holds activations at a time (the student's step k, or a critic update); teacher and no-grad passes
+hold about one block. Tests: `pytest tests/test_plan.py` (counts equal the instantiated tiny model's numel).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from flashdistill.errors import UserError
+from flashdistill.models.lora import DEFAULT_TARGETS
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+SHIPPED = {"qwen-image": ASSETS / "qwen-image" / "transformer" / "config.json"}
+GIB = 1024**3
+C_ACT = 17  # D-wide tensors saved per token per block in a grad pass (see the module docstring)
+MODES = ("full", "lora", "lora, critic.lora false")
+
+
+def transformer_config_path(spec: str) -> Path:
+    """The transformer config.json of SPEC: `qwen-image` (shipped, 20B), a pipeline folder, a transformer folder,
+    a flashdistill model folder, `teacher:NAME`, or a config.json file."""
+    if spec in SHIPPED and not Path(spec).exists():
+        return SHIPPED[spec]
+    if spec.startswith("teacher:"):
+        from flashdistill.pipeline import teacher_folder
+
+        spec = str(teacher_folder(spec))
+    path = Path(spec)
+    for candidate in (path, path / "config.json", path / "transformer" / "config.json"):
+        if candidate.is_file() and candidate.suffix == ".json":
+            return candidate
+    raise UserError(f"{spec}: no transformer config here (looked for {path}/transformer/config.json and "
+                    f"{path}/config.json); name a pipeline folder, a config.json, or qwen-image")
+
+
+def meta_transformer(config_path: Path):
+    from diffusers import QwenImageTransformer2DModel
+
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"{config_path}: cannot read the config: {err}") from None
+    if config.get("_class_name", "QwenImageTransformer2DModel") != "QwenImageTransformer2DModel":
+        raise UserError(f"{config_path}: _class_name {config['_class_name']!r}: only QwenImageTransformer2DModel")
+    with torch.device("meta"):
+        return QwenImageTransformer2DModel.from_config(config)
+
+
+@dataclass
+class Counts:
+    params: int  # P
+    lora_params: int  # A at rank r
+    largest_block: int  # parameters of the largest transformer block
+    layers: int
+    width: int  # D = heads x head dim
+
+
+def lora_params(model: torch.nn.Module, rank: int, targets=DEFAULT_TARGETS) -> int:
+    """r·(in + out) for every Linear a peft LoraConfig(target_modules=targets) would wrap."""
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+            total += rank * (module.in_features + module.out_features)
+    return total
+
+
+def count(model, rank: int) -> Counts:
+    blocks = getattr(model, "transformer_blocks")
+    cfg = model.config
+    return Counts(params=sum(p.numel() for p in model.parameters()), lora_params=lora_params(model, rank),
+                  largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
+                  layers=len(blocks), width=cfg.num_attention_heads * cfg.attention_head_dim)
+
+
+@dataclass
+class Row:
+    role: str
+    params: int
+    weights: float  # bytes per rank
+    grads: float = 0.0
+    optimizer: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.grads + self.optimizer
+
+
+def _trainable(role: str, n: int, world: int) -> Row:
+    return Row(role, n, 4 * n / world, 4 * n / world, 8 * n / world)
+
+
+def role_rows(c: Counts, mode: str, world: int, teachers: int) -> list[Row]:
+    """Bytes per rank of every role under `mode` (teachers: how many distinct teachers, the base included)."""
+    P, A = c.params, c.lora_params
+    if mode == "full":
+        rows = [Row(f"teacher {i + 1} (frozen, bf16)", P, 2 * P / world) for i in range(teachers)]
+        rows += [_trainable("student (full)", P, world), _trainable("critic (full)", P, world),
+                 Row("EMA of the student (fp32)", P, 4 * P / world)]
+    elif mode in MODES[1:]:
+        rows = [Row("base (frozen, bf16; the base teacher = adapters off)", P, 2 * P / world)]
+        rows += [Row(f"teacher {i + 2}: LoRA on the base (bf16)", A, 2 * A / world) for i in range(teachers - 1)]
+        rows.append(_trainable("student adapter", A, world))
+        rows.append(_trainable("critic adapter", A, world) if mode == "lora" else _trainable("critic (full)", P, world))
+        rows.append(Row("EMA of the student adapter (fp32)", A, 4 * A / world))
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    rows.append(Row("FSDP gather buffer (2 blocks bf16, unsharded)", 2 * c.largest_block, 2 * 2 * c.largest_block))
+    return rows
+
+
+def activation_bytes(c: Counts, batch: int, tokens: int, checkpointing: bool) -> float:
+    """The estimate of the module docstring for one grad pass: S = `tokens`, micro-batch `batch`."""
+    per_block = 2 * C_ACT * c.width * batch * tokens
+    if not checkpointing:
+        return c.layers * per_block
+    return c.layers * 2 * c.width * batch * tokens + per_block
+
+
+def tokens_of(resolution: int, text_tokens: int, edit: bool, vae_factor: int = 8, patch: int = 2) -> int:
+    image = (resolution // (vae_factor * patch)) ** 2
+    return image * (2 if edit else 1) + text_tokens
+
+
+def gib(x: float) -> str:
+    return f"{x / GIB:,.2f}"
+
+
+def render(spec: str, c: Counts, world: int, rank: int, teachers: int, resolution: int, batch: int,
+           text_tokens: int) -> str:
+    """The plan as Markdown: one table per mode, then the activation estimate."""
+    lines = [f"# Memory plan: {spec}", "",
+             f"Transformer: {c.params:,} parameters ({c.params / 1e9:.2f} B), {c.layers} blocks, width {c.width}; "
+             f"LoRA rank {rank} on {len(DEFAULT_TARGETS)} targets: {c.lora_params:,} parameters. "
+             f"World size {world}; {teachers} teacher(s). GiB per rank; frozen bf16, trainable fp32 master + fp32 "
+             f"grad + AdamW 2x fp32, EMA fp32, sharded / {world}.", ""]
+    for mode in MODES:
+        rows = role_rows(c, mode, world, teachers)
+        lines += [f"## roles.mode: {mode}", "", "| role | params | weights | grads | AdamW | total |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r.role} | {r.params:,} | {gib(r.weights)} | {gib(r.grads)} | {gib(r.optimizer)} | "
+                  f"{gib(r.total)} |" for r in rows]
+        lines += [f"| **total** | | | | | **{gib(sum(r.total for r in rows))}** |", ""]
+    lines += ["## Activations of one grad pass (estimate)", "",
+              f"per block = 2 B x {C_ACT} x D x batch x S; no checkpointing: L x per block; per-block "
+              f"checkpointing: L x 2 B x D x batch x S + per block (D = {c.width}, L = {c.layers}, batch {batch}).",
+              "", "| task | S (tokens) | no checkpointing | per-block checkpointing |", "|---|---:|---:|---:|"]
+    for task, edit in (("T2I", False), ("edit", True)):
+        s = tokens_of(resolution, text_tokens, edit)
+        lines.append(f"| {task} {resolution}² | {s:,} | {gib(activation_bytes(c, batch, s, False))} | "
+                     f"{gib(activation_bytes(c, batch, s, True))} |")
+    lines += ["", "Peak per rank ≈ the mode's total + the activations of one grad pass (+ CUDA context and "
+                  "allocator slack)."]
+    return "\n".join(lines) + "\n"
+
+
+def plan_spec(spec: str, overrides: list[str] | None = None) -> tuple[Path, int]:
+    """(transformer config path, number of distinct teachers) from a recipe YAML or a model spec."""
+    if spec.endswith((".yaml", ".yml")):
+        from flashdistill.distill.recipe import load_recipe
+
+        recipe = load_recipe(spec, overrides)
+        base = recipe.teachers[recipe.student.init_from]
+        return transformer_config_path(base), len(set(recipe.teachers.values()))
+    return transformer_config_path(spec), 1

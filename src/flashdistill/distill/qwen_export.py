@@ -1,0 +1,193 @@
+"""A Qwen-Image student on disk, and sampling it through diffusers' own pipeline classes.
+
+Export layout (`<run>/student/`):
+
+    pytorch_lora_weights.safetensors   (roles.mode lora) the EMA student adapter in diffusers' LoRA format:
+                                       `QwenImagePipeline.load_lora_weights(DIR)` (and the Edit / Edit-Plus
+                                       pipelines) load it onto the base
+    transformer/                       the merged student: `QwenImageTransformer2DModel.from_pretrained(DIR,
+                                       subfolder="transformer")` (base + adapter fused, or the full student)
+    scheduler/scheduler_config.json    FlowMatchEulerDiscreteScheduler that gives the student's sigmas at its NFE
+                                       inside the pipelines (see `student_scheduler`), with stochastic_sampling
+                                       (predict x0, re-noise to the next sigma: the DMD student's sampler)
+    student.json                       family, base folder, timesteps, resolution, iteration, recipe
+
+`student_scheduler(timesteps)`: the pipelines set sigmas = linspace(1, 1/N, N) and shift them by mu. When the
+student's timesteps are that grid under a constant shift s (Qwen-Image-Flash's [1.0, 0.9, 0.75, 0.5] is s = 3),
+the config fixes mu = log s (base_shift = max_shift = log s, exponential shift, no terminal stretch), so
+`pipe(num_inference_steps=4)` runs exactly the training times. Otherwise the times are passed as `sigmas=`.
+
+`QwenStudent(run)`: `generate` / `edit --model RUN` (bench/models.load_model) build the base's pipeline class
+from the base folder with the exported transformer and scheduler: T2I through `QwenImagePipeline` (from_pipe of an
+edit base), edits through the base's Edit / Edit-Plus pipeline. Tests: `pytest tests/test_qwen_distill.py`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashdistill.errors import UserError
+
+STUDENT_FILE = "student.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
+FAMILY = "qwen-image"
+
+
+def constant_shift(timesteps: list[float]) -> float | None:
+    """s such that timesteps = shift_s(linspace(1, 1/N, N)), or None when no constant shift gives them."""
+    n = len(timesteps)
+    grid = np.linspace(1.0, 1.0 / n, n)
+    if n == 1:
+        return 1.0 if abs(timesteps[0] - 1.0) < 1e-6 else None
+    u, t = grid[1], float(timesteps[1])
+    s = t * (1 - u) / (u * (1 - t))
+    shifted = s * grid / (1 + (s - 1) * grid)
+    return float(s) if np.allclose(shifted, timesteps, atol=1e-5) else None
+
+
+def student_scheduler(timesteps: list[float]):
+    """The diffusers scheduler of the student (see the module docstring)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    s = constant_shift(timesteps)
+    if s is None:  # arbitrary times: passed explicitly as sigmas, unshifted
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0, stochastic_sampling=True)
+    else:
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=1.0, use_dynamic_shifting=True, base_shift=math.log(s), max_shift=math.log(s),
+            time_shift_type="exponential", shift_terminal=None, stochastic_sampling=True)
+    scheduler.register_to_config(_student_sigmas=[float(t) for t in timesteps])
+    return scheduler
+
+
+def merged_transformer(view):
+    """The student's transformer with its adapter fused: a copy of the shared base (the base keeps training)."""
+    from diffusers.utils.peft_utils import recurse_remove_peft_layers
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    transformer = copy.deepcopy(view.base.transformer)
+    for module in transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge(adapter_names=[view.adapter])
+    return recurse_remove_peft_layers(transformer)
+
+
+def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict, base_folder: Path) -> Path:
+    """Write `folder` (layout above) atomically: a temporary sibling renamed into place."""
+    from diffusers import QwenImagePipeline
+    from peft.utils import get_peft_model_state_dict
+
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}-tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    ema = roles.ema
+    lora = None
+    if getattr(ema, "adapter", None):  # roles.mode lora: an AdapterView on the shared base
+        layers = get_peft_model_state_dict(ema.base.transformer, adapter_name=ema.adapter)
+        QwenImagePipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE)
+        lora = LORA_FILE
+        transformer = merged_transformer(ema)
+    else:
+        transformer = ema.transformer
+    transformer.save_pretrained(tmp / "transformer")
+    student_scheduler(timesteps).save_pretrained(tmp / "scheduler")
+    meta = {"format": 1, "family": FAMILY, "base": str(Path(base_folder).resolve()), "lora": lora,
+            "timesteps": [float(t) for t in timesteps], **info}
+    (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    old = folder.parent / f".{folder.name}-old-{uuid.uuid4().hex[:8]}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def qwen_student_folder(path: str | Path) -> Path | None:
+    """The export folder of a qwen-image student (a run folder or the export itself), else None."""
+    path = Path(path)
+    for folder in (path, path / "student"):
+        meta = folder / STUDENT_FILE
+        if meta.is_file() and json.loads(meta.read_text()).get("family") == FAMILY:
+            return folder
+    return None
+
+
+class QwenStudent:
+    """An exported qwen-image student sampled by diffusers' pipelines: `sample(texts, sources, seeds, nfe)` gives
+    images (H, W, 3) float32 in [0, 1] (sources: (H, W, 3) arrays or None), as `flashdistill generate` expects."""
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        folder = qwen_student_folder(path)
+        if folder is None:
+            raise UserError(f"{path}: no qwen-image student here ({STUDENT_FILE} with family {FAMILY})")
+        self.folder, self.meta = folder, json.loads((folder / STUDENT_FILE).read_text())
+        self.name = name or str(path)
+        self.timesteps = [float(t) for t in self.meta["timesteps"]]
+        self.resolution = int(self.meta["resolution"])
+        self.default_nfe = len(self.timesteps)
+        self._pipes: dict[bool, object] = {}
+
+    def pipeline(self, edit: bool):
+        """The base's pipeline class (edit) or QwenImagePipeline (T2I) with the student transformer and scheduler."""
+        import diffusers
+        from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
+
+        from flashdistill.models.qwen_image import KIND, read_model_index
+        from flashdistill.models.qwen_tiny import load_processor
+
+        if edit in self._pipes:
+            return self._pipes[edit]
+        base = Path(self.meta["base"])
+        cls_name = read_model_index(base)["_class_name"]
+        if edit and KIND[cls_name] == "t2i":
+            raise UserError(f"{self.folder}: the base {base} is a QwenImagePipeline; it cannot edit")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        kwargs = {} if KIND[cls_name] == "t2i" else {"processor": load_processor(base)}
+        pipe = getattr(diffusers, cls_name).from_pretrained(
+            base, local_files_only=True, dtype=torch.float32,
+            transformer=QwenImageTransformer2DModel.from_pretrained(self.folder / "transformer"),
+            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(self.folder / "scheduler"), **kwargs)
+        if not edit and not isinstance(pipe, QwenImagePipeline):
+            pipe = QwenImagePipeline.from_pipe(pipe)
+        pipe.set_progress_bar_config(disable=True)
+        self._pipes[edit] = pipe
+        return pipe
+
+    def sigmas(self, nfe: int) -> list[float] | None:
+        """What to pass as `sigmas=` for `nfe` steps: None at the full NFE of a constant-shift scheduler."""
+        from flashdistill.sampling import sub_schedule
+
+        steps = sub_schedule(self.timesteps, nfe)
+        s = constant_shift(self.timesteps)
+        if s is None:
+            return steps
+        if nfe == len(self.timesteps):
+            return None  # the pipeline's own linspace, shifted by the scheduler: exactly the student's times
+        return [t / (s - (s - 1) * t) for t in steps]  # the unshifted values the scheduler's shift maps to steps
+
+    @torch.no_grad()
+    def sample(self, texts, sources, seeds, nfe=None, categories=None, cfg_scale=None) -> list[np.ndarray]:
+        from PIL import Image
+
+        nfe = nfe or self.default_nfe
+        out = []
+        for text, source, seed in zip(texts, sources, seeds):
+            pipe = self.pipeline(source is not None)
+            kwargs = dict(prompt=text, height=self.resolution, width=self.resolution, num_inference_steps=nfe,
+                          sigmas=self.sigmas(nfe), true_cfg_scale=1.0,  # a DMD student runs unguided
+                          generator=torch.Generator().manual_seed(int(seed)),
+                          output_type="np")
+            if source is not None:
+                kwargs["image"] = Image.fromarray((np.clip(source, 0, 1) * 255).round().astype(np.uint8))
+            torch.manual_seed(int(seed))  # the scheduler's re-noising draws come from the global generator
+            out.append(pipe(**kwargs).images[0].astype(np.float32))
+        return out

@@ -1,0 +1,275 @@
+"""The `qwen-image` family: a diffusers Qwen-Image pipeline folder behind flashdistill's interfaces.
+
+`QwenImageFamily(folder)` reads a folder of `QwenImagePipeline`, `QwenImageEditPipeline` or
+`QwenImageEditPlusPipeline` (`model_index.json`; a real checkpoint or `flashdistill qwen tiny-folder`) with
+diffusers' own classes, and calls diffusers' own code for what it already does:
+
+- `encode_prompts(texts, sources=None)`: the pipeline's `encode_prompt` (its chat template, its drop index, last
+  hidden layer). For the edit pipelines the source image goes to Qwen2.5-VL as well, resized as the pipeline's
+  `__call__` resizes it (`condition_image`); the negative prompt is encoded with the image too.
+- `encode_images(images)` / `decode(latents)`: the VAE with the config's 16-value `latents_mean` / `latents_std`
+  (normalised z = (mode - mean) / std, as `QwenImageEditPipeline._encode_vae_image`; decode inverts it and runs the
+  pipeline's `image_processor.postprocess`). Latents are (B, 16, H/8, W/8), no frame axis.
+- `flow_model()`: the transformer as `FlowModel` (models/mmdit.py), i.e. `v = model(z_t, t, cond)`. Packing 2x2 is
+  `_pack_latents`' order, t is the scheduler's sigma (the pipelines pass `timestep / 1000`), edit sources are
+  appended after the target tokens with `img_shapes = [[target, source]]` and only target tokens are kept.
+  Our convention z_t = (1-t)·x + t·eps, v = eps - x is the scheduler's: `step` is z + (sigma_next - sigma)·v.
+- `sigmas(nfe, height, width)`: the pipeline's schedule: `linspace(1, 1/nfe, nfe)` shifted by the scheduler with
+  `mu = calculate_shift(image_seq_len, ...)` from the scheduler config (Qwen-Image: 256..8192 -> 0.5..0.9),
+  terminal stretch included; nfe + 1 values ending in 0.
+- `cfg(v_cond, v_neg, scale)`: the pipelines' norm-preserving true CFG: neg + s·(cond - neg), rescaled per packed
+  token to the norm of cond.
+
+`tests/test_qwen_image.py` proves, on tiny folders, that a flashdistill sampling loop built from these pieces lands
+on the very latents the pipeline's own `__call__` produces (T2I and editing, with true CFG).
+
+Only the parts asked for are loaded (`parts`): `flashdistill cache` needs the text encoder and the VAE, training
+only the transformer (the others are never resident next to the roles).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flashdistill.errors import UserError
+from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig, pack, unpack
+
+Tensor = torch.Tensor
+PIPELINES = ("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline")
+KIND = {"QwenImagePipeline": "t2i", "QwenImageEditPipeline": "edit", "QwenImageEditPlusPipeline": "edit-plus"}
+PARTS = ("text", "vae", "transformer")
+NEGATIVE_PROMPT = " "  # what the Qwen-Image trainers use as the negative prompt (an empty string encodes the same way)
+VAE_AREA = 1024 * 1024  # the edit pipelines' VAE area for a source image (QwenImageEditPlusPipeline.VAE_IMAGE_SIZE)
+CONDITION_AREA = 384 * 384  # QwenImageEditPlusPipeline.CONDITION_IMAGE_SIZE: what Qwen2.5-VL sees of a source
+
+
+def read_model_index(folder: str | Path) -> dict:
+    folder = Path(folder)
+    path = folder / "model_index.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not a diffusers pipeline folder (model_index.json is missing)")
+    try:
+        index = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON: {err}") from None
+    if index.get("_class_name") not in PIPELINES:
+        raise UserError(f"{path}: _class_name {index.get('_class_name')!r} is not one of {', '.join(PIPELINES)}")
+    return index
+
+
+class QwenImageFamily:
+    """Everything model-specific about a Qwen-Image(-Edit) folder (see the module docstring)."""
+
+    def __init__(self, folder: str | Path, parts: tuple[str, ...] = PARTS, device="cpu",
+                 dtype: torch.dtype = torch.float32):
+        import diffusers
+
+        unknown = set(parts) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; known: {PARTS}")
+        self.folder = Path(folder)
+        index = read_model_index(self.folder)
+        self.pipeline_class = index["_class_name"]
+        self.kind = KIND[self.pipeline_class]
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder must never reach a hub
+        skip = {"text": ("text_encoder",), "vae": ("vae",), "transformer": ("transformer",)}
+        kwargs = {name: None for part in PARTS if part not in parts for name in skip[part]}
+        if self.kind != "t2i":
+            from flashdistill.models.qwen_tiny import load_processor
+
+            kwargs["processor"] = load_processor(self.folder)
+        cls = getattr(diffusers, self.pipeline_class)
+        self.pipe = cls.from_pretrained(self.folder, dtype=dtype, local_files_only=True, **kwargs)
+        self.pipe.to(device)
+        self.pipe.set_progress_bar_config(disable=True)
+        for module in (self.pipe.text_encoder, self.pipe.vae, self.pipe.transformer):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        self.device = torch.device(device)
+        self.scale = self.pipe.vae_scale_factor  # pixels per latent (8)
+        self.vae_config = self._vae_config()
+
+    # ---- text (and the edit source seen by Qwen2.5-VL) ---------------------------------------------------------
+    def condition_image(self, image):
+        """A source image (PIL) as the pipeline's `__call__` hands it to Qwen2.5-VL."""
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+        area = VAE_AREA if self.kind == "edit" else CONDITION_AREA
+        w, h = calculate_dimensions(area, image.size[0] / image.size[1])[:2]
+        return self.pipe.image_processor.resize(image, h, w)
+
+    @torch.no_grad()
+    def encode_prompts(self, texts: list[str], sources: list | None = None,
+                       max_sequence_length: int = 1024) -> tuple[Tensor, Tensor]:
+        """(emb (B, L, D) float32, mask (B, L) bool) from the pipeline's encode_prompt; L = the longest in the batch.
+
+        `sources` (edit pipelines only): one PIL image per text (or None for a T2I row, encoded without image)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_prompts takes a list of texts")
+        if self.pipe.text_encoder is None:
+            raise UserError(f"{self.folder}: the text encoder was not loaded (parts)")
+        if sources is not None and self.kind == "t2i":
+            raise UserError(f"{self.folder} is a {self.pipeline_class}: it cannot encode an edit source image")
+        if sources is not None and len(sources) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(sources)} sources")
+        if sources is None or all(s is None for s in sources):
+            if self.kind == "edit":
+                raise UserError(f"{self.folder}: QwenImageEditPipeline's template always holds an image; encode "
+                                f"T2I prompts with a QwenImagePipeline or QwenImageEditPlusPipeline folder")
+            emb, mask = self.pipe.encode_prompt(prompt=list(texts), device=self.device,
+                                                max_sequence_length=max_sequence_length)
+            return _with_mask(emb, mask)
+        # One item per call: edit-plus reads a list of images as several sources of one prompt ("Picture 1: ...").
+        return _stack([self._encode_one(t, s, max_sequence_length) for t, s in zip(texts, sources)])
+
+    def _encode_one(self, text: str, source, max_sequence_length: int) -> tuple[Tensor, Tensor]:
+        image = None
+        if source is None and self.kind == "edit":
+            raise UserError(f"{self.folder}: QwenImageEditPipeline encodes prompts only with a source image")
+        if source is not None:
+            image = self.condition_image(source)
+            image = [image] if self.kind == "edit-plus" else image
+        emb, mask = self.pipe.encode_prompt(prompt=[text], image=image, device=self.device,
+                                            max_sequence_length=max_sequence_length)
+        return _with_mask(emb, mask)
+
+    # ---- images <-> normalised latents ------------------------------------------------------------------------
+    def _vae_config(self) -> dict:
+        if self.pipe.vae is not None:
+            return dict(self.pipe.vae.config)
+        return json.loads((self.folder / "vae" / "config.json").read_text())
+
+    def _mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        z = int(self.vae_config["z_dim"])
+        mean = torch.tensor(self.vae_config["latents_mean"]).view(1, z, 1, 1).to(like.device, like.dtype)
+        std = torch.tensor(self.vae_config["latents_std"]).view(1, z, 1, 1).to(like.device, like.dtype)
+        return mean, std
+
+    def vae_pixels(self, image, height: int | None = None, width: int | None = None, area: int = VAE_AREA) -> Tensor:
+        """A PIL source as the edit pipelines feed it to the VAE: (1, 3, H, W) in [-1, 1]; by default H x W has the
+        source's aspect and the pipelines' area 1024² (sides multiples of 32)."""
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+        if height is None or width is None:
+            width, height = calculate_dimensions(area, image.size[0] / image.size[1])[:2]
+        if self.kind == "edit":  # QwenImageEditPipeline resizes first, then preprocesses
+            image = self.pipe.image_processor.resize(image, height, width)
+        return self.pipe.image_processor.preprocess(image, height, width)
+
+    @torch.no_grad()
+    def encode_images(self, pixels: Tensor) -> Tensor:
+        """(B, 3, H, W) in [-1, 1] -> normalised latents (B, 16, H/8, W/8): (mode - latents_mean) / latents_std."""
+        if self.pipe.vae is None:
+            raise UserError(f"{self.folder}: the VAE was not loaded (parts)")
+        vae = self.pipe.vae
+        dist = vae.encode(pixels.to(self.device, vae.dtype).unsqueeze(2)).latent_dist  # frames axis T=1
+        z = dist.mode()[:, :, 0]  # (B, 16, h, w), the distribution's mode as the edit pipelines take it
+        mean, std = self._mean_std(z)
+        return ((z - mean) / std).float()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Normalised latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1] (the pipelines' decode + postprocess)."""
+        if self.pipe.vae is None:
+            raise UserError(f"{self.folder}: the VAE was not loaded (parts)")
+        vae = self.pipe.vae
+        z = latents.to(self.device, vae.dtype)
+        mean, std = self._mean_std(z)
+        image = vae.decode((z * std + mean).unsqueeze(2), return_dict=False)[0][:, :, 0]
+        return self.pipe.image_processor.postprocess(image, output_type="pt").float()
+
+    @torch.no_grad()
+    def encode_edit(self, instruction: str, image, negative_prompt: str = NEGATIVE_PROMPT,
+                    area: int = VAE_AREA) -> dict[str, Tensor]:
+        """What an edit needs, once: the VL embedding of source + instruction (`emb`, (L, D)), of source + negative
+        prompt (`neg`), and the normalised source latents (`latents`, (16, h, w))."""
+        emb, mask = self.encode_prompts([instruction, negative_prompt], [image, image])
+        latents = self.encode_images(self.vae_pixels(image, area=area))[0]
+        return {"emb": emb[0][mask[0]], "neg": emb[1][mask[1]], "latents": latents}
+
+    def identity(self) -> str:
+        """What the cached encodings depend on (`folder_identity`)."""
+        return folder_identity(self.folder, self.pipeline_class)
+
+    # ---- the transformer, time, guidance ----------------------------------------------------------------------
+    def flow_model(self, height: int = 1024) -> FlowModel:
+        """The transformer behind `v = model(z_t, t, cond)`, z_t (B, 16, H/8, W/8). Only `height` is recorded (in
+        MMDiTConfig.resolution); the forward reads every size, non-square and source sizes included, from z_t."""
+        transformer = self.pipe.transformer
+        if transformer is None:
+            raise UserError(f"{self.folder}: the transformer was not loaded (parts)")
+        side = height // self.scale
+        return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
+
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
+        """(16, h, w) of a height x width image (rounded down to whole 2x2 patches, as the pipelines do)."""
+        m = self.scale * 2
+        return int(self.vae_config["z_dim"]), 2 * (height // m), 2 * (width // m)
+
+    def sigmas(self, nfe: int, height: int, width: int) -> Tensor:
+        """The pipeline's nfe + 1 sigmas (float32, last 0) at this size: dynamic shift from calculate_shift."""
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+
+        _, h, w = self.latent_shape(height, width)
+        cfg = self.pipe.scheduler.config
+        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256),
+                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
+                             cfg.get("max_shift", 1.15))
+        scheduler = type(self.pipe.scheduler).from_config(cfg)  # a private copy: the pipeline's keeps its state
+        retrieve_timesteps(scheduler, nfe, "cpu", sigmas=np.linspace(1.0, 1 / nfe, nfe), mu=mu)
+        return scheduler.sigmas.float()
+
+    @staticmethod
+    def cfg(v_cond: Tensor, v_neg: Tensor, scale: float, p: int = 2) -> Tensor:
+        """True CFG of the Qwen-Image pipelines on (B, C, H, W) velocities: combine, then give every packed token
+        (a 2x2 patch over all channels) the norm of its conditional prediction."""
+        cond, neg = pack(v_cond, p), pack(v_neg, p)  # (B, N, C·p²)
+        comb = neg + scale * (cond - neg)
+        comb = comb * (torch.norm(cond, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))
+        return unpack(comb, v_cond.shape[2], v_cond.shape[3], p)
+
+    def cond(self, texts: list[str], sources: list | None = None, categories: list[str] | None = None,
+             source_size: tuple[int, int] | None = None) -> Cond:
+        """A `Cond` straight from texts (and PIL sources): text through the VL model, sources through the VAE."""
+        emb, mask = self.encode_prompts(texts, sources)
+        if sources is None:
+            return Cond(emb, mask, category=categories)
+        h, w = source_size or (None, None)
+        latents = torch.cat([self.encode_images(self.vae_pixels(s, h, w)) for s in sources])
+        return Cond(emb, mask, latents, category=categories)
+
+
+def folder_identity(folder: str | Path, pipeline_class: str) -> str:
+    """What a folder's encodings depend on: the pipeline class, the encoder/VAE/tokenizer configs and the weight
+    files' names and sizes (a cheap fingerprint; weights are not hashed). Needs no model loaded."""
+    import hashlib
+
+    folder = Path(folder)
+    h = hashlib.sha256(pipeline_class.encode())
+    for sub in ("text_encoder", "vae", "tokenizer", "processor"):
+        for path in sorted((folder / sub).glob("*")):
+            if path.suffix == ".json" or path.name.endswith(".txt"):
+                h.update(path.name.encode() + path.read_bytes())
+            elif path.is_file():
+                h.update(f"{path.name}:{path.stat().st_size}".encode())
+    return h.hexdigest()[:32]
+
+
+def _with_mask(emb: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The pipelines return mask None when no row is padded; we always carry a bool mask."""
+    if mask is None:
+        mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
+    return emb.float(), mask.bool()
+
+
+def _stack(rows: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """Right-pad (1, L_i, D) rows to the longest and stack; padding is zeros with mask False."""
+    n = max(e.shape[1] for e, _ in rows)
+    emb = torch.cat([torch.nn.functional.pad(e, (0, 0, 0, n - e.shape[1])) for e, _ in rows])
+    mask = torch.cat([torch.nn.functional.pad(m, (0, n - m.shape[1])) for _, m in rows])
+    return emb, mask

@@ -1,0 +1,58 @@
+"""Dataset files: prompts.jsonl and edits.jsonl become items; every bad line is FILE:LINE: what is wrong."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from flashdistill.data.files import categories, read_edits, read_prompts
+from flashdistill.errors import UserError
+
+
+def _write(path, lines):
+    path.write_text("\n".join(x if isinstance(x, str) else json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def test_prompts_and_edits(tmp_path):
+    p = _write(tmp_path / "prompts.jsonl", [{"prompt": "a lake at dawn", "category": "landscape"}, "",
+                                            {"prompt": "a sign that reads OPEN", "category": "text"}])
+    items = read_prompts(p)
+    assert [(i.category, i.text, i.source) for i in items] == [("landscape", "a lake at dawn", None),
+                                                              ("text", "a sign that reads OPEN", None)]
+    assert items[1].where == f"{p}:3" and categories(items) == ["landscape", "text"]
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 6), (1, 2, 3)).save(tmp_path / "img" / "a.png")
+    e = _write(tmp_path / "edits.jsonl", [{"image": "img/a.png", "instruction": "make it blue", "category": "style"}])
+    (edit,) = read_edits(e)
+    assert edit.is_edit and edit.source == tmp_path / "img" / "a.png"
+    assert edit.load_source().size == (8, 6)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", ":1: not valid JSON"),
+    ("[1, 2]", ":1: must be a JSON object, got list"),
+    ({"prompt": "x"}, ":1: missing field 'category'"),
+    ({"prompt": 3, "category": "a"}, ":1: 'prompt' must be a string, got int"),
+    ({"prompt": "  ", "category": "a"}, ":1: 'prompt' is empty"),
+    ({"prompt": "x", "category": "a", "seed": 1}, ":1: unknown field(s) seed"),
+])
+def test_bad_prompt_lines(tmp_path, line, message):
+    p = _write(tmp_path / "p.jsonl", [line])
+    with pytest.raises(UserError) as err:
+        read_prompts(p)
+    assert str(err.value).startswith(str(p)) and message in str(err.value)
+
+
+def test_bad_images(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    e = _write(tmp_path / "e.jsonl", [{"image": "missing.png", "instruction": "x", "category": "c"}])
+    with pytest.raises(UserError, match=r"e\.jsonl:1: image .*missing\.png: no such file"):
+        read_edits(e)
+    e = _write(tmp_path / "e.jsonl", [{"image": "broken.png", "instruction": "x", "category": "c"}])
+    with pytest.raises(UserError, match=r"e\.jsonl:1: image .*broken\.png: cannot be read as an image"):
+        read_edits(e)
+    with pytest.raises(UserError, match="no such file"):
+        read_prompts(tmp_path / "nope.jsonl")
+    with pytest.raises(UserError, match="no prompts"):
+        read_prompts(_write(tmp_path / "empty.jsonl", [""]))

@@ -1,0 +1,54 @@
+"""Memory planner: parameter counts from the meta device equal the instantiated model's numel; byte arithmetic."""
+
+import pytest
+import torch
+from diffusers import QwenImageTransformer2DModel
+
+from flashdistill.cli import main
+from flashdistill.distill.plan import (activation_bytes, count, meta_transformer, role_rows,
+                                       transformer_config_path)
+from flashdistill.models.lora import add_lora
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
+from flashdistill.models.qwen_tiny import write_tiny_folder
+
+
+def test_counts_equal_the_instantiated_model(tmp_path):
+    folder = write_tiny_folder(tmp_path / "t", "t2i")
+    c = count(meta_transformer(transformer_config_path(str(folder))), rank=4)
+    real = QwenImageTransformer2DModel.from_pretrained(folder / "transformer")
+    assert c.params == sum(p.numel() for p in real.parameters())
+    assert c.largest_block == max(sum(p.numel() for p in b.parameters()) for b in real.transformer_blocks)
+    model = FlowModel(MMDiTConfig.from_transformer(real, 8), real)
+    trainable = add_lora(model, rank=4, alpha=None, targets=None, base="x")
+    assert c.lora_params == sum(p.numel() for p in trainable)  # what peft actually adds at rank 4
+
+
+def test_20b_config_and_bytes():
+    c = count(meta_transformer(transformer_config_path("qwen-image")), rank=64)
+    assert c.params == 20_430_401_088 and c.layers == 60 and c.width == 3072
+    world = 8
+    full = {r.role: r for r in role_rows(c, "full", world, teachers=2)}
+    assert full["student (full)"].total == 16 * c.params / world  # fp32 master + grad + 2 AdamW moments
+    assert full["teacher 2 (frozen, bf16)"].total == 2 * c.params / world
+    lora = {r.role: r for r in role_rows(c, "lora", world, teachers=2)}
+    assert lora["critic adapter"].total == 16 * c.lora_params / world
+    assert lora["teacher 2: LoRA on the base (bf16)"].weights == 2 * c.lora_params / world
+    mixed = {r.role for r in role_rows(c, "lora, critic.lora false", world, teachers=1)}
+    assert "critic (full)" in mixed and "student adapter" in mixed
+    s = 4096 + 256
+    assert activation_bytes(c, 1, s, False) == 60 * 2 * 17 * 3072 * s
+    assert activation_bytes(c, 1, s, True) < activation_bytes(c, 1, s, False) / 10
+
+
+def test_cli(tmp_path, capsys):
+    folder = write_tiny_folder(tmp_path / "t", "t2i")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"teachers: {{base: {folder}, spec: teacher:specialized}}\n"
+                      "guidance: {default: {base: 1.0}}\n")
+    assert main(["plan", str(recipe), "--world-size", "2", "--out", str(tmp_path / "plan.md")]) == 0
+    out = capsys.readouterr().out
+    assert "## roles.mode: lora, critic.lora false" in out and "teacher 2: LoRA on the base" in out
+    assert (tmp_path / "plan.md").read_text() == out
+    assert main(["plan", str(tmp_path / "nothing")]) == 2
+    assert "no transformer config" in capsys.readouterr().err
+    assert main(["plan", "qwen-image", "--world-size", "0"]) == 2
