@@ -1,6 +1,7 @@
 """Re-run the rows of `docs/results.md` from their commands and rebuild the table.
 
     python benchmarks/results_rows.py teachers --out runs/results      # teacher:base / :specialized at 50 and 4 NFE
+    python benchmarks/results_rows.py base --out runs/results          # teacher:base at 50 and 4 NFE
     python benchmarks/results_rows.py student --student runs/flash --out runs/results
     python benchmarks/results_rows.py specialized --out runs/results  # its target subset only: text, text_editing
 
@@ -22,6 +23,7 @@ from flashdistill.cli import main as cli
 
 SETS = {
     "teachers": [("teacher:base", 50), ("teacher:base", 4), ("teacher:specialized", 50), ("teacher:specialized", 4)],
+    "base": [("teacher:base", 50), ("teacher:base", 4)],
     "specialized": [("teacher:specialized", 50), ("teacher:specialized", 4)],
 }
 # The specialized set is judged on the specialized teacher's target subset only (compare with teacher:base's
@@ -44,7 +46,7 @@ def folder_name(bench: str, model: str, nfe: int, category: str | None = None) -
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("set", choices=("teachers", "student", "specialized"))
+    parser.add_argument("set", choices=("teachers", "base", "student", "specialized"))
     parser.add_argument("--student", default=None, help="distillation run folder (student set)")
     parser.add_argument("--out", default="runs/results")
     parser.add_argument("--limit", type=int, default=None, help="cases per category (default: the full benches)")

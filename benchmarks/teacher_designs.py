@@ -1,7 +1,7 @@
 """Teacher quality against CPU time, one curve per design: the figure that decides between teacher designs.
 
     python benchmarks/teacher_designs.py --designs p2 p4 p4-repa p4-repa-spell --minutes 15 --eval-every 5 \
-        --out runs/designs --json benchmarks/results/teacher_designs.json
+        --out runs/designs --json benchmarks/results/teacher_designs.json [--finished FOLDER ...]
 
 Each design is `configs/teacher_base.yaml` with its levers set (`DESIGNS` below: patch size, quoted words spelled
 out to the text encoder, REPA weight); everything else is the base config's. It trains in chunks
@@ -14,7 +14,8 @@ averages a row records `word_exact`, the share of text-category T2I images whose
 All designs share the learning-rate schedule of `--steps` total steps, so a short design run is the opening stretch
 of the long run that `flashdistill teacher train configs/teacher_base.yaml --set ...` would make, and the winner
 can simply be continued with `--resume`. The runs' own wall time is recorded too (`wall_minutes`); on this shared
-2-core CPU other jobs inflate it. An interrupted sweep re-run with the same arguments continues where it stopped.
+2-core CPU other jobs inflate it. An interrupted sweep re-run with the same arguments continues where it stopped. `--finished` scores finished
+teachers (a shipped one, a long run's export) on the same evaluation, at the wall time their teacher.json records.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from safetensors.torch import load_file
 
@@ -124,6 +126,22 @@ def run_design(name: str, args, judge) -> list[dict]:
     return rows
 
 
+def evaluate_finished(folder: str, args, judge) -> dict:
+    """A finished teacher (e.g. the shipped one) on the same evaluation, at the wall time its teacher.json records."""
+    from flashdistill.pipeline import teacher_folder
+
+    path = teacher_folder(folder)
+    info = json.loads((path / "teacher.json").read_text())
+    out = Path(args.out) / "finished" / path.name
+    shutil.rmtree(out, ignore_errors=True)
+    row = {"teacher": folder, "step": info["steps"], "wall_minutes": round(info["wall_time_s"] / 60, 1),
+           **evaluate(FlowModel.from_pretrained(path, torch_dtype=torch.float32), out, args.n, args.n_edit, args.cfg,
+                      judge)}
+    print(f"{folder} ({row['wall_minutes']} wall min): T2I {row['t2i']:.3f}  Edit {row['edit']:.3f}  "
+          f"word {row['word_exact']:.0%}", file=sys.stderr, flush=True)
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS))
@@ -136,6 +154,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/designs")
     parser.add_argument("--retime", action="store_true", help="time the designs again (interleaved) first")
     parser.add_argument("--time-only", action="store_true", help="only time the designs, then stop")
+    parser.add_argument("--finished", nargs="*", default=[], metavar="TEACHER",
+                        help="finished teachers (teacher:NAME or folders) to score on the same evaluation")
     parser.add_argument("--json", default="benchmarks/results/teacher_designs.json")
     args = parser.parse_args()
     judge = WorldJudge()
@@ -144,6 +164,7 @@ def main() -> int:
     if args.time_only:
         return 0
     curves = {name: run_design(name, args, judge) for name in args.designs}
+    finished = [evaluate_finished(folder, args, judge) for folder in args.finished]
     costs = json.loads((Path(args.out) / "costs.json").read_text())
     for name, rows in curves.items():  # CPU minutes from the final timing, whatever the marks were set from
         for row in rows:
@@ -156,7 +177,7 @@ def main() -> int:
               "s_per_step": json.loads((Path(args.out) / "costs.json").read_text()),
               "note": "cpu_minutes = steps x the design's median s/step, all designs timed back to back at the start; "
                       "wall_minutes is the run's own wall time on a shared 2-core CPU (other jobs inflate it)",
-              "curves": curves}
+              "curves": curves, "finished": finished}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(f"-> {args.json}")
