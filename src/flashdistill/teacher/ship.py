@@ -46,13 +46,14 @@ def model_card(name: str, info: dict, num_params: int, size_mb: float, storage: 
         f"| T2I composition | {mix.get('composition')} |",
         f"| edit mix | {mix.get('edit_mix')} |",
         f"| T2I : Edit | {mix.get('t2i_weight')} : {mix.get('edit_weight')} |",
-        f"| final training loss | {info.get('final_loss'):.4f} |" if info.get("final_loss") is not None else
+        f"| final training loss{' (flow matching + REPA term, which is negative)' if cfg.get('repa', {}).get('weight') else ''}"
+        f" | {info.get('final_loss'):.4f} |" if info.get("final_loss") is not None else
         "| final training loss | n/a |",
         f"| training time | {info.get('wall_time_s', 0) / 60:.1f} min |",
         f"| hardware | {hw.get('cpus')} CPUs ({hw.get('machine')}), torch {hw.get('torch')}, "
         f"{hw.get('torch_threads')} threads |",
         f"| sampling | Euler, shift {info.get('sampling', {}).get('shift')}, CFG scale "
-        f"{info.get('sampling', {}).get('cfg_scale')} (chosen on the val split) |",
+        f"{info.get('sampling', {}).get('cfg_scale')} (`--cfg` of the ship command; see the note for how it was chosen) |",
         f"| text encoder | {info.get('text_encoder')} |",
         "",
         *([note, ""] if note else []),
