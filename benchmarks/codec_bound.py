@@ -19,7 +19,7 @@ import torch
 
 from flashdistill.bench.cases import load_cases
 from flashdistill.bench.world_judge import WorldJudge
-from flashdistill.cli import BUILTIN_CASES
+from flashdistill.bench.cases import BUILTIN_CASES
 from flashdistill.world.render import render
 
 

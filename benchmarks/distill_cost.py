@@ -31,7 +31,7 @@ from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
 from flashdistill.speed import summarize_parts
 from flashdistill.teacher.config import PRESETS
-from flashdistill.teacher.train import hardware
+from flashdistill.runtime.logs import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from flashdistill.distill.recipe import load_recipe
 from flashdistill.models.text import TextEncoder
 from flashdistill.pipeline import load_teacher
 from flashdistill.speed import compare, iteration_split
-from flashdistill.teacher.train import hardware
+from flashdistill.runtime.logs import hardware
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ from flashdistill.bench.runner import run_bench
 from flashdistill.bench.world_judge import WorldJudge
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
-from flashdistill.teacher.checkpoint import find_checkpoint, read_state
+from flashdistill.runtime.checkpoint import find_checkpoint, read_state
 from flashdistill.teacher.config import load_config
 from flashdistill.teacher.train import build_state, hardware, open_cache, train_step, train_teacher
 from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases

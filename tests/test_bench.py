@@ -11,7 +11,8 @@ from flashdistill.bench.models import load_model
 from flashdistill.bench.runner import run_bench
 from flashdistill.bench.table import write_table
 from flashdistill.bench.world_judge import WorldJudge
-from flashdistill.cli import BUILTIN_CASES, main
+from flashdistill.bench.cases import BUILTIN_CASES
+from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.world.edits import source_image
 

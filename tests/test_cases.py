@@ -5,7 +5,8 @@ import json
 import pytest
 
 from flashdistill.bench.cases import load_cases, write_cases
-from flashdistill.cli import BUILTIN_CASES, main
+from flashdistill.bench.cases import BUILTIN_CASES
+from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 

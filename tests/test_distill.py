@@ -414,7 +414,7 @@ def test_export_reloads_through_diffusers_and_serves_the_benches(teachers, cache
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
     from flashdistill.bench.cases import load_cases
-    from flashdistill.cli import BUILTIN_CASES
+    from flashdistill.bench.cases import BUILTIN_CASES
 
     run = tmp_path / "run"
     train_distill(tiny(teachers, cache_dir, "dmd.iterations=2"), run, encoder=encoder)

@@ -19,7 +19,7 @@ from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond, FlowModel
 from flashdistill.models.text import EmbeddingCache, TextEncoder
 from flashdistill.teacher import train as train_mod
-from flashdistill.teacher.checkpoint import flatten, unflatten
+from flashdistill.runtime.checkpoint import flatten, unflatten
 from flashdistill.teacher.config import config_from_raw, load_config
 from flashdistill.teacher.specialize import specialize_teacher
 from flashdistill.teacher.train import (TrainingDiverged, build_state, flow_matching_loss, main_train,
@@ -378,7 +378,7 @@ def test_lora_specialize_trains_only_the_adapter_resumes_exactly_and_exports_sma
     fused = FlowModel.from_pretrained(exported).eval()  # base + adapter, fused: a plain model
     assert fused.lora is None and not any("lora" in k for k in fused.state_dict())
     state = build_state(tiny(cache_dir, *lora))
-    from flashdistill.teacher.checkpoint import load_checkpoint
+    from flashdistill.runtime.checkpoint import load_checkpoint
     load_checkpoint(ref / "checkpoint", state.model, state.ema, state.optimizer, state.scheduler)
     text, mask = encoder.encode(["a red hat", ""])
     z, t = torch.randn(2, 3, 32, 32), torch.tensor([0.3, 0.9])

@@ -13,9 +13,7 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, out_file
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
-DATA = Path(__file__).parent / "bench" / "data"
-BUILTIN_CASES = {"t2i": DATA / "t2i_mini.jsonl", "edit": DATA / "edit_mini.jsonl"}
-MINI_SIZES = {"t2i": 200, "edit": 50}  # per category: the paper's 600 and 250, scaled down
+from flashdistill.bench.cases import BUILTIN_CASES, MINI_SIZES  # noqa: F401  (MINI_SIZES re-exported for scripts)
 CALIBRATION_MODELS = ("oracle", "oracle-blur:0.5", "oracle-blur:1", "oracle-blur:2", "oracle-noise:0.05",
                       "oracle-noise:0.1", "oracle-noise:0.2", "noise")
 

@@ -113,3 +113,11 @@ def to_image(x: Tensor) -> np.ndarray:
     img = ((x.detach().float().cpu() + 1) / 2).clamp(0, 1)
     img = img.permute(0, 2, 3, 1) if img.ndim == 4 else img.permute(1, 2, 0)
     return img.contiguous().numpy()
+
+
+def flow_matching_loss(model, x, eps, t, cond, bf16: bool = False) -> torch.Tensor:
+    """Paper eq. 2: mean ||v_θ(z_t, t, c) - (eps - x)||² with z_t = (1-t)·x + t·eps."""
+    z_t = interpolate(x, eps, t)
+    with torch.autocast(z_t.device.type, dtype=torch.bfloat16, enabled=bf16):
+        v = model(z_t, t, cond)
+    return torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))

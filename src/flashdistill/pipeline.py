@@ -31,10 +31,9 @@ from flashdistill.errors import UserError
 from flashdistill.files import read_json_object
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.models.mmdit import CONFIG_FILE, Cond, FlowModel
+from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR, teacher_folder  # noqa: F401  (re-exported)
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
 
-TEACHERS_DIR = Path(__file__).parent / "assets" / "teachers"
-TEACHER_NAMES = ("base", "specialized")
 DEFAULT_TEACHER_NFE = 50
 DEFAULT_CFG_SCALE = 4.0  # overridden by the `sampling.cfg_scale` a shipped teacher's teacher.json records
 
@@ -151,24 +150,6 @@ class FlowPipeline:
     def edit(self, cases, sources, nfe=None) -> list[np.ndarray]:
         return self.sample([c.instruction for c in cases], list(sources), [c.seed for c in cases], nfe,
                            [c.category for c in cases])
-
-
-def teacher_folder(spec: str) -> Path:
-    """`teacher:NAME` -> the shipped folder; a path -> itself. Errors name what is missing and how to make it."""
-    if spec.startswith("teacher:"):
-        name = spec.split(":", 1)[1]
-        if name not in TEACHER_NAMES:
-            raise UserError(f"unknown teacher '{name}' (shipped: {', '.join(TEACHER_NAMES)})")
-        folder = TEACHERS_DIR / name
-        if not (folder / CONFIG_FILE).is_file():
-            raise UserError(f"teacher '{name}' is not in this installation ({folder} is missing); train it with "
-                            f"flashdistill teacher {'train' if name == 'base' else 'specialize'} "
-                            f"configs/teacher_{name}.yaml and pass --model <run>/teacher")
-        return folder
-    folder = Path(spec)
-    if not (folder / CONFIG_FILE).is_file():
-        raise UserError(f"--model {spec}: not a model name and not a folder holding {CONFIG_FILE}")
-    return folder
 
 
 def _number(sampling, key: str, default: float, path: Path) -> float:

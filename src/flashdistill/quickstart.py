@@ -124,7 +124,7 @@ def load_quickstart_recipe(preset: Preset, overrides: list[str]):
 def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
     from flashdistill.distill.export import CHECKPOINT_FILES
     from flashdistill.distill.trainer import train_distill
-    from flashdistill.teacher.checkpoint import find_checkpoint
+    from flashdistill.runtime.checkpoint import find_checkpoint
 
     recipe = load_quickstart_recipe(preset, overrides)
     run = out / "distill"
@@ -138,7 +138,7 @@ def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
     from flashdistill.bench.cases import load_cases
     from flashdistill.bench.runner import run_bench
     from flashdistill.bench.world_judge import WorldJudge
-    from flashdistill.cli import BUILTIN_CASES
+    from flashdistill.bench.cases import BUILTIN_CASES
     from flashdistill.distill.export import load_student_model
     from flashdistill.pipeline import load_teacher
 
@@ -162,7 +162,7 @@ def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
     from flashdistill.distill.export import load_student_model
     from flashdistill.pipeline import load_teacher
     from flashdistill.speed import compare
-    from flashdistill.teacher.train import hardware
+    from flashdistill.runtime.logs import hardware
 
     recipe = load_quickstart_recipe(preset, overrides)
     batch = max(preset.speed_batches)

@@ -26,7 +26,7 @@ from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATE
 from flashdistill.world.edits import source_image, target_image
 
 def _cases(bench: str, limit: int):
-    from flashdistill.cli import BUILTIN_CASES
+    from flashdistill.bench.cases import BUILTIN_CASES
 
     return load_cases(BUILTIN_CASES[bench], bench, limit)
 
@@ -145,7 +145,7 @@ def distill_section(out: Path, command: str) -> list[str]:
 
 
 def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -> Path:
-    from flashdistill.cli import MINI_SIZES
+    from flashdistill.bench.cases import MINI_SIZES
     from flashdistill.quickstart import bench_rows, recipe_path
 
     teacher_spec = recipe.teachers[recipe.student.init_from]

@@ -35,7 +35,7 @@ def check_bars(averages: dict[str, float]) -> list[str]:
 
 
 def calibrate(out: Path, models: list[str], limit: int | None = None) -> bool:
-    from flashdistill.cli import BUILTIN_CASES
+    from flashdistill.bench.cases import BUILTIN_CASES
 
     judge, folders, ok = WorldJudge(), [], True
     for bench in ("t2i", "edit"):

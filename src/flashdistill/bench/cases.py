@@ -32,6 +32,10 @@ from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import validate_edit
 from flashdistill.world.schema import validate_record
 
+DATA = Path(__file__).parent / "data"
+BUILTIN_CASES = {"t2i": DATA / "t2i_mini.jsonl", "edit": DATA / "edit_mini.jsonl"}  # the shipped mini benches
+MINI_SIZES = {"t2i": 200, "edit": 50}  # cases per category: the paper's 600 and 250, scaled down
+
 
 @dataclass(frozen=True)
 class T2ICase:

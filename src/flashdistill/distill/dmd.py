@@ -21,10 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flashdistill.flow import interpolate, shift_time, x0_from_v
+from flashdistill.flow import flow_matching_loss, interpolate, shift_time, x0_from_v
 from flashdistill.models.mmdit import Cond
 from flashdistill.sampling import guided_velocity
-from flashdistill.teacher.train import flow_matching_loss
 
 
 def autocast(device: torch.device, bf16: bool):

@@ -36,7 +36,7 @@ from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.files import read_json_object
-from flashdistill.teacher.checkpoint import find_checkpoint, read_state, restore_latest
+from flashdistill.runtime.checkpoint import find_checkpoint, read_state, restore_latest
 
 STUDENT_FILE = "student.json"
 SCHEDULER_FOLDER = "scheduler"

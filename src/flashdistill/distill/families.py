@@ -84,10 +84,10 @@ class Embedded:
 
     def source(self, recipe, out: Path, encoder, config: MMDiTConfig):
         from flashdistill.data.sources import WorldSource
-        from flashdistill.teacher.train import open_cache
+        from flashdistill.models.text import open_text_cache
 
-        # reads recipe.run.text_cache, like a teacher config; prompts spelled as the teachers were trained
-        cache = open_cache(recipe, out, encoder, config.spell_quoted)
+        # prompts spelled as the teachers were trained
+        cache = open_text_cache(recipe.run.text_cache, out, encoder, config.spell_quoted)
         return WorldSource(recipe.task_mix(), recipe.dmd.seed, config.resolution, cache)
 
     def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:

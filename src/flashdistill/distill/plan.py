@@ -54,7 +54,7 @@ def transformer_config_path(spec: str) -> Path:
     if spec in SHIPPED and not Path(spec).exists():
         return SHIPPED[spec]
     if spec.startswith("teacher:"):
-        from flashdistill.pipeline import teacher_folder
+        from flashdistill.models.shipped import teacher_folder
 
         spec = str(teacher_folder(spec))
     path = Path(spec)

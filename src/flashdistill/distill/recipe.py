@@ -38,7 +38,7 @@ from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
 from flashdistill.files import read_text, yaml_problem
 from flashdistill.flow import euler_timesteps
-from flashdistill.teacher.config import apply_overrides, from_dict
+from flashdistill.runtime.config import apply_overrides, from_dict
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 

@@ -26,7 +26,7 @@ import torch.distributed as torch_dist
 from flashdistill.distill.recipe import Recipe
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import FlowModel
-from flashdistill.pipeline import teacher_folder
+from flashdistill.models.shipped import teacher_folder
 
 @dataclass
 class Dist:

@@ -52,10 +52,10 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.models.mmdit import Cond
-from flashdistill.teacher.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
-from flashdistill.teacher.logs import RunLogger
-from flashdistill.teacher.train import (TrainingDiverged, check_resume, diverged, ema_update, hardware, open_cache,
-                                        retune, step_generator)
+from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
+from flashdistill.runtime.logs import RunLogger, hardware
+from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runtime.steps import ema_update, step_generator
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "k", "skipped", "time_data", "time_student",
            "time_teachers", "time_critic", "step_time")

@@ -58,7 +58,7 @@ def save_lora(model, folder: Path) -> None:
 
 
 def resolve_base(spec: str, folder: Path) -> Path:
-    from flashdistill.pipeline import teacher_folder
+    from flashdistill.models.shipped import teacher_folder
 
     if not spec.startswith("teacher:") and not Path(spec).is_dir() and (folder / spec).is_dir():
         spec = str(folder / spec)

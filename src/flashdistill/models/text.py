@@ -133,6 +133,14 @@ def encoder_for(encoder, spell_quoted: bool):
     return encoder
 
 
+def open_text_cache(folder: str | Path | None, out: Path, encoder=None, spell_quoted: bool = False) -> EmbeddingCache:
+    """A run's text-embedding cache: `folder`, or `<out>/../text-cache` shared by sibling runs (one folder per text
+    convention: spelled and plain prompts are different encoder ids, hence different default folders)."""
+    encoder = encoder_for(encoder, spell_quoted)
+    default = "text-cache-spelled" if spell_quoted else "text-cache"
+    return EmbeddingCache(Path(folder) if folder else Path(out).parent / default, encoder)
+
+
 def trim_to_longest(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     """Drop trailing columns that are padding in every row; attention cost grows with the text length."""
     n = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1

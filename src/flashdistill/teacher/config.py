@@ -21,10 +21,7 @@ exactly like the file. Load one with `load_config(path, overrides)`.
 from __future__ import annotations
 
 import copy
-import math
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import yaml
@@ -32,6 +29,7 @@ import yaml
 from flashdistill.data.batches import TaskMix
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import MMDiTConfig
+from flashdistill.runtime.config import apply_overrides, from_dict  # noqa: F401  (re-exported)
 from flashdistill.world.render import check_resolution
 
 PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
@@ -184,91 +182,6 @@ class TeacherConfig:
 def _require(ok: bool, key: str, why: str) -> None:
     if not ok:
         raise UserError(f"{key}: {why}")
-
-
-def _convert(value, tp, key: str):
-    """`value` as type `tp` (int, float, bool, str, X | None, list[X], dict[str, X], a dataclass), or UserError."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
-    if is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"{key}: must be a list, got {value!r}")
-        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UserError(f"{key}: must be a mapping, got {value!r}")
-        return {str(k): _convert(v, args[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{key}: must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"{key}: must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        value = _yaml11_float(value)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise UserError(f"{key}: must be a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise UserError(f"{key}: must be a string, got {value!r}")
-        return value
-    raise TypeError(f"{key}: no converter for type {tp}")
-
-
-def _yaml11_float(value):
-    """YAML 1.1 (PyYAML) reads `2e-4` (no dot) as a string; take it as the number everyone means."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def from_dict(cls, raw, prefix: str = ""):
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise UserError with the dotted key."""
-    where = prefix.rstrip(".") or "config"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserError(f"{where}: must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    for key in raw:
-        if key not in known:
-            raise UserError(f"{prefix}{key}: unknown key; known keys here: {', '.join(known)}")
-    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in raw.items()})
-
-
-def apply_overrides(raw: dict, overrides: list[str], load=yaml.safe_load) -> dict:
-    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); value parsed by `load`."""
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"override {item!r}: expected key.sub=value")
-        try:
-            value = load(text)
-        except yaml.YAMLError as err:
-            raise UserError(f"override {key}: cannot parse value {text!r}: {err}") from None
-        node, parts = raw, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise UserError(f"override {key}: {'.'.join(parts[:i + 1])} is a value, not a group")
-            node = child
-        node[parts[-1]] = value
-    return raw
 
 
 def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> TeacherConfig:

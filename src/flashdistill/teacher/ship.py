@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
-from flashdistill.pipeline import TEACHER_NAMES, TEACHERS_DIR
+from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR
 
 
 def model_card(name: str, info: dict, num_params: int, size_mb: float, storage: str, note: str | None = None) -> str:

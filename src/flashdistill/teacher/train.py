@@ -27,7 +27,6 @@ import copy
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import sys
@@ -36,7 +35,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -46,17 +44,16 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
+from flashdistill.flow import flow_matching_loss
 from flashdistill.models.mmdit import Cond, FlowModel
-from flashdistill.teacher.checkpoint import (find_checkpoint, load_state, read_state, restore_latest, save_state,
-                                             set_aside_unconfirmed)
+from flashdistill.models.text import open_text_cache
+from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
+from flashdistill.runtime.logs import RunLogger, hardware
+from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
                                          resume_fingerprint)
-from flashdistill.teacher.logs import RunLogger
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN or Inf; training stops before the bad step touches the weights."""
 
 
 @dataclass
@@ -121,12 +118,6 @@ def checkpoint_files(state: TrainState) -> tuple[str, ...]:
     return (*(f"{name}.safetensors" for name in state.modules()), "state.safetensors", "state.json")
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The torch.Generator for every random draw of step `step`: independent of make_batch's stream."""
-    state = np.random.SeedSequence([int(seed), int(step), 1]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
-
-
 def prepare_inputs(batch: Batch, cache, train: TrainSection, timesteps: TimestepSection, gen: torch.Generator):
     """(x, eps, t, cond) for the flow-matching loss, with CFG dropout applied; all draws from `gen`."""
     b = batch.x.shape[0]
@@ -141,14 +132,6 @@ def prepare_inputs(batch: Batch, cache, train: TrainSection, timesteps: Timestep
     return batch.x, eps, t, Cond(emb, mask, source, has_source, list(batch.category))
 
 
-def flow_matching_loss(model, x, eps, t, cond: Cond, bf16: bool = False) -> torch.Tensor:
-    """Paper eq. 2: mean ||v_θ(z_t, t, c) - (eps - x)||² with z_t = (1-t)·x + t·eps."""
-    z_t = interpolate(x, eps, t)
-    with torch.autocast(z_t.device.type, dtype=torch.bfloat16, enabled=bf16):
-        v = model(z_t, t, cond)
-    return torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
-
-
 def teacher_losses(state: TrainState, config: TeacherConfig, x, eps, t, cond: Cond) -> dict[str, torch.Tensor]:
     """{"loss": the total to minimise, "loss_fm": eq. 2, and with REPA "loss_repa"}: loss = fm + w·repa."""
     if state.repa_head is None:
@@ -160,13 +143,6 @@ def teacher_losses(state: TrainState, config: TeacherConfig, x, eps, t, cond: Co
     fm = torch.nn.functional.mse_loss(v.float(), velocity_target(x, eps))
     align = repa_loss(state.repa_head, hidden, state.repa_target(x))
     return {"loss": fm + config.repa.weight * align, "loss_fm": fm, "loss_repa": align}
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1-decay)·model, parameter by parameter."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p.detach(), 1 - decay)
 
 
 def train_step(state: TrainState, config: TeacherConfig, cache, step: int) -> dict:
@@ -199,69 +175,8 @@ def train_step(state: TrainState, config: TeacherConfig, cache, step: int) -> di
 
 
 def open_cache(config: TeacherConfig, out: Path, encoder=None, spell_quoted: bool = False):
-    """The text-embedding cache: `run.text_cache`, or `<out>/../text-cache` shared by sibling runs (one cache per
-    text convention: spelled and plain prompts are different encoder ids, hence different folders)."""
-    from flashdistill.models.text import EmbeddingCache, encoder_for
-
-    encoder = encoder_for(encoder, spell_quoted)
-    default = "text-cache-spelled" if spell_quoted else "text-cache"
-    folder = Path(config.run.text_cache) if config.run.text_cache else out.parent / default
-    return EmbeddingCache(folder, encoder)
-
-
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(a) | set(b))
-    diffs = []
-    for k in keys:
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("composition", "edit_mix"):
-            diffs += config_diff(va, vb, f"{prefix}{k}.")
-        elif va != vb:
-            diffs.append(f"{prefix}{k}")
-    return diffs
-
-
-def _drop_keys(data: dict, keys: tuple[str, ...]) -> dict:
-    data = copy.deepcopy(data)
-    for key in keys:
-        group, name = key.split(".")
-        if isinstance(data.get(group), dict):
-            data[group].pop(name, None)
-    return data
-
-
-def _get(data: dict, key: str):
-    group, name = key.split(".")
-    return (data.get(group) or {}).get(name)
-
-
-def check_resume(meta: dict, fingerprint: dict, settings: dict, saved_settings: str, resumable: tuple[str, ...],
-                 what: str) -> list[str]:
-    """Refuse a resume whose run-defining keys differ from the checkpoint's; return the changed `resumable` keys as
-    `key old -> new`. A checkpoint written before a key became resumable still holds it in its fingerprint."""
-    if not isinstance(meta.get("fingerprint"), dict):
-        raise UserError(f"--resume: the checkpoint records no {what} to compare with")
-    diff = config_diff(_drop_keys(meta["fingerprint"], resumable), _drop_keys(fingerprint, resumable))
-    if diff:
-        raise UserError(f"--resume: the {what} differs from the checkpoint's in {', '.join(diff)} (only "
-                        f"{', '.join(resumable)} may change)")
-    old = meta.get(saved_settings) or {}
-    return [f"{k} {_get(old, k)!r} -> {_get(settings, k)!r}" for k in resumable
-            if old and _get(old, k) != _get(settings, k)]
-
-
-def retune(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, scheduler=None) -> None:
-    """Put the config's lr and weight decay into a restored optimizer (its state_dict brought the old ones)."""
-    for group in optimizer.param_groups:
-        group["weight_decay"] = weight_decay
-        group["initial_lr"] = lr
-        group["lr"] = lr
-    if scheduler is not None:  # LambdaLR: lr = base lr · factor(step)
-        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-        factors = [f(scheduler.last_epoch) for f in scheduler.lr_lambdas]
-        for group, factor in zip(optimizer.param_groups, factors):
-            group["lr"] = lr * factor
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    """The run's text-embedding cache (models.text.open_text_cache with `run.text_cache`)."""
+    return open_text_cache(config.run.text_cache, out, encoder, spell_quoted)
 
 
 def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -> tuple[int, dict]:
@@ -289,21 +204,6 @@ def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -
     saved = restore_latest(out, checkpoint_files(state), load)
     retune(state.optimizer, config.train.lr, config.train.weight_decay, state.scheduler)
     return int(saved["step"]), saved["meta"]
-
-
-def diverged(err: TrainingDiverged, out: Path, last_good: int, unit: str, files=None) -> TrainingDiverged:
-    """The divergence message, after setting aside a checkpoint no finite step has run from: --resume then
-    continues from weights known to be good."""
-    kept = set_aside_unconfirmed(out, last_good, *([files] if files else []))
-    where = (f"--resume continues from the checkpoint at {unit} {read_state(kept)['step']}, the last known good"
-             if kept else f"no checkpoint holds good weights yet, so --resume starts again from {unit} 0")
-    return TrainingDiverged(f"{err}. The weights, optimizer and EMA were not updated by the bad {unit}; {where}")
-
-
-def hardware() -> dict:
-    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform()}
 
 
 def export_teacher(ema: FlowModel, out: Path, info: dict) -> Path:

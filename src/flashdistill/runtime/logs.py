@@ -13,8 +13,12 @@ View with `tensorboard --logdir <out>/tb`.
 from __future__ import annotations
 
 import json
+import os
+import platform
 import math
 from pathlib import Path
+
+import torch
 
 SCALARS = ("loss", "loss_fm", "loss_repa", "lr", "grad_norm", "step_time")
 
@@ -84,3 +88,9 @@ class RunLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def hardware() -> dict:
+    return {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}

@@ -1,0 +1,23 @@
+"""Per-step randomness and the EMA, shared by teacher training and distillation.
+
+`step_generator(seed, step)` gives every random draw of one step from its own seeded stream, so nothing but the
+checkpoint carries state from one step to the next and a resumed run draws what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """The torch.Generator for every random draw of step `step`: independent of make_batch's stream."""
+    state = np.random.SeedSequence([int(seed), int(step), 1]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1-decay)·model, parameter by parameter."""
+    for p_ema, p in zip(ema.parameters(), model.parameters()):
+        p_ema.lerp_(p.detach(), 1 - decay)
