@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from flashdistill.errors import UserError
@@ -96,3 +97,15 @@ def remove_stale_tmp(folder: str | Path) -> list[Path]:
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return stale
+
+
+def swap_in(tmp: str | Path, folder: str | Path) -> Path:
+    """Put the finished folder `tmp` in place of `folder`: the old one is moved aside first and deleted last, so a
+    kill at any moment leaves either the old or the new folder (plus a `.NAME-old-*` that remove_stale_tmp clears)."""
+    tmp, folder = Path(tmp), Path(folder)
+    old = folder.parent / f".{folder.name}-old-{uuid.uuid4().hex[:8]}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder

@@ -23,8 +23,6 @@ answers the benchmarks (`t2i(cases, nfe)`, `edit(cases, sources, nfe)`) and `sam
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -35,7 +33,7 @@ from safetensors.torch import load_file
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
-from flashdistill.files import read_json_object
+from flashdistill.files import swap_in, read_json_object
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state, restore_latest
 
 STUDENT_FILE = "student.json"
@@ -78,12 +76,7 @@ def export_student(model: FlowModel, folder: Path, timesteps: list[float], info:
     write_scheduler_config(tmp, timesteps)
     meta = {"format": 1, "timesteps": [float(t) for t in timesteps], **info}
     (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-    old = folder.parent / f".{folder.name}-old-{uuid.uuid4().hex[:8]}"
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return swap_in(tmp, folder)
 
 
 def check_timesteps(timesteps, where: str) -> list[float]:

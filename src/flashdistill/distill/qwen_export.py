@@ -28,7 +28,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import uuid
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError
+from flashdistill.files import swap_in
 
 STUDENT_FILE = "student.json"
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -103,12 +103,7 @@ def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict,
     meta = {"format": 1, "family": FAMILY, "base": str(Path(base_folder).resolve()), "lora": lora,
             "timesteps": [float(t) for t in timesteps], **info}
     (tmp / STUDENT_FILE).write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    old = folder.parent / f".{folder.name}-old-{uuid.uuid4().hex[:8]}"
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return swap_in(tmp, folder)
 
 
 def qwen_student_folder(path: str | Path) -> Path | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from flashdistill.errors import UserError
+from flashdistill.files import swap_in
 from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
 from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR
 
@@ -106,10 +106,7 @@ def ship(run_teacher: Path, name: str, cfg_scale: float | None, dest_root: Path 
     (tmp / "teacher.json").write_text(json.dumps(info, indent=1) + "\n")
     size_mb = sum(p.stat().st_size for p in tmp.rglob("*.safetensors")) / 1e6
     (tmp / "MODEL_CARD.md").write_text(model_card(name, info, model.num_params(), size_mb, storage, note))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.replace(dest)
-    return dest
+    return swap_in(tmp, dest)
 
 
 def main(argv: list[str] | None = None) -> int:

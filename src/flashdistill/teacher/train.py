@@ -26,9 +26,7 @@ import argparse
 import copy
 import json
 import math
-import os
 import shlex
-import shutil
 import sys
 import time
 import uuid
@@ -41,7 +39,7 @@ from tqdm import tqdm
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import out_dir, remove_stale_tmp
+from flashdistill.files import out_dir, remove_stale_tmp, swap_in
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.flow import flow_matching_loss
@@ -212,10 +210,7 @@ def export_teacher(ema: FlowModel, out: Path, info: dict) -> Path:
     tmp = out / f".teacher-tmp-{uuid.uuid4().hex[:8]}"  # a kill leaves it: restore() removes it
     ema.save_pretrained(tmp)
     (tmp / "teacher.json").write_text(json.dumps(info, indent=1) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+    return swap_in(tmp, final)
 
 
 def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encoder=None,
