@@ -33,6 +33,7 @@ from safetensors.torch import load_file
 
 from flashdistill.bench.runner import run_bench
 from flashdistill.bench.world_judge import WorldJudge
+from flashdistill.data.batches import make_batch
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state
@@ -72,11 +73,15 @@ def evaluate(model: FlowModel, out: Path, n: int, n_edit: int, cfg: float, judge
 
 def time_designs(names: list[str], args, rounds: int = 8) -> dict[str, float]:
     """Median seconds per training step (batch 32) of each design, timed in interleaved rounds (one step of each
-    design per round, after two warm-up rounds) so that whatever else loads the machine hits all designs alike."""
+    design per round, after two warm-up rounds) so that whatever else loads the machine hits all designs alike.
+    The steps' prompts are encoded first, so the times are the model's, not MiniLM's on a cold cache."""
     setups = {}
     for name in names:
         config = load_config(BASE_CONFIG, DESIGNS[name] + [f"train.steps={args.steps}"])
         cache = open_cache(config, Path(args.out) / "timing", None, config.model.spell_quoted)
+        tc = config.train
+        for step in range(rounds + 2):
+            cache.precompute(make_batch(step, tc.batch_size, config.mix, tc.seed, "train").texts + [""])
         setups[name] = (build_state(config), config, cache)
     times = {name: [] for name in names}
     for step in range(rounds + 2):
