@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from flashdistill.cliargs import nonneg_int, positive_float, positive_int
 from flashdistill.errors import UserError
 
 
@@ -22,8 +23,6 @@ def cmd_tiny_folder(args) -> None:
 def cmd_random_lora(args) -> None:
     from flashdistill.models.qwen_tiny import write_random_lora
 
-    if args.rank < 1 or args.std <= 0:
-        raise UserError("--rank must be >= 1 and --std > 0")
     out = write_random_lora(args.base, args.out, args.rank, args.std, args.seed)
     print(f"wrote a random rank-{args.rank} LoRA on {args.base} to {out} (diffusers' LoRA format)")
 
@@ -69,9 +68,6 @@ def cmd_cache(args) -> None:
     from flashdistill.data.files import read_edits, read_prompts
     from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
 
-    for flag in ("batch_size", "shard_size", "vae_area"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     model, prompts_file, edits_file, out = _cache_inputs(args)
     read_model_index(model)  # a clear error before anything is read or loaded
     prompts = read_prompts(prompts_file) if prompts_file else []
@@ -112,15 +108,15 @@ def add_commands(top) -> None:
     p.add_argument("--kind", choices=("t2i", "edit", "edit-plus"), default="t2i",
                    help="t2i: QwenImagePipeline; edit: QwenImageEditPipeline; edit-plus: QwenImageEditPlusPipeline")
     p.add_argument("--out", required=True, help="folder to create (must not hold a pipeline already)")
-    p.add_argument("--seed", type=int, default=0, help="weight seed: the same seed writes the same weights")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="weight seed: the same seed writes the same weights")
     p.set_defaults(func=cmd_tiny_folder)
     p = sub.add_parser("random-lora", help="write a random LoRA on a pipeline folder's transformer (diffusers' "
                                            "LoRA format): a stand-in specialized teacher for trials")
     p.add_argument("--base", required=True, help="pipeline folder whose transformer the LoRA adapts")
     p.add_argument("--out", required=True, help="the .safetensors file to write")
-    p.add_argument("--rank", type=int, default=4)
-    p.add_argument("--std", type=float, default=0.05, help="std of the random LoRA matrices")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", type=positive_int, default=4)
+    p.add_argument("--std", type=positive_float, default=0.05, help="std of the random LoRA matrices")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.set_defaults(func=cmd_random_lora)
 
     p = top.add_parser("cache", help="encode prompts, the negative prompt and edits (VL embedding + source latents) "
@@ -138,11 +134,11 @@ def add_commands(top) -> None:
     p.add_argument("--edits", default=None, help="edits JSONL (default: the recipe's data.edits)")
     p.add_argument("--out", default=None, help="cache folder (default: the recipe's run.text_cache)")
     p.add_argument("--negative-prompt", default=" ", help="the negative prompt of true CFG (default: ' ')")
-    p.add_argument("--vae-area", type=int, default=1024 * 1024,
+    p.add_argument("--vae-area", type=positive_int, default=1024 * 1024,
                    help="pixel area of a source image at the VAE, aspect kept (default 1024*1024, the pipelines')")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per text-encoder pass")
-    p.add_argument("--shard-size", type=int, default=256, help="entries per shard (a kill loses at most one shard)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per text-encoder pass")
+    p.add_argument("--shard-size", type=positive_int, default=256, help="entries per shard (a kill loses at most one shard)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=cmd_cache)
 
