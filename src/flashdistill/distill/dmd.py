@@ -54,21 +54,27 @@ def simulate(student, noises: Tensor, timesteps: list[float], k: int, cond: Cond
 
 @torch.no_grad()
 def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cfg_scale: float,
-            bf16: bool = False, cfg_rule=None) -> tuple[Tensor, list[str]]:
+            bf16: bool = False, cfg_rule=None, any_rank=None) -> tuple[Tensor, list[str]]:
     """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5); weights (B, M) in the order of `teachers`; `cfg_rule`: the
-    family's guidance formula (sampling.guided_velocity; None = the standard one).
-    Returns the mix (B, C, H, W) and the names of the teachers that ran."""
+    family's guidance formula (sampling.guided_velocity; None = the standard one). `any_rank` (sharded teachers,
+    roles.Dist.any): a teacher some other rank needs runs here too, on one row whose output is dropped, so every
+    rank makes the same calls. Returns the mix (B, C, H, W) and the names of the teachers that ran."""
     mix = torch.zeros_like(x_t)
     ran = []
     for m, (name, teacher) in enumerate(teachers.items()):
         w = weights[:, m].to(x_t.device)  # (B,)
         rows = (w > 0).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        needed = rows.numel() > 0 if any_rank is None else any_rank(rows.numel() > 0)[0]
+        if not needed:
             continue  # a zero-weight teacher is never evaluated
+        stand_in = rows.numel() == 0
+        rows = rows if not stand_in else torch.zeros(1, dtype=torch.long, device=x_t.device)
         ran.append(name)
         with autocast(x_t.device, bf16):
             v = guided_velocity(teacher, x_t[rows], t[rows], cond.select(rows), uncond.select(rows), cfg_scale,
                                 cfg_rule)
+        if stand_in:
+            continue
         x0 = x0_from_v(x_t[rows], t[rows], v.float())  # (R, C, H, W)
         mix[rows] += w[rows, None, None, None] * x0
     return mix, ran

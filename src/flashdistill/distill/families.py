@@ -5,6 +5,8 @@
 
 - `resolve(spec, key)`: the path a teacher spec names (errors name the recipe key);
 - `load_model(path)`: a frozen-able `FlowModel` (`v = model(z_t, t, cond)`), float32; a LoRA teacher is fused;
+- `structure(path)`: the same model built on the meta device from its config, no weights read (FSDP loading,
+  distill/sharding.py);
 - `is_lora(path)`, `lora_adapter(path, base)`: (folder, file, prefix) of a teacher stored as a LoRA on the
   base, or None; `roles.mode:
   lora` loads it as an adapter on the shared base instead of fusing it (distill/lora_roles.py);
@@ -62,6 +64,15 @@ class Embedded:
     def load_model(self, path: Path) -> FlowModel:
         # float32 whatever the storage dtype: shipped teachers are stored in float16 to halve the package
         return FlowModel.from_pretrained(path, torch_dtype=torch.float32)
+
+    def structure(self, path: Path) -> FlowModel:
+        from flashdistill.files import read_json_object
+        from flashdistill.models.mmdit import config_from_meta
+
+        meta_path = Path(path) / CONFIG_FILE
+        config = config_from_meta(read_json_object(meta_path, "model config"), meta_path)
+        with torch.device("meta"):
+            return FlowModel(config)
 
     @staticmethod
     def _lora_meta(path: Path) -> dict:
@@ -139,6 +150,15 @@ class QwenImageFolder:
             transformer.unload_lora()
         side = self.resolution // 8  # latents: the VAE's factor 8
         return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
+
+    def structure(self, path: Path) -> FlowModel:
+        from diffusers import QwenImageTransformer2DModel
+
+        folder = self.folder if self.lora_adapter(path, self.folder) else path
+        config = QwenImageTransformer2DModel.load_config(folder / TRANSFORMER_FOLDER)
+        with torch.device("meta"):
+            transformer = QwenImageTransformer2DModel.from_config(config)
+        return FlowModel(MMDiTConfig.from_transformer(transformer, self.resolution // 8), transformer)
 
     def is_lora(self, path: Path) -> bool:
         return Path(path).is_file()

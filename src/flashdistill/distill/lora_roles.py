@@ -14,8 +14,8 @@
   after every switch, so a graph built under one adapter still back-propagates into it while another runs.
 - Export: the EMA adapter as diffusers' LoRA file plus the base's name (`FlowModel.from_pretrained` fuses it).
 
-Limits of the prototype: one process (no DDP / FSDP yet), and a student loads from the run's exports, not from a
-bare checkpoint. Tests: `pytest tests/test_lora_roles.py`.
+Under torchrun this layout needs `run.parallel: fsdp` (the base with its adapters sharded as one module); a student
+loads from the run's exports, not from a bare checkpoint. Tests: `pytest tests/test_lora_roles.py`.
 """
 
 from __future__ import annotations
@@ -101,13 +101,15 @@ class AdapterView(nn.Module):
 
 def build_lora_roles(recipe, dist, family):
     """The roles of `roles.mode: lora` (see the module docstring); `family` (distill/families.py) resolves and
-    loads the teachers and says which one is a LoRA on the base."""
-    from peft import LoraConfig
-
+    loads the teachers and says which one is a LoRA on the base. Under `run.parallel: fsdp` the base, with every
+    adapter already added, is sharded as one module (distill/sharding.py): rank 0 reads it, the others build it on
+    the meta device and receive their shards."""
+    from flashdistill.distill import sharding
     from flashdistill.distill.roles import Roles
 
-    if dist.world > 1:
-        raise UserError("roles.mode: lora runs on one process for now; use roles.mode: full under torchrun")
+    sharded = sharding.active(recipe, dist)
+    if dist.world > 1 and not sharded:
+        raise UserError("roles.mode: lora under torchrun needs run.parallel: fsdp (DDP holds only roles.mode full)")
     rc = recipe.roles
     base_name = recipe.student.init_from
     if recipe.critic.init_from != base_name:
@@ -116,34 +118,38 @@ def build_lora_roles(recipe, dist, family):
     base_path = family.resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
     if family.is_lora(base_path):
         raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
-    base = family.load_model(base_path).to(dist.device).eval()
-    base.requires_grad_(False)
+
+    def full_critic(model):
+        model.train().requires_grad_(True)
+        if rc.gradient_checkpointing:
+            model.transformer.enable_gradient_checkpointing()
+
+    critic_full = None
+    if not recipe.critic.lora and sharded:
+        critic_full = sharding.load(family, base_path, recipe, dist, full_critic)
+    if sharded and not dist.main:
+        base = family.structure(base_path)
+    else:
+        base = family.load_model(base_path).to(dist.device)
+    base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
-    critic_full = None if recipe.critic.lora else copy.deepcopy(base).train().requires_grad_(True)
-    alpha = rc.lora_alpha or rc.lora_rank
-    base.lora_spec = {"base": recipe.teachers[base_name], "rank": rc.lora_rank, "alpha": float(alpha),
-                      "targets": list(DEFAULT_TARGETS)}
-    config = LoraConfig(r=rc.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
-                        init_lora_weights=True)
+    if not recipe.critic.lora and not sharded:
+        critic_full = copy.deepcopy(base)
+        full_critic(critic_full)
     names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(recipe.dmd.seed)
-        for name in names:
-            base.transformer.add_adapter(copy.deepcopy(config), adapter_name=name)
-    teachers: dict[str, object] = {}  # name -> None (the base), an adapter name, or a separate FlowModel
-    for i, (name, spec) in enumerate(recipe.teachers.items()):
-        path = family.resolve(spec, f"teachers.{name}").resolve()
-        adapter = None if path == base_path else family.lora_adapter(path, base_path)
-        if path == base_path:
-            teachers[name] = None
-        elif adapter:
-            teachers[name] = f"teacher{i}"
-            folder, weight_name, prefix = adapter
-            base.transformer.load_lora_adapter(str(folder), prefix=prefix, weight_name=weight_name,
-                                               adapter_name=teachers[name])
-        else:  # a different model: its own frozen copy, as in roles.mode full
-            teachers[name] = family.load_model(path).to(dist.device).eval().requires_grad_(False)
+    teachers = add_adapters(base, recipe, family, base_path, names)
+    if sharded:
+        full = dict(base.state_dict()) if dist.main else None
+        sharding.shard(base, recipe, dist)
+        if not dist.main:
+            sharding.materialize(base, dist)
+        sharding.broadcast_from_rank0(base, full)
+        del full
+    for name, path in list(teachers.items()):  # a different model: its own frozen copy, as in roles.mode full
+        if isinstance(path, Path):
+            teachers[name] = (sharding.load(family, path, recipe, dist, lambda m: m.requires_grad_(False)) if sharded
+                              else family.load_model(path).to(dist.device).requires_grad_(False)).eval()
     base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
@@ -158,3 +164,34 @@ def build_lora_roles(recipe, dist, family):
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)
+
+
+def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[str]) -> dict:
+    """Add the trainable adapters `names` (seeded) and every teacher stored as a LoRA on the base to `base`;
+    returns teacher name -> None (the base), an adapter name, or the Path of a different model."""
+    from peft import LoraConfig
+
+    rc = recipe.roles
+    alpha = rc.lora_alpha or rc.lora_rank
+    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": rc.lora_rank, "alpha": float(alpha),
+                      "targets": list(DEFAULT_TARGETS)}
+    config = LoraConfig(r=rc.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
+                        init_lora_weights=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.dmd.seed)
+        for name in names:
+            base.transformer.add_adapter(copy.deepcopy(config), adapter_name=name)
+    teachers: dict[str, object] = {}
+    for i, (name, spec) in enumerate(recipe.teachers.items()):
+        path = family.resolve(spec, f"teachers.{name}").resolve()
+        adapter = None if path == base_path else family.lora_adapter(path, base_path)
+        if path == base_path:
+            teachers[name] = None
+        elif adapter:
+            teachers[name] = f"teacher{i}"
+            folder, weight_name, prefix = adapter
+            base.transformer.load_lora_adapter(str(folder), prefix=prefix, weight_name=weight_name,
+                                               adapter_name=teachers[name])
+        else:
+            teachers[name] = path
+    return teachers

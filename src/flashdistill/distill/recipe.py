@@ -15,7 +15,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                resolution is the target side in pixels (qwen-image)
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
-    run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default)
+    run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
+               parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
                lora_rank, lora_alpha, gradient_checkpointing
 
@@ -45,8 +46,8 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
 # the remaining iterations move, not what the run is); `--resume` says which of them changed.
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every", "run.text_cache",
-                  "run.device", "run.threads", "eval.every", "eval.limit", "eval.patience", "dmd.lr", "critic.lr",
-                  "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
+                  "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit", "eval.patience",
+                  "dmd.lr", "critic.lr", "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -235,8 +236,12 @@ class RunSection:
     text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
     device: str = "auto"
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, distill/sharding.py)
+    fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
 
     def check(self) -> None:
+        _require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
+        _require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
         _require(self.threads >= 0, "run.threads", "must be >= 0 (0 = torch's default)")
         _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
         _require(self.log_every >= 1, "run.log_every", "must be >= 1")
@@ -267,6 +272,8 @@ class Recipe:
         self.data.check(t2i_known)
         for section in (self.student, self.critic, self.dmd, self.eval, self.run, self.roles):
             section.check()
+        _require(self.run.parallel == "ddp" or self.eval.every == 0, "eval.every", "the quick evaluation runs "
+                 "on rank 0 alone; with run.parallel fsdp set it to 0 and evaluate the exported student")
         if self.data.uses_files():
             self._check_files(edit_known)
         t2i, edit = self.tasks.weights()

@@ -11,6 +11,8 @@
   CPU) and student and critic are wrapped in DistributedDataParallel; teachers and EMA are plain replicas. Every
   rank builds the same global batch and takes its own contiguous rows, so N ranks at global batch B follow the
   trajectory of 1 rank at batch B (`tests/test_distill.py::test_two_ranks_match_one`).
+- With `run.parallel: fsdp` every role is sharded instead (FSDP2, distill/sharding.py): teachers are read on rank 0
+  and broadcast into shards; student, critic and EMA are shard-wise copies; the same rows per rank as DDP.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class Dist:
         t = torch.tensor([value], dtype=torch.float64)
         torch_dist.all_reduce(t)
         return float(t) / self.world
+
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """Whether each flag is set on some rank (one collective for all of them)."""
+        if self.world == 1:
+            return tuple(bool(f) for f in flags)
+        t = torch.tensor([float(f) for f in flags], device=self.device)
+        torch_dist.all_reduce(t, op=torch_dist.ReduceOp.MAX)
+        return tuple(bool(x) for x in t.tolist())
 
     def broadcast(self, obj):
         """Rank 0's `obj` on every rank."""
@@ -91,15 +101,20 @@ def resolve_teacher(spec: str, key: str) -> Path:
         raise UserError(f"{key}: {err}") from None
 
 
-def load_teachers(recipe: Recipe, device: torch.device, family=None) -> dict[str, FlowModel]:
+def load_teachers(recipe: Recipe, device: torch.device, family=None, dist: Dist | None = None
+                  ) -> dict[str, FlowModel]:
     """Every named teacher, frozen, in eval mode; teachers sharing a path share one module. `family`
-    (distill/families.py) reads the paths; default: the recipe's."""
+    (distill/families.py) reads the paths; default: the recipe's. With `dist` under fsdp: sharded teachers."""
+    from flashdistill.distill import sharding
+
     family = family or _family(recipe)
     loaded: dict[Path, FlowModel] = {}
     teachers = {}
     for name, spec in recipe.teachers.items():
         path = family.resolve(spec, f"teachers.{name}").resolve()
-        if path not in loaded:
+        if path not in loaded and dist is not None and sharding.active(recipe, dist):
+            loaded[path] = sharding.load(family, path, recipe, dist, _frozen).eval()
+        elif path not in loaded:
             loaded[path] = family.load_model(path).to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
     spelling = {name: t.config.spell_quoted for name, t in teachers.items()}
@@ -109,6 +124,10 @@ def load_teachers(recipe: Recipe, device: torch.device, family=None) -> dict[str
     if len(set(shapes.values())) > 1:
         raise UserError(f"teachers: all teachers must share resolution and channels, got {shapes}")
     return teachers
+
+
+def _frozen(model: torch.nn.Module) -> None:
+    model.requires_grad_(False)
 
 
 def _family(recipe: Recipe):
@@ -152,6 +171,10 @@ def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
         from flashdistill.distill.lora_roles import build_lora_roles
 
         return build_lora_roles(recipe, dist, family)
+    from flashdistill.distill import sharding
+
+    if sharding.active(recipe, dist):
+        return _sharded_roles(recipe, dist, family)
     teachers = load_teachers(recipe, dist.device, family)
     student = copy.deepcopy(teachers[recipe.student.init_from]).train().requires_grad_(True)
     critic = copy.deepcopy(teachers[recipe.critic.init_from]).train().requires_grad_(True)
@@ -164,3 +187,27 @@ def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     return Roles(teachers, student, ema, critic, opt_student, opt_critic, _wrap(student, dist), _wrap(critic, dist),
                  family)
+
+
+def _sharded_roles(recipe: Recipe, dist: Dist, family) -> Roles:
+    """`roles.mode: full` under `run.parallel: fsdp`: every role sharded (distill/sharding.py)."""
+    from flashdistill.distill import sharding
+
+    teachers = load_teachers(recipe, dist.device, family, dist)
+
+    def path(name: str) -> Path:
+        return family.resolve(recipe.teachers[name], f"teachers.{name}").resolve()
+
+    def trainable(model: torch.nn.Module) -> None:
+        model.train().requires_grad_(True)
+        if recipe.roles.gradient_checkpointing:
+            model.transformer.enable_gradient_checkpointing()
+
+    s_name, c_name = recipe.student.init_from, recipe.critic.init_from
+    student = sharding.clone(teachers[s_name], family, path(s_name), recipe, dist, trainable)
+    critic = sharding.clone(teachers[c_name], family, path(c_name), recipe, dist, trainable)
+    ema = sharding.clone(student, family, path(s_name), recipe, dist, _frozen).eval()
+    d, c = recipe.dmd, recipe.critic
+    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)

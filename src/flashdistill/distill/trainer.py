@@ -21,7 +21,8 @@ between iterations, so `--resume` after a kill reaches the weights of an uninter
 
 Outputs in `--out`: `checkpoint/`, `log.jsonl` + `tb/` (losses, grad norms, seconds per part: student, teachers,
 critic; eval scores), `eval/` (quick bench slices), `best/` and `student/` (exports, see `export.py`).
-Under `torchrun --nproc_per_node=N` the same command runs data-parallel (see `roles.py`).
+Under `torchrun --nproc_per_node=N` the same command runs data-parallel (see `roles.py`); with `run.parallel: fsdp`
+every role is sharded (`sharding.py`) and the checkpoint is sharded too (`runtime/sharded.py`).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from tqdm import tqdm
 
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix
-from flashdistill.distill import dmd
+from flashdistill.distill import dmd, sharding
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
@@ -54,6 +55,7 @@ from flashdistill.flow import interpolate
 from flashdistill.models.mmdit import Cond
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.logs import RunLogger, hardware
+from flashdistill.runtime import sharded as sharded_checkpoint
 from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
 from flashdistill.runtime.steps import ema_update, step_generator
 
@@ -134,8 +136,9 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
     x_t = interpolate(x.detach(), d.xi, d.t)
     with ctx.timed("teachers"):
         weights = ctx.guidance.weights(d.k, cond.category)  # (b, M)
+        any_rank = ctx.dist.any if sharding.active(rc, ctx.dist) else None  # same teacher calls on every rank
         x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
-                                   ctx.family.cfg_rule)
+                                   ctx.family.cfg_rule, any_rank)
     with ctx.timed("critic"):
         x0_fake = dmd.fake_x0(r.critic, x_t, d.t, cond, rc.dmd.bf16)
     with ctx.timed("student"):
@@ -197,13 +200,32 @@ def train_iteration(ctx: Context, step: int) -> dict:
     return metrics
 
 
+def checkpoint_files(recipe: Recipe, dist: Dist) -> tuple[str, ...]:
+    """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
+    return sharded_checkpoint.FILES if sharding.active(recipe, dist) else CHECKPOINT_FILES
+
+
+def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
+    """The checkpoint after `done` iterations: every rank writes its shards (fsdp), or rank 0 all of it."""
+    roles = ctx.roles
+    if sharding.active(ctx.recipe, ctx.dist):
+        sharded_checkpoint.save_sharded(out, roles.modules(), roles.optimizers(), done, meta)
+    elif ctx.dist.main:
+        save_state(out, roles.modules(), roles.optimizers(), done, meta)
+
+
 def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -> tuple[int, dict]:
     """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous
     checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported."""
     if dist.main:
         remove_stale_tmp(out)  # left by a kill during a checkpoint or export write
     dist.barrier()
-    folder = find_checkpoint(out, CHECKPOINT_FILES)
+    files = checkpoint_files(recipe, dist)
+    other = CHECKPOINT_FILES if files != CHECKPOINT_FILES else sharded_checkpoint.FILES
+    if find_checkpoint(out, files) is None and find_checkpoint(out, other) is not None:
+        raise UserError(f"{out} holds a checkpoint of another run.parallel layout or world size: resume it with "
+                        f"the run.parallel and torchrun ranks that wrote it")
+    folder = find_checkpoint(out, files)
     if folder is None:
         if resume and dist.main:
             print(f"no checkpoint in {out}: starting from iteration 0", file=sys.stderr)
@@ -216,12 +238,18 @@ def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -
         meta = read_state(folder)["meta"]
         changed = check_resume(meta, resume_fingerprint(recipe), recipe.to_dict(), "recipe", RESUMABLE_KEYS,
                                "recipe")
-        saved = load_state(folder, roles.modules(), roles.optimizers())
+        if files == CHECKPOINT_FILES:
+            saved = load_state(folder, roles.modules(), roles.optimizers())
+        else:  # the saved moments are read into live optimizer states, created here as the first step would
+            from flashdistill.distill.memory import materialize_optimizer_states
+
+            materialize_optimizer_states(roles)
+            saved = sharded_checkpoint.load_sharded(folder, roles.modules(), roles.optimizers())
         if changed and dist.main:
             print(f"resuming with changed {', '.join(changed)}", file=sys.stderr)
         return saved
 
-    saved = restore_latest(out, CHECKPOINT_FILES, load)
+    saved = restore_latest(out, files, load)
     retune(roles.opt_student, recipe.dmd.lr, recipe.dmd.weight_decay)
     retune(roles.opt_critic, recipe.critic.lr, recipe.critic.weight_decay)
     return int(saved["step"]), saved["meta"]
@@ -318,7 +346,7 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
             try:
                 count_bad(metrics, health, recipe.dmd.max_bad_steps)
             except TrainingDiverged as err:
-                raise (diverged(err, out, health["last_good"], "iteration", CHECKPOINT_FILES) if dist.main
+                raise (diverged(err, out, health["last_good"], "iteration", checkpoint_files(recipe, dist)) if dist.main
                        else err) from None
             done = step + 1
             if logger is not None:
@@ -330,10 +358,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
             periodic = done % recipe.run.checkpoint_every == 0 and not health["bad_streak"]
             if periodic or done == end or stop:  # no periodic checkpoint of weights a bad streak has not cleared
                 ctx.source.flush()  # so a resumed run finds this run's embeddings on disk
-                if dist.main:
-                    wall = wall_before + time.perf_counter() - t0
-                    save_state(out, roles.modules(), roles.optimizers(), done,
-                               {**_meta(ctx, health, tracker, wall), "last_loss": metrics["loss"]})
+                wall = wall_before + time.perf_counter() - t0
+                save(ctx, out, done, {**_meta(ctx, health, tracker, wall), "last_loss": metrics["loss"]})
                 dist.barrier()
             if stop:
                 break
@@ -343,10 +369,13 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
             logger.close()
     wall = wall_before + time.perf_counter() - t0
     student = None
+    exported = roles
+    if (done == total or stop) and sharding.active(recipe, dist):
+        exported = sharding.gather_ema(roles, recipe, dist)  # collective: the EMA unsharded on rank 0
     if (done == total or stop) and dist.main:
         info = {"weights": "ema", "iteration": done, "ema_decay": recipe.dmd.ema_decay, "recipe": recipe.to_dict(),
                 "command": command, "wall_time_s": round(wall, 1), "hardware": hardware(), "ranks": dist.world}
-        student = str(ctx.family.export(roles, out / "student", recipe.timesteps, info))
+        student = str(ctx.family.export(exported, out / "student", recipe.timesteps, info))
     dist.barrier()
     return {"iterations": done, "resumed_from": start, "final_loss": metrics.get("loss", meta.get("last_loss")),
             "wall_time_s": wall,

@@ -161,6 +161,9 @@ class FlowModel(nn.Module):
         self.config = config
         self.transformer = transformer
         self.lora: dict | None = None  # set by models.lora.add_lora: {base, rank, alpha, targets}
+        # Sharded (FSDP2) copies: `any_rank(*flags)` says which row kinds (T2I, edit) some rank holds, so every
+        # rank runs the same transformer calls (each call gathers the parameters; see `_same_calls`)
+        self.any_rank = None
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -173,9 +176,13 @@ class FlowModel(nn.Module):
         if cond.batch_size != b:
             raise ValueError(f"cond has {cond.batch_size} rows, z_t has {b}")
         edit = cond.has_source
+        # one collective per call on every rank: which row kinds some rank holds
+        kinds = None if self.any_rank is None else self.any_rank(not bool(edit.all()), bool(edit.any()))
         if not bool(edit.any()) or bool(edit.all()):
             v, hidden = self._group(z_t, t, cond.text, cond.text_mask, cond.source if bool(edit.all()) else None,
                                     hidden_layer)
+            if kinds is not None:
+                v = self._same_calls(v, z_t, t, cond, bool(edit.all()), kinds)
             return v if hidden_layer is None else (v, hidden)
         # Mixed batch: T2I rows (N tokens) and edit rows (N + N_src tokens) cannot share one sequence length.
         rows_t2i, rows_edit = (~edit).nonzero().squeeze(1), edit.nonzero().squeeze(1)
@@ -186,6 +193,18 @@ class FlowModel(nn.Module):
         inverse = torch.argsort(torch.cat([rows_t2i, rows_edit]))
         v = torch.cat([v_t2i, v_edit])[inverse]  # (B, C, H, W) back in batch order
         return v if hidden_layer is None else (v, torch.cat([h_t2i, h_edit])[inverse])
+
+    def _same_calls(self, v: Tensor, z_t: Tensor, t: Tensor, cond: Cond, edit: bool, kinds: tuple[bool, bool]
+                    ) -> Tensor:
+        """This rank's rows were all of one kind: when another rank holds rows of the other kind, run that group
+        too, on a stand-in row, and add 0 x its output, so every rank makes the same calls in forward and
+        backward (a sharded model gathers its parameters per call; unequal calls would hang the collectives)."""
+        t2i_anywhere, edit_anywhere = kinds
+        if (edit and not t2i_anywhere) or (not edit and not edit_anywhere):
+            return v
+        source = None if edit else torch.zeros_like(z_t[:1])
+        other, _ = self._group(z_t[:1], t[:1], cond.text[:1], cond.text_mask[:1], source)
+        return v + 0.0 * other.sum()
 
     def _group(self, z_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, source: Tensor | None,
                hidden_layer: int | None = None) -> tuple[Tensor, Tensor | None]:

@@ -1,0 +1,176 @@
+"""`run.parallel: fsdp`: every role sharded with FSDP2 (`torch.distributed.fsdp.fully_shard`) under torchrun.
+
+- Sharding: `fully_shard` on each transformer block (`transformer.transformer_blocks`), then on the role's root
+  module, for teachers, student, critic and EMA alike (ZeRO-3: parameters resharded after each forward). On CUDA
+  with `dmd.bf16` a `MixedPrecisionPolicy` computes in bf16 over fp32 shards and reduces gradients in fp32;
+  `run.fsdp_offload` keeps the shards on the host (`CPUOffloadPolicy`). Per-block activation checkpointing is
+  `roles.gradient_checkpointing` (diffusers' own, inside each block), set before sharding.
+- Loading without a full copy per rank: every rank builds the role's structure on the meta device
+  (`family.structure(path)`, no weights); rank 0 alone reads the weights (`family.load_model`: a folder, or a LoRA
+  teacher fused into the base), and `set_model_state_dict(..., broadcast_from_rank0=True)` sends them tensor by
+  tensor, each rank keeping only its shard. A node therefore holds one full model (rank 0's, dropped after the
+  broadcast) plus the shards, not one model per rank. Student, critic and EMA start as shard-by-shard copies of
+  the teacher they are initialised from (`clone`), so the folder is read once per distinct teacher.
+- `roles.mode: lora`: the adapters are added to the shared base (and the critic copy made) before sharding, then
+  the base is sharded as one role (distill/lora_roles.py).
+- Gathering for export: `full_state` gives the unsharded state dict on rank 0 (host memory), which `plain` loads
+  into a structure built on rank 0 (assign, so no second copy is made).
+
+The data path is the one DDP uses (each rank takes its contiguous rows of the same global batch, roles.py), so N
+ranks follow one rank at the same global batch; checkpoints are sharded (runtime/sharded.py). Tests:
+`pytest tests/test_fsdp.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def active(recipe, dist) -> bool:
+    """Whether the roles are sharded: `run.parallel: fsdp` with more than one rank (one rank holds plain modules)."""
+    return recipe.run.parallel == "fsdp" and dist.world > 1
+
+
+def _mesh(dist):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    return init_device_mesh(dist.device.type, (dist.world,))
+
+
+def _policies(recipe, dist) -> dict:
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+    kwargs = {}
+    if dist.device.type == "cuda" and recipe.dmd.bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if recipe.run.fsdp_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    return kwargs
+
+
+def shard(model: nn.Module, recipe, dist) -> nn.Module:
+    """`fully_shard` each transformer block, then the root (in place; returns `model`)."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh, kwargs = _mesh(dist), _policies(recipe, dist)
+    for block in model.transformer.transformer_blocks:
+        fully_shard(block, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, **kwargs)
+    model.any_rank = dist.any  # every rank makes the same transformer calls (FlowModel._same_calls)
+    return model
+
+
+def fix_meta_rope(model: nn.Module) -> None:
+    """diffusers' rotary embedding keeps its frequency tables as plain attributes, not buffers: built under the
+    meta device they stay meta after `to_empty`, so rebuild that small module on the host."""
+    transformer = model.transformer
+    pe = transformer.pos_embed
+    if getattr(pe, "pos_freqs", None) is not None and pe.pos_freqs.is_meta:
+        with torch.device("cpu"):
+            transformer.pos_embed = type(pe)(theta=pe.theta, axes_dim=pe.axes_dim, scale_rope=pe.scale_rope)
+
+
+def materialize(model: nn.Module, dist) -> None:
+    """Allocate the (sharded) storage of a meta-built model on this rank's device; the values are set by the caller."""
+    model.to_empty(device=dist.device)
+    fix_meta_rope(model)
+
+
+def broadcast_from_rank0(model: nn.Module, full: dict | None) -> None:
+    """Rank 0's full state dict `full` into the shards of every rank (others pass None)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full or {}, options=options)
+
+
+def load(family, path, recipe, dist, prepare=None) -> nn.Module:
+    """The model at `path`, sharded, its weights read on rank 0 only. `prepare(model)` runs on every rank before
+    sharding (freeze or unfreeze, add adapters): it must build the same structure on the meta device and on rank 0."""
+    model = family.load_model(path).to(dist.device) if dist.main else family.structure(path)
+    if prepare is not None:
+        prepare(model)
+    full = dict(model.state_dict()) if dist.main else None  # the unsharded tensors, alive until broadcast
+    shard(model, recipe, dist)
+    if not dist.main:
+        materialize(model, dist)
+    broadcast_from_rank0(model, full)
+    del full
+    return model
+
+
+def clone(source: nn.Module, family, path, recipe, dist, prepare=None) -> nn.Module:
+    """A sharded copy of the sharded `source` (same structure, built from `path`'s config): local shards copied."""
+    model = family.structure(path)
+    if prepare is not None:
+        prepare(model)
+    shard(model, recipe, dist)
+    materialize(model, dist)
+    copy_shards(source, model)
+    return model
+
+
+@torch.no_grad()
+def copy_shards(source: nn.Module, target: nn.Module) -> None:
+    """target ← source, parameter by parameter and buffer by buffer, on the local shards (same sharding)."""
+    src = dict(source.named_parameters()) | dict(source.named_buffers())
+    for name, t in list(target.named_parameters()) + list(target.named_buffers()):
+        _local(t).copy_(_local(src[name]))
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def local_numel(t: torch.Tensor) -> int:
+    """Elements this rank holds of `t` (its shard for a DTensor)."""
+    return _local(t).numel()
+
+
+def full_state(module: nn.Module, params: list | None = None) -> dict:
+    """The unsharded state dict of a sharded module on rank 0, in host memory ({} on other ranks). Collective.
+    `params`: (name, parameter) pairs to gather instead of the module's own state dict (an adapter's)."""
+    import torch.distributed as torch_dist
+
+    if params is None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    out = {}
+    for name, p in params:
+        full = p.full_tensor() if hasattr(p, "full_tensor") else p
+        if torch_dist.get_rank() == 0:
+            out[name] = full.detach().cpu()
+    return out
+
+
+def plain(family, path, state: dict, prepare=None) -> nn.Module:
+    """An unsharded model with the structure at `path` (after `prepare`) holding `state` (rank 0, for export)."""
+    model = family.structure(path)
+    if prepare is not None:
+        prepare(model)
+    model.load_state_dict(state, assign=True)
+    fix_meta_rope(model)
+    return model
+
+
+def gather_ema(roles, recipe, dist):
+    """The EMA student unsharded on rank 0, as the export expects it (`.ema`); None on the other ranks. Collective.
+    roles.mode full: a plain FlowModel; lora: a plain base with the adapters, seen through its "ema" adapter."""
+    from types import SimpleNamespace
+
+    family = roles.family
+    path = family.resolve(recipe.teachers[recipe.student.init_from], "student.init_from").resolve()
+    base = getattr(roles.ema, "base", None)
+    state = full_state(base if base is not None else roles.ema)
+    if not dist.main:
+        return None
+    if base is None:
+        return SimpleNamespace(ema=plain(family, path, state).eval())
+    from flashdistill.distill.lora_roles import AdapterView, _adapter_params, add_adapters
+
+    names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
+    model = plain(family, path, state, lambda m: add_adapters(m, recipe, family, path, names))
+    model.adapter_params = {"ema": _adapter_params(model, "ema")}
+    return SimpleNamespace(ema=AdapterView(model.eval(), "ema"))
