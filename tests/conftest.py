@@ -28,3 +28,39 @@ def teachers(tmp_path_factory):
         torch.manual_seed(seed)
         FlowModel(MMDiTConfig.tiny()).save_pretrained(root / name)
     return root
+
+
+QWEN_PROMPTS = [("a lake at dawn", "landscape"), ("snowy mountains", "landscape"), ("an old man smiling", "portrait"),
+                ("a sign that reads OPEN", "text"), ("a poster saying SALE", "text")]
+QWEN_EDITS = [("a", "make it winter", "style"), ("b", "replace the word with HELLO", "text_editing"),
+              ("c", "write CLOSED on the sign", "text_editing")]
+
+
+@pytest.fixture(scope="module")
+def qwen_world(tmp_path_factory):
+    """Tiny edit-plus Qwen-Image base, a random LoRA teacher on it, prompt and edit files and their condition
+    cache: (root, the `--set` overrides of configs/qwen-image-flash.yaml that name them)."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from flashdistill.cli import main
+    from flashdistill.models.qwen_tiny import write_random_lora, write_tiny_folder
+
+    recipe = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
+    root = tmp_path_factory.mktemp("qwen-distill")
+    base = write_tiny_folder(root / "base", "edit-plus")
+    lora = write_random_lora(base, root / "specialized.safetensors", rank=4)
+    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "category": c}) + "\n"
+                                                for p, c in QWEN_PROMPTS))
+    rng = np.random.default_rng(0)
+    for name, _, _ in QWEN_EDITS:
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(root / f"{name}.png")
+    (root / "edits.jsonl").write_text("".join(json.dumps({"image": f"{n}.png", "instruction": i, "category": c})
+                                              + "\n" for n, i, c in QWEN_EDITS))
+    sets = [f"teachers.base={base}", f"teachers.specialized={lora}", f"data.prompts={root / 'prompts.jsonl'}",
+            f"data.edits={root / 'edits.jsonl'}", f"run.text_cache={root / 'cache'}", "data.resolution=64"]
+    assert main(["cache", str(recipe), "--set", *sets, "--vae-area", "4096", "--dtype", "float32"]) == 0
+    return root, sets

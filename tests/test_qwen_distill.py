@@ -23,13 +23,9 @@ from flashdistill.distill.roles import Dist, build_roles
 from flashdistill.distill.trainer import main_distill, train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import pack, unpack
-from flashdistill.models.qwen_tiny import write_random_lora, write_tiny_folder
+from flashdistill.models.qwen_tiny import write_tiny_folder
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
-PROMPTS = [("a lake at dawn", "landscape"), ("snowy mountains", "landscape"), ("an old man smiling", "portrait"),
-           ("a sign that reads OPEN", "text"), ("a poster saying SALE", "text")]
-EDITS = [("a", "make it winter", "style"), ("b", "replace the word with HELLO", "text_editing"),
-         ("c", "write CLOSED on the sign", "text_editing")]
 FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=cpu", "run.threads=1",
         "run.log_every=1", "dmd.iterations=4", "run.checkpoint_every=1", "dmd.lr=1e-2",
         "dmd.ema_decay=0.5"]
@@ -37,20 +33,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """Tiny edit-plus base, a random LoRA teacher on it, prompt and edit files, and their condition cache."""
-    root = tmp_path_factory.mktemp("qwen-distill")
-    base = write_tiny_folder(root / "base", "edit-plus")
-    lora = write_random_lora(base, root / "specialized.safetensors", rank=4)
-    (root / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p, "category": c}) + "\n" for p, c in PROMPTS))
-    rng = np.random.default_rng(0)
-    for name, _, _ in EDITS:
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(root / f"{name}.png")
-    (root / "edits.jsonl").write_text("".join(json.dumps({"image": f"{n}.png", "instruction": i, "category": c})
-                                              + "\n" for n, i, c in EDITS))
-    sets = [f"teachers.base={base}", f"teachers.specialized={lora}", f"data.prompts={root / 'prompts.jsonl'}",
-            f"data.edits={root / 'edits.jsonl'}", f"run.text_cache={root / 'cache'}", "data.resolution=64"]
-    assert main(["cache", str(RECIPE), "--set", *sets, "--vae-area", "4096", "--dtype", "float32"]) == 0
+def world(qwen_world):
+    """Tiny edit-plus base, a random LoRA teacher on it, prompt and edit files, their condition cache (conftest)."""
+    root, sets = qwen_world
     return root, sets + FAST
 
 

@@ -42,13 +42,33 @@ def _dist():
 
 
 def _tensors(modules: dict[str, torch.nn.Module], objects: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """(every tensor to store, by name; the objects' flattened structure)."""
+    """(every tensor to store, by name; the optimizers' structure with tensors replaced by their names). Optimizer
+    tensors are named by parameter index and key (`optimizer/state/3/exp_avg`), so a name means the same tensor
+    whichever parameters hold state."""
     tensors: dict[str, torch.Tensor] = {}
     for name, module in modules.items():
         for key, value in module.state_dict().items():
             tensors[f"{name}/{key}"] = value.detach()
-    structure = {name: flatten(obj.state_dict(), tensors, name) for name, obj in objects.items()}
+    structure = {}
+    for name, opt in objects.items():
+        sd = opt.state_dict()
+        state = {}
+        for idx, entry in sd["state"].items():
+            state[str(idx)] = {}
+            for key, value in entry.items():
+                if torch.is_tensor(value):
+                    tensors[f"{name}/state/{idx}/{key}"] = value.detach()
+                    value = {"__tensor__": f"{name}/state/{idx}/{key}"}
+                state[str(idx)][key] = value
+        structure[name] = {"state": state, "param_groups": flatten(sd["param_groups"], {}, f"{name}/groups")}
     return tensors, structure
+
+
+def _optimizer_state(saved: dict, tensors: dict[str, torch.Tensor]) -> dict:
+    """The optimizer state dict `saved` describes, its tensors taken from `tensors`."""
+    state = {int(idx): {k: tensors[v["__tensor__"]] if isinstance(v, dict) else v for k, v in entry.items()}
+             for idx, entry in saved["state"].items()}
+    return {"state": state, "param_groups": unflatten(saved["param_groups"], {})}
 
 
 def save_sharded(out: Path, modules: dict[str, torch.nn.Module], objects: dict, step: int, meta: dict) -> Path:
@@ -96,18 +116,19 @@ def load_sharded(folder: Path, modules: dict[str, torch.nn.Module], objects: dic
     if state.get("sharded") != world:
         raise CheckpointUnreadable(f"checkpoint {folder}: written by {state.get('sharded')} ranks, this run has "
                                    f"{world}; resume with the same --nproc_per_node x --nnodes")
-    tensors, _ = _tensors(modules, objects)
-    module_keys = {k for k in tensors if k.split("/")[0] in modules}
-    live = {}
+    live, _ = _tensors(modules, objects)  # module tensors share the parameters; optimizer tensors its state
+    wanted = [k for k in live if k.split("/")[0] in modules]
+    wanted += [e["__tensor__"] for name in objects for entry in state[name]["state"].values() for e in entry.values()
+               if isinstance(e, dict)]
+    missing = [k for k in wanted if k not in live]
+    if missing:
+        raise CheckpointUnreadable(f"checkpoint {folder}: holds state this run has no place for ({missing[0]}, ...)")
+    targets = {k: live[k] for k in wanted}
+    dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)))  # in place, each rank its slices
     for name, module in modules.items():
-        for key, value in module.state_dict().items():
-            live[f"{name}/{key}"] = value
-    targets = {k: (live[k] if k in module_keys else v) for k, v in tensors.items()}
-    dcp.load(targets, storage_reader=HuggingFaceStorageReader(str(folder)))
-    for name, module in modules.items():  # state_dict() of a sharded module shares the parameters: loaded in place
         module.load_state_dict({key[len(name) + 1:]: v for key, v in targets.items() if key.startswith(name + "/")})
     for name, obj in objects.items():
-        obj.load_state_dict(unflatten(state[name], targets))
+        obj.load_state_dict(_optimizer_state(state[name], targets))
     return state
 
 
