@@ -158,3 +158,22 @@ def test_parallel_key_is_validated(qwen_world):
         load_recipe(RECIPE, sets + ["run.parallel=zero3"])
     with pytest.raises(UserError, match=r"run\.fsdp_offload: needs run\.parallel: fsdp"):
         load_recipe(RECIPE, sets + ["run.fsdp_offload=true"])
+
+
+def test_each_rank_holds_what_plan_world_size_2_says(tmp_path):
+    """benchmarks/fsdp_memory.py under 2 ranks: per rank, weights, gradients, AdamW moments and EMA (bytes at the
+    planner's precision) within 10% of `plan --world-size 2`; the weights' shards exactly half of every role.
+    Gradients and moments come in under the plan: parameters that get no gradient (the last block's text stream)
+    get no AdamW state either."""
+    out = tmp_path / "memory.json"
+    proc = _torchrun([str(ROOT / "benchmarks" / "fsdp_memory.py"), "--out", str(out)])
+    _finish(proc)
+    report = json.loads(out.read_text())
+    assert report["world_size"] == 2 and len(report["ranks"]) == 2
+    for rank in report["ranks"]:
+        assert set(rank) == {"full", "lora", "lora, critic.lora false"}
+        for mode, res in rank.items():
+            assert 0.9 <= res["total_ratio"] <= 1.1, (mode, res["total_ratio"])
+            for group in ("frozen", "trainable", "ema"):
+                assert res["groups"][group]["elements"] == res["groups"][group]["planned_elements"], (mode, group)
+            assert 0 < res["groups"]["grads"]["elements"] <= res["groups"]["grads"]["planned_elements"]

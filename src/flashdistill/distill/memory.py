@@ -6,6 +6,10 @@ and in bytes as they are resident (their real dtypes). `planned(counts, mode, te
 from the planner's role rows (distill/plan.py), so a test can hold the planner to what a run really allocates:
 the element counts must agree exactly (the planner's bytes assume bf16 frozen weights; a CPU run keeps float32).
 
+Sharded roles (`run.parallel: fsdp`) count this rank's shards (`local_numel`), and `measure_grads` counts the
+gradient shards after a backward, so a 2-rank run can be held to `flashdistill plan --world-size 2`
+(`planned(..., world=2)`; benchmarks/fsdp_memory.py).
+
 Run `python benchmarks/role_memory.py` for the lora-vs-full table of the README.
 """
 
@@ -36,8 +40,13 @@ def _owner(module):
     return getattr(module, "base", None) or module
 
 
+def _numel(t: torch.Tensor) -> int:
+    """Elements resident on this rank: the local shard of a DTensor."""
+    return (t.to_local() if hasattr(t, "to_local") else t).numel()
+
+
 def measure(roles) -> Usage:
-    """Elements and bytes per group of everything `roles` keeps resident (each tensor once)."""
+    """Elements and bytes per group of everything `roles` keeps resident on this rank (each tensor once)."""
     trainable = {id(p) for opt in roles.optimizers().values() for g in opt.param_groups for p in g["params"]}
     ema = {id(p) for p in roles.ema.parameters()}
     seen: set[int] = set()
@@ -50,33 +59,49 @@ def measure(roles) -> Usage:
                 continue
             seen.add(id(p))
             group = "trainable" if id(p) in trainable else "ema" if id(p) in ema else "frozen"
-            elements[group] += p.numel()
-            nbytes[group] += p.numel() * p.element_size()
+            elements[group] += _numel(p)
+            nbytes[group] += _numel(p) * p.element_size()
     for opt in roles.optimizers().values():
         for state in opt.state.values():
             for value in state.values():
                 if torch.is_tensor(value) and value.numel() > 1:  # exp_avg, exp_avg_sq (the step count is a scalar)
-                    elements["optimizer"] += value.numel()
-                    nbytes["optimizer"] += value.numel() * value.element_size()
+                    elements["optimizer"] += _numel(value)
+                    nbytes["optimizer"] += _numel(value) * value.element_size()
     return Usage(elements, nbytes)
 
 
-def planned(counts, mode: str, teachers: int) -> Usage:
-    """The planner's role rows (one rank) in the same groups: elements and the planner's bytes."""
+def measure_grads(roles) -> tuple[int, int]:
+    """(elements, bytes) of the gradients this rank holds for the trainable roles (call after a backward)."""
+    grads = [p.grad for opt in roles.optimizers().values() for g in opt.param_groups for p in g["params"]
+             if p.grad is not None]
+    return sum(_numel(g) for g in grads), sum(_numel(g) * g.element_size() for g in grads)
+
+
+def planned(counts, mode: str, teachers: int, world: int = 1) -> Usage:
+    """The planner's role rows per rank (`world` ranks) in the same groups: elements (params / world for a
+    sharded run, not rounded) and the planner's bytes; `grads` is kept apart in `planned_grads`."""
     from flashdistill.distill.plan import role_rows
 
     elements = dict.fromkeys(GROUPS, 0)
     nbytes = dict.fromkeys(GROUPS, 0)
-    for row in role_rows(counts, mode, 1, teachers):
+    for row in role_rows(counts, mode, world, teachers):
         if row.role.startswith("FSDP"):
             continue  # a transient gather buffer of sharded runs, not a resident role
         group = "ema" if row.role.startswith("EMA") else "trainable" if row.optimizer else "frozen"
-        elements[group] += row.params
+        elements[group] += row.params if world == 1 else row.params / world
         nbytes[group] += int(row.weights)  # gradients are not resident between iterations
         if row.optimizer:
-            elements["optimizer"] += 2 * row.params  # AdamW's two moments
+            elements["optimizer"] += 2 * row.params if world == 1 else 2 * row.params / world  # AdamW's moments
             nbytes["optimizer"] += int(row.optimizer)
     return Usage(elements, nbytes)
+
+
+def planned_grads(counts, mode: str, teachers: int, world: int) -> tuple[float, float]:
+    """(elements, bytes) of the planner's gradients per rank."""
+    from flashdistill.distill.plan import role_rows
+
+    rows = [r for r in role_rows(counts, mode, world, teachers) if r.grads]
+    return sum(r.params for r in rows) / world, sum(r.grads for r in rows)
 
 
 @torch.no_grad()
