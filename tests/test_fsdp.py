@@ -30,6 +30,7 @@ FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=c
 # Tolerance of 2 ranks against 1 (float32, reduction order differs): losses and gradient norms relative, weights
 # absolute, after 10 AdamW steps at lr 1e-3 (measured: see the README's FSDP section).
 RTOL_LOG, ATOL_WEIGHTS = 1e-4, 1e-5
+FSDP = ["run.parallel=fsdp", "roles.gradient_checkpointing=true"]  # per-block checkpointing: memory, not math
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,7 +69,7 @@ def runs(qwen_world, tmp_path_factory):
     out = {}
     for mode in ("full", "lora"):
         common = sets + FAST + [f"roles.mode={mode}"]
-        two = _distill(common + ["run.parallel=fsdp"], root / f"{mode}-two")
+        two = _distill(common + FSDP, root / f"{mode}-two")
         train_distill(load_recipe(RECIPE, common), root / f"{mode}-one")
         _finish(two)
         out[mode] = (root / f"{mode}-one", root / f"{mode}-two")
@@ -131,7 +132,7 @@ def _worker(agent: int, rank: int) -> int:
 
 def test_sigkill_of_one_rank_then_resume_matches_uninterrupted(qwen_world, runs, tmp_path):
     _, sets = qwen_world
-    sets = sets + FAST + ["roles.mode=full", "run.parallel=fsdp", "run.checkpoint_every=1"]
+    sets = sets + FAST + FSDP + ["roles.mode=full", "run.checkpoint_every=1"]
     out = tmp_path / "killed"
     proc = _distill(sets, out)
     state, deadline = out / "checkpoint" / "state.json", time.time() + 300
@@ -152,12 +153,33 @@ def test_sigkill_of_one_rank_then_resume_matches_uninterrupted(qwen_world, runs,
     assert len(_log(out)) == ITERATIONS  # the log continues from the checkpoint's iteration
 
 
+def test_embedded_world_shards_too(teachers, tmp_path):
+    """The embedded family's tiny MMDiT under fsdp follows its 1-rank run (distill_tiny, 4 iterations)."""
+    sets = [f"teachers.base={teachers / 'base'}", f"teachers.specialized={teachers / 'spec'}",
+            f"run.text_cache={tmp_path / 'text-cache'}", "dmd.iterations=4", "run.checkpoint_every=4", "eval.every=0"]
+    tiny = str(ROOT / "configs" / "distill_tiny.yaml")
+    one = subprocess.run([sys.executable, "-m", "flashdistill.distill.trainer", tiny, "--out", str(tmp_path / "one"),
+                          "--set", *sets], env=ENV, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    _finish(_torchrun(["-m", "flashdistill.distill.trainer", tiny, "--out", str(tmp_path / "two"), "--set", *sets,
+                       "run.parallel=fsdp"]))
+    a, b = _log(tmp_path / "one"), _log(tmp_path / "two")
+    for key in ("loss", "loss_critic", "grad_norm", "grad_norm_critic"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=RTOL_LOG), key
+    wa, wb = _plain_weights(tmp_path / "one"), _sharded_weights(tmp_path / "two")
+    for role in wa:
+        for key in wa[role]:
+            torch.testing.assert_close(wb[role][key], wa[role][key], atol=ATOL_WEIGHTS, rtol=0, msg=f"{role}:{key}")
+
+
 def test_parallel_key_is_validated(qwen_world):
     _, sets = qwen_world
     with pytest.raises(UserError, match=r"run\.parallel: must be ddp or fsdp, got 'zero3'"):
         load_recipe(RECIPE, sets + ["run.parallel=zero3"])
     with pytest.raises(UserError, match=r"run\.fsdp_offload: needs run\.parallel: fsdp"):
         load_recipe(RECIPE, sets + ["run.fsdp_offload=true"])
+    with pytest.raises(UserError, match=r"eval\.every: the quick evaluation runs on rank 0 alone"):
+        load_recipe(ROOT / "configs" / "distill_tiny.yaml", ["run.parallel=fsdp", "eval.every=5"])
 
 
 def test_each_rank_holds_what_plan_world_size_2_says(tmp_path):
