@@ -6,7 +6,7 @@ and in bytes as they are resident (their real dtypes). `planned(counts, mode, te
 from the planner's role rows (distill/plan.py), so a test can hold the planner to what a run really allocates:
 the element counts must agree exactly (the planner's bytes assume bf16 frozen weights; a CPU run keeps float32).
 
-Sharded roles (`run.parallel: fsdp`) count this rank's shards (`local_numel`), and `measure_grads` counts the
+Sharded roles (`run.parallel: fsdp`) count this rank's shards (DTensor local tensors), and `measure_grads` counts the
 gradient shards after a backward, so a 2-rank run can be held to `flashdistill plan --world-size 2`
 (`planned(..., world=2)`; benchmarks/fsdp_memory.py).
 

@@ -49,7 +49,7 @@ class Dist:
         """The mean of a number over ranks (a no-op with one rank)."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)  # NCCL reduces device tensors only
         torch_dist.all_reduce(t)
         return float(t) / self.world
 

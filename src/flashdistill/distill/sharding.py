@@ -123,26 +123,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
-def local_numel(t: torch.Tensor) -> int:
-    """Elements this rank holds of `t` (its shard for a DTensor)."""
-    return _local(t).numel()
+def full_state(module: nn.Module) -> dict:
+    """The unsharded state dict of a sharded module on rank 0, in host memory ({} on other ranks). Collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-
-def full_state(module: nn.Module, params: list | None = None) -> dict:
-    """The unsharded state dict of a sharded module on rank 0, in host memory ({} on other ranks). Collective.
-    `params`: (name, parameter) pairs to gather instead of the module's own state dict (an adapter's)."""
-    import torch.distributed as torch_dist
-
-    if params is None:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    out = {}
-    for name, p in params:
-        full = p.full_tensor() if hasattr(p, "full_tensor") else p
-        if torch_dist.get_rank() == 0:
-            out[name] = full.detach().cpu()
-    return out
+    return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
 def plain(family, path, state: dict, prepare=None) -> nn.Module:
