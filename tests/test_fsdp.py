@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flashdistill.distill.recipe import load_recipe
+from flashdistill.distill.recipe import load_recipe, resume_fingerprint
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.runtime.sharded import read_full
@@ -178,6 +178,9 @@ def test_parallel_key_is_validated(qwen_world):
         load_recipe(RECIPE, sets + ["run.parallel=zero3"])
     with pytest.raises(UserError, match=r"run\.fsdp_offload: needs run\.parallel: fsdp"):
         load_recipe(RECIPE, sets + ["run.fsdp_offload=true"])
+    # checkpoints from before run.parallel existed (DDP layout) still resume; an fsdp one records its layout
+    assert "parallel" not in resume_fingerprint(load_recipe(RECIPE, sets))["run"]
+    assert resume_fingerprint(load_recipe(RECIPE, sets + ["run.parallel=fsdp"]))["run"]["parallel"] == "fsdp"
     with pytest.raises(UserError, match=r"eval\.every: the quick evaluation runs on rank 0 alone"):
         load_recipe(ROOT / "configs" / "distill_tiny.yaml", ["run.parallel=fsdp", "eval.every=5"])
 

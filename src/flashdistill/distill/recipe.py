@@ -365,4 +365,6 @@ def resume_fingerprint(recipe: Recipe) -> dict:
     for key in RESUMABLE_KEYS:
         group, name = key.split(".")
         data[group].pop(name)
+    if data["run"]["parallel"] == "ddp":  # the layout of every checkpoint written before run.parallel existed
+        data["run"].pop("parallel")
     return data
