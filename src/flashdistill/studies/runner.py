@@ -5,7 +5,7 @@
 Layout of DIR:
 
     study-state.json                    the study's identity (name, preset, overrides); another is refused
-    text-cache/                         text embeddings shared by every run
+    text-cache/                         text embeddings shared by every run (unless --set run.text_cache=...)
     arms/ARM/seedS/distill/             `flashdistill distill configs/studies/ARM.yaml --set dmd.seed=S ...`
     arms/ARM/seedS/bench/t2i|edit/      the final (EMA) student on the bench slice, world judge
     arms/ARM/seedS/done.json            written atomically once both are finished: the run's summary
@@ -32,7 +32,7 @@ from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
 DONE_FILE = "done.json"
 STATE_FILE = "study-state.json"
-RESERVED = ("dmd.seed", "run.text_cache")  # the runner sets these per run
+RESERVED = ("dmd.seed",)  # the runner sets it per run
 
 
 def default_recipes() -> Path:
