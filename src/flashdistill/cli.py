@@ -117,14 +117,17 @@ def _add_study(top) -> None:
         "study", help="run one of the paper's three studies (arms x training seeds) and write its table, "
                       "confidence intervals, verdicts and curves",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run every arm of a study (recipes in configs/studies/) over --seeds training seeds: each is a "
-                    "distillation (dmd.seed = the seed)\nfollowed by the final student's bench slice (world judge). "
-                    "Writes DIR/study.md and DIR/study.json (paper-layout\ntables as mean ± 95% CI over seeds, "
-                    "paired differences between arms, a verdict per finding beside the paper's\nnumbers) and "
-                    "DIR/curves.png (quick-eval score over iterations per arm and seed).\n\n"
-                    "  data-composition  E1 landscape, E2 portrait, E3 text, E4 landscape+portrait, E5 mixed (Table 1)\n"
-                    "  teacher-guidance  base only, specialized only, step-wise λ, step-wise + first-step FM (§4, §6.1)\n"
-                    "  task-mixture      T2I only (zero-shot on editing), 9:1, 7:3, 5:5 on both benches (Tables 3-4)\n\n"
+        description="Run every arm of a study (recipes in configs/studies/) over --seeds training seeds: each "
+                    "run is a\ndistillation (dmd.seed = the seed) followed by the final student's bench slice (world "
+                    "judge).\nWrites DIR/study.md and DIR/study.json (paper-layout tables as mean ± 95% CI over "
+                    "seeds, paired\ndifferences between arms, a verdict per finding beside the paper's numbers) and "
+                    "DIR/curves.png\n(quick-eval score over iterations per arm and seed).\n\n"
+                    "  data-composition  E1 landscape, E2 portrait, E3 text, E4 landscape+portrait, E5 mixed "
+                    "(Table 1)\n"
+                    "  teacher-guidance  base only, specialized only, step-wise λ, step-wise + first-step FM "
+                    "(§4, §6.1)\n"
+                    "  task-mixture      T2I only (zero-shot on editing), 9:1, 7:3, 5:5 on both benches "
+                    "(Tables 3-4)\n\n"
                     "Ctrl-C and the same command again continue: finished runs (DIR/arms/ARM/seedS/done.json) are "
                     "kept,\nan unfinished one resumes from its checkpoint and its bench from cases.jsonl.")
     p.add_argument("name", choices=list(STUDIES), metavar="STUDY", help=", ".join(STUDIES))

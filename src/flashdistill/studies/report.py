@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 from pathlib import Path
 
+from flashdistill.bench.stats import LEVEL, mean_ci, paired, verdict
 from flashdistill.errors import UserError
-from flashdistill.bench.stats import LEVEL, mean_ci, paired, scores, verdict
 from flashdistill.studies.spec import JUDGES, PAPER, PRESETS, Finding, Study, columns, paper_value
 
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
@@ -261,6 +262,7 @@ def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], pre
                            for s, r in v.items()} for a, v in runs.items()}}
     plot_curves(study, result["curves"], out / "curves.png")
     write_json(out / "study.json", result)
-    md = out / "study.md"
-    md.write_text(render_markdown(study, result), encoding="utf-8")
+    md, tmp = out / "study.md", out / ".study.md.tmp"
+    tmp.write_text(render_markdown(study, result), encoding="utf-8")
+    os.replace(tmp, md)
     return md

@@ -19,6 +19,7 @@ picking the best quick-eval checkpoint would hide the degradation the teacher-gu
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
@@ -180,10 +181,8 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     overrides = list(overrides or [])
     check_overrides(overrides)
-    try:  # the curves are drawn at the end: a missing plotting library should stop the study now, not then
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise UserError("flashdistill study draws its curves with matplotlib: pip install matplotlib") from None
+    if importlib.util.find_spec("matplotlib") is None:  # the curves are drawn at the end: say so now, not then
+        raise UserError("flashdistill study draws its curves with matplotlib: pip install matplotlib")
     recipes = Path(recipes) if recipes is not None else default_recipes()
     chosen = [a for a in study.arms if arms is None or a.key in arms]
     for arm in chosen:  # every recipe and override is checked before anything runs

@@ -67,7 +67,8 @@ PAPER = {
     "e5_mixed": {"t2i": _row([3.53, 3.47, 2.05, 3.02], [4.08, 4.23, 2.54, 3.62])},
     "tg3_stepwise": {"t2i": _row([3.88, 3.81, 3.00, 3.56], [4.30, 4.41, 3.75, 4.15])},  # Qwen-Image-Flash-T2I
     "tm1_t2i_only": {"t2i": _row([3.88, 3.81, 3.00, 3.56], [4.30, 4.41, 3.75, 4.15]),
-                     "edit": _row([2.78, 2.81, 2.25, 2.84, 3.16, 2.78, 2.77], [3.57, 3.03, 3.01, 3.11, 3.41, 3.52, 3.28])},
+                     "edit": _row([2.78, 2.81, 2.25, 2.84, 3.16, 2.78, 2.77],
+                                  [3.57, 3.03, 3.01, 3.11, 3.41, 3.52, 3.28])},
     "tm2_9to1": {"t2i": _row([4.04, 3.58, 3.17, 3.60], [4.39, 4.37, 3.77, 4.18]),
                  "edit": _row([2.43, 2.25, 2.09, 2.83, 3.12, 2.75, 2.58], [3.48, 3.21, 2.87, 3.25, 3.53, 3.50, 3.31])},
     "tm3_7to3": {"t2i": _row([3.81, 3.77, 3.21, 3.60], [4.35, 4.40, 3.84, 4.20]),
@@ -185,7 +186,7 @@ class Preset:
 
 PRESETS = {
     # Sizing measured on the 2-core CPU (README "Studies"): ~1 s per iteration at batch 8 on one thread.
-    "full": Preset("full", iterations=400, batch_size=8, eval_every=40, eval_limit=4, t2i_limit=50, edit_limit=25,
+    "full": Preset("full", iterations=400, batch_size=8, eval_every=40, eval_limit=8, t2i_limit=200, edit_limit=50,
                    extra=("run.checkpoint_every=40",)),
     "tiny": Preset("tiny", iterations=2, batch_size=2, eval_every=1, eval_limit=1, t2i_limit=1, edit_limit=1,
                    extra=("critic.updates=1", "run.checkpoint_every=1", "run.device=cpu")),
