@@ -101,6 +101,9 @@ def test_every_study_names_recipes_that_load_and_findings_on_its_arms():
             assert f.a in keys and (f.b is None or f.b in keys) and f.direction in (1, -1)
             assert f.bench in (*study.benches, "curve")
     assert set(PAPER) <= {a.key for s in STUDIES.values() for a in s.arms}
+    sizes = {name: runner.lookup(name, "full")[1].iterations for name in STUDIES}
+    assert sizes == {"data-composition": 400, "teacher-guidance": 600, "task-mixture": 400}
+    assert runner.lookup("teacher-guidance", "tiny")[1] == runner.lookup("task-mixture", "tiny")[1]
     mix = {a.key: runner.load_arm(recipes, a.recipe, [])[1].tasks.ratio for a in STUDIES["task-mixture"].arms}
     assert mix == {"tm1_t2i_only": "1:0", "tm2_9to1": "9:1", "tm3_7to3": "7:3", "tm4_5to5": "5:5"}
 
@@ -219,7 +222,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sets):
              ["study", "task-mixture", "--preset", "huge", "--out", str(tmp_path / "c")],
              ["study", "task-mixture", "--out", str(tmp_path / "d"), "--set", "dmd.seed=4"],
              ["study", "task-mixture", "--out", str(tmp_path / "e"), "--set", "dmd.nope=4"],
-             ["study", "task-mixture", "--out", str(tmp_path / "f"), "--recipes", str(tmp_path / "none")]]
+             ["study", "task-mixture", "--out", str(tmp_path / "f"), "--recipes", str(tmp_path / "none")],
+             ["study", "task-mixture", "--out", str(tmp_path / "g"), "--arms", "e1_landscape"]]
     for argv in cases:
         try:
             code = main(argv)
@@ -228,4 +232,4 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sets):
         assert code == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, (argv, err)
-    assert not any((tmp_path / x).exists() for x in "abcdef")  # refused before anything is written
+    assert not any((tmp_path / x).exists() for x in "abcdefg")  # refused before anything is written

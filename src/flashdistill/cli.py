@@ -104,9 +104,11 @@ def cmd_study(args) -> None:
 
     argv = ["study", args.name, "--seeds", str(args.seeds), "--preset", args.preset, "--out", args.out]
     argv += ["--recipes", args.recipes] if args.recipes else []
+    argv += ["--arms", *args.arms] if args.arms else []
     argv += ["--set", *args.overrides] if args.overrides else []
     md = run_study(args.name, Path(args.out), args.seeds, args.preset, args.overrides,
-                   Path(args.recipes) if args.recipes else None, command="flashdistill " + shlex.join(argv))
+                   Path(args.recipes) if args.recipes else None, arms=args.arms,
+                   command="flashdistill " + shlex.join(argv))
     print(f"wrote {md}, {md.with_name('study.json')} and {md.with_name('curves.png')}")
 
 
@@ -137,6 +139,9 @@ def _add_study(top) -> None:
                         "smoke test)")
     p.add_argument("--out", required=True, help="study folder")
     p.add_argument("--recipes", default=None, help="folder of the arms' recipes (default: configs/studies)")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="run and report only these arms (e.g. e5_mixed; default: every arm); a later run without "
+                        "--arms adds the others")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                    help="dotted recipe overrides for every arm, e.g. teachers.base=runs/teacher_base/teacher "
                         "(a teachers.NAME override applies to the arms that name teacher NAME)")

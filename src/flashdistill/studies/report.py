@@ -21,7 +21,7 @@ from pathlib import Path
 
 from flashdistill.bench.stats import LEVEL, mean_ci, paired, verdict
 from flashdistill.errors import UserError
-from flashdistill.studies.spec import JUDGES, PAPER, PRESETS, Finding, Study, columns, paper_value
+from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, columns, paper_value
 
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
 
@@ -247,16 +247,17 @@ def render_markdown(study: Study, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: str, overrides: list[str],
+def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: Preset, overrides: list[str],
                        command: str | None = None) -> Path:
     """Collect the finished runs and write study.json, study.md and curves.png; returns study.md's path."""
     from flashdistill.studies.runner import write_json
 
     out = Path(out)
     runs = collect(study, out, seeds, arms)
-    result = {"study": study.name, "preset": preset, "seeds": seeds, "overrides": overrides,
-              "command": command or f"flashdistill study {study.name} --seeds {seeds} --preset {preset} --out {out}",
-              "sizes": PRESETS[preset].__dict__ | {"extra": list(PRESETS[preset].extra)}, "level": LEVEL,
+    result = {"study": study.name, "preset": preset.name, "seeds": seeds, "overrides": overrides,
+              "command": command or f"flashdistill study {study.name} --seeds {seeds} --preset {preset.name} "
+                                    f"--out {out}",
+              "sizes": preset.sizes(), "level": LEVEL,
               **analyse(study, runs, arms),
               "runs": {a: {s: {"bench": r["bench"], "train": r["train"], "seconds": r["seconds"]}
                            for s, r in v.items()} for a, v in runs.items()}}

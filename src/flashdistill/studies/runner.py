@@ -54,7 +54,7 @@ def lookup(name: str, preset: str) -> tuple[Study, Preset]:
         raise UserError(f"study: unknown study '{name}' (known: {', '.join(STUDIES)})")
     if preset not in PRESETS:
         raise UserError(f"--preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    return STUDIES[name], PRESETS[preset]
+    return STUDIES[name], PRESETS[preset].for_study(name)
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -174,8 +174,8 @@ def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Pa
 def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overrides: list[str] | None = None,
               recipes: Path | None = None, encoder=None, arms: list[str] | None = None,
               command: str | None = None) -> Path:
-    """Run (or continue) study `name` into `out`; returns the path of study.md. `arms` restricts to those arm
-    keys (tests); `encoder` replaces MiniLM (tests share one)."""
+    """Run (or continue) study `name` into `out`; returns the path of study.md. `arms` restricts the run and the
+    report to those arm keys; `encoder` replaces MiniLM (tests share one)."""
     study, size = lookup(name, preset)
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
@@ -184,6 +184,10 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
     if importlib.util.find_spec("matplotlib") is None:  # the curves are drawn at the end: say so now, not then
         raise UserError("flashdistill study draws its curves with matplotlib: pip install matplotlib")
     recipes = Path(recipes) if recipes is not None else default_recipes()
+    unknown = sorted(set(arms or ()) - {a.key for a in study.arms})
+    if unknown:
+        raise UserError(f"--arms: {', '.join(unknown)} not in study {name} (its arms: "
+                        f"{', '.join(a.key for a in study.arms)})")
     chosen = [a for a in study.arms if arms is None or a.key in arms]
     for arm in chosen:  # every recipe and override is checked before anything runs
         raw, _ = load_arm(recipes, arm.recipe, [])
@@ -210,4 +214,4 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
                     bar.update(1)
     from flashdistill.studies.report import write_study_report
 
-    return write_study_report(study, out, seeds, [a.key for a in chosen], preset, overrides, command)
+    return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)

@@ -13,7 +13,7 @@ reference/qwen-image-flash-paper.md; an arm the paper shows only qualitatively (
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
@@ -177,17 +177,28 @@ class Preset:
     t2i_limit: int  # bench cases per T2I category (first N of T2I-Bench-mini)
     edit_limit: int  # bench cases per edit category (first N of Editing-Bench-mini)
     extra: tuple[str, ...] = ()
+    per_study: dict = field(default_factory=dict)  # study name -> {field: value} replacing the sizes above
+
+    def for_study(self, name: str) -> Preset:
+        return replace(self, **self.per_study.get(name, {}), per_study={})
 
     def overrides(self) -> list[str]:
         return [f"dmd.iterations={self.iterations}", f"dmd.batch_size={self.batch_size}",
                 f"eval.every={self.eval_every}", f"eval.limit={self.eval_limit}", "eval.patience=0",
                 "run.threads=1", *self.extra]
 
+    def sizes(self) -> dict:
+        return {f: getattr(self, f) for f in ("iterations", "batch_size", "eval_every", "eval_limit", "t2i_limit",
+                                             "edit_limit")} | {"extra": list(self.extra)}
+
 
 PRESETS = {
-    # Sizing measured on the 2-core CPU (README "Studies"): ~1 s per iteration at batch 8 on one thread.
+    # Measured on the shared 2-core CPU, one thread per run (README "Studies"): 415-680 s per arm and seed at 400
+    # iterations, so 3 seeds of every arm fit in about 2.5 h per study; the teacher-guidance study, whose arms are
+    # the cheapest and whose finding is about the course of training, runs longer.
     "full": Preset("full", iterations=400, batch_size=8, eval_every=40, eval_limit=8, t2i_limit=200, edit_limit=50,
-                   extra=("run.checkpoint_every=40",)),
+                   extra=("run.checkpoint_every=40",),
+                   per_study={"teacher-guidance": {"iterations": 600, "eval_every": 60}}),
     "tiny": Preset("tiny", iterations=2, batch_size=2, eval_every=1, eval_limit=1, t2i_limit=1, edit_limit=1,
                    extra=("critic.updates=1", "run.checkpoint_every=1", "run.device=cpu")),
 }
