@@ -233,3 +233,21 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sets):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err, (argv, err)
     assert not any((tmp_path / x).exists() for x in "abcdefg")  # refused before anything is written
+
+
+def test_task_mixture_is_judged_on_both_benches(tmp_path, sets, encoder):
+    out = tmp_path / "tm"
+    md = runner.run_study("task-mixture", out, seeds=2, preset="tiny", overrides=sets, encoder=encoder,
+                          arms=["tm1_t2i_only", "tm4_5to5"])
+    result = json.loads((out / "study.json").read_text())
+    assert list(result["tables"]) == ["edit", "t2i"]
+    assert [r["arm"] for r in result["tables"]["edit"]] == ["tm1_t2i_only", "tm4_5to5"]
+    findings = {f["key"]: f for f in result["findings"]}
+    assert set(findings) == {"55-beats-zero-shot", "edit-helps-t2i-55"}
+    edit = findings["55-beats-zero-shot"]
+    assert edit["paper"]["gemini"] == {"a": 2.97, "b": 2.77, "diff": 0.2}
+    assert edit["per_case"]["n"] == 6  # one case of each edit category, paired across the two arms
+    done = json.loads((runner.seed_dir(out, "tm1_t2i_only", 1) / runner.DONE_FILE).read_text())
+    assert set(done["bench"]) == {"edit", "t2i"} and done["bench"]["edit"]["n_cases"] == 6
+    text = md.read_text()
+    assert "### Editing-Bench-mini" in text and "### T2I-Bench-mini" in text and "Table 3" in text
