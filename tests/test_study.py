@@ -251,3 +251,21 @@ def test_task_mixture_is_judged_on_both_benches(tmp_path, sets, encoder):
     assert set(done["bench"]) == {"edit", "t2i"} and done["bench"]["edit"]["n_cases"] == 6
     text = md.read_text()
     assert "### Editing-Bench-mini" in text and "### T2I-Bench-mini" in text and "Table 3" in text
+
+
+def test_a_diverged_run_stops_the_study_with_exit_1_and_says_how_to_continue(tmp_path, sets, capsys, monkeypatch):
+    from flashdistill.models import text
+    from flashdistill.runtime.resume import TrainingDiverged
+
+    def diverge(recipe, run, enc, command):
+        raise TrainingDiverged("5 iterations in a row were skipped")
+
+    monkeypatch.setattr(runner, "train_run", diverge)
+    monkeypatch.setattr(text, "TextEncoder", lambda: None)
+    with pytest.raises(SystemExit) as stop:
+        main(["study", "teacher-guidance", "--preset", "tiny", "--arms", "tg1_base", "--out", str(tmp_path / "s"),
+              "--set", *sets])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stop.value.code == 1 and err.startswith("error: distillation diverged: ")
+    assert "tg1_base/seed0" in err and "--resume" in err
+    assert not runner.is_done(tmp_path / "s", "tg1_base", 0)

@@ -106,9 +106,15 @@ def cmd_study(args) -> None:
     argv += ["--recipes", args.recipes] if args.recipes else []
     argv += ["--arms", *args.arms] if args.arms else []
     argv += ["--set", *args.overrides] if args.overrides else []
-    md = run_study(args.name, Path(args.out), args.seeds, args.preset, args.overrides,
-                   Path(args.recipes) if args.recipes else None, arms=args.arms,
-                   command="flashdistill " + shlex.join(argv))
+    from flashdistill.runtime.resume import TrainingDiverged
+
+    try:
+        md = run_study(args.name, Path(args.out), args.seeds, args.preset, args.overrides,
+                       Path(args.recipes) if args.recipes else None, arms=args.arms,
+                       command="flashdistill " + shlex.join(argv))
+    except TrainingDiverged as err:  # exit code 1, as `flashdistill distill` gives for a diverged run
+        print(f"error: distillation diverged: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"wrote {md}, {md.with_name('study.json')} and {md.with_name('curves.png')}")
 
 

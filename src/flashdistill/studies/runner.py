@@ -28,7 +28,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import out_dir
+from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
 DONE_FILE = "done.json"
@@ -159,7 +161,11 @@ def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Pa
     folder = seed_dir(out, arm.key, seed)
     command = f"flashdistill distill {recipes / arm.recipe} --out {folder / 'distill'} --set {shlex.join(sets)}"
     start = time.perf_counter()
-    summary = train_run(recipe, folder / "distill", encoder, command)
+    try:
+        summary = train_run(recipe, folder / "distill", encoder, command)
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{folder}: {one_line(err)}. Continue that run with `{command} --resume` and a "
+                               f"lower dmd.lr=..., then run the study command again") from None
     trained = time.perf_counter()
     benches = bench_run(study, preset, folder / "distill", folder / "bench", encoder)
     done = {"arm": arm.key, "seed": seed, "recipe": str(recipes / arm.recipe), "overrides": sets,
@@ -176,7 +182,7 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
               command: str | None = None) -> Path:
     """Run (or continue) study `name` into `out`; returns the path of study.md. `arms` restricts the run and the
     report to those arm keys; `encoder` replaces MiniLM (tests share one)."""
-    study, size = lookup(name, preset)
+    study, size, out = *lookup(name, preset), Path(out)
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     overrides = list(overrides or [])
@@ -192,10 +198,7 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
     for arm in chosen:  # every recipe and override is checked before anything runs
         raw, _ = load_arm(recipes, arm.recipe, [])
         load_arm(recipes, arm.recipe, run_overrides(out, size, raw, 0, overrides))
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out_dir(out)  # a file, or a folder that cannot be made: one line naming it
     StudyState(out, {"study": name, "preset": preset, "overrides": overrides})
     todo = [(a, s) for a in chosen for s in range(seeds) if not is_done(out, a.key, s)]
     print(f"study {name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "
