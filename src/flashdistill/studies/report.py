@@ -214,13 +214,18 @@ def _bench_section(study: Study, bench: str, rows: list[dict], seeds: int) -> li
     return lines + [""]
 
 
+def _slice(bench: str, sizes: dict) -> str:
+    return f"{sizes['t2i_limit']} T2I cases" if bench == "t2i" else f"{sizes['edit_limit']} edit cases"
+
+
 def render_markdown(study: Study, result: dict) -> str:
     s = result["sizes"]
     lines = [f"# {study.title}", "", f"    {result['command']}", "",
              f"Preset `{result['preset']}`: {s['iterations']} iterations at batch {s['batch_size']} per run, "
              f"quick evaluation every {s['eval_every']} iterations on {s['eval_limit']} val cases per category, "
-             f"bench slice: the first {s['t2i_limit']} T2I cases per category and {s['edit_limit']} edit cases per "
-             f"category of the mini benches (world judge). Seeds finished per arm: "
+             f"bench slice: the first {' and '.join(_slice(b, s) for b in study.benches)} per category of the mini "
+             f"benches "
+             f"(world judge). Seeds finished per arm: "
              + ", ".join(f"{a} {len(v)}" for a, v in result["curves"].items()) + ".", "", "## Tables", ""]
     for bench in study.benches:
         lines += _bench_section(study, bench, result["tables"][bench], result["seeds"])
