@@ -4,7 +4,8 @@
 
 Both folders must come from `flashdistill bench` on the same case file; images are seeded per case, so case i of A
 and case i of B share prompt and seed, and the per-case differences are paired. Prints one line (and writes JSON
-with --out): n, mean difference, its standard error (stdev / sqrt n), and how many cases A wins, ties and loses.
+with --out): n, mean difference, its standard error (stdev / sqrt n), its 95% t interval, and how many cases A
+wins, ties and loses (the arithmetic lives in `flashdistill.bench.stats`, which the study runner shares).
 A difference of more than about 2 standard errors is unlikely to be seed noise.
 """
 
@@ -12,28 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
-
-def scores(folder: Path) -> dict[str, float]:
-    path = folder / "cases.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: not found (is {folder} a bench output folder?)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {r["id"]: r["score"] for r in rows if r.get("score") is not None}
-
-
-def paired(a: dict[str, float], b: dict[str, float]) -> dict:
-    ids = sorted(set(a) & set(b))
-    if len(ids) < 2:
-        raise SystemExit("error: fewer than 2 cases judged in both runs")
-    diffs = [a[i] - b[i] for i in ids]
-    return {"n": len(ids), "mean_diff": statistics.fmean(diffs),
-            "stderr": statistics.stdev(diffs) / math.sqrt(len(diffs)),
-            "wins": sum(d > 0 for d in diffs), "ties": sum(d == 0 for d in diffs), "losses": sum(d < 0 for d in diffs)}
+from flashdistill.bench.stats import paired, scores
+from flashdistill.errors import UserError, one_line
 
 
 def main() -> int:
@@ -42,7 +26,10 @@ def main() -> int:
     parser.add_argument("b", type=Path)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    result = {"a": str(args.a), "b": str(args.b), **paired(scores(args.a), scores(args.b))}
+    try:
+        result = {"a": str(args.a), "b": str(args.b), **paired(scores(args.a), scores(args.b))}
+    except UserError as err:
+        raise SystemExit(f"error: {one_line(err)}") from None
     print(f"{args.a} - {args.b}: {result['mean_diff']:+.3f} +- {result['stderr']:.3f} (n {result['n']}; "
           f"wins {result['wins']}, ties {result['ties']}, losses {result['losses']})")
     if args.out:

@@ -1,0 +1,220 @@
+"""Run a study: every arm over N training seeds, each a distillation run plus its bench slice, resumable.
+
+    flashdistill study data-composition|teacher-guidance|task-mixture [--seeds N] [--preset full|tiny] --out DIR
+
+Layout of DIR:
+
+    study-state.json                    the study's identity (name, preset, overrides); another is refused
+    text-cache/                         text embeddings shared by every run (unless --set run.text_cache=...)
+    arms/ARM/seedS/distill/             `flashdistill distill configs/studies/ARM.yaml --set dmd.seed=S ...`
+    arms/ARM/seedS/bench/t2i|edit/      the final (EMA) student on the bench slice, world judge
+    arms/ARM/seedS/done.json            written atomically once both are finished: the run's summary
+    study.json, study.md, curves.png    the report (`flashdistill.studies.report`), rewritten at the end
+
+A run without `done.json` is run again: the trainer continues from its last checkpoint (its own `--resume`, which
+refuses a recipe that changed) and a bench from its `cases.jsonl`; runs with `done.json` are never touched. The
+student benched is the final EMA export (`student/`), not `best/`: a study asks what training leads to, and
+picking the best quick-eval checkpoint would hide the degradation the teacher-guidance study looks for.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import out_dir
+from flashdistill.runtime.resume import TrainingDiverged
+from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
+
+DONE_FILE = "done.json"
+STATE_FILE = "study-state.json"
+RESERVED = ("dmd.seed",)  # the runner sets it per run
+
+
+def default_recipes() -> Path:
+    """configs/studies of the source checkout this package runs from, else of the working directory."""
+    here = Path(__file__).resolve().parents[3] / "configs" / "studies"
+    return here if here.is_dir() else Path("configs") / "studies"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write through a temporary file and a rename: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def lookup(name: str, preset: str) -> tuple[Study, Preset]:
+    if name not in STUDIES:
+        raise UserError(f"study: unknown study '{name}' (known: {', '.join(STUDIES)})")
+    if preset not in PRESETS:
+        raise UserError(f"--preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})")
+    return STUDIES[name], PRESETS[preset].for_study(name)
+
+
+def check_overrides(overrides: list[str]) -> None:
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key in RESERVED:
+            raise UserError(f"--set {item}: the study sets {key} itself (one run per training seed)")
+
+
+def arm_overrides(raw: dict, overrides: list[str]) -> list[str]:
+    """The user's overrides that apply to an arm: `teachers.NAME=...` only where the arm's recipe names NAME."""
+    teachers = raw.get("teachers") or {}
+    keep = []
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.startswith("teachers.") and key.split(".", 1)[1] not in teachers:
+            continue
+        keep.append(item)
+    return keep
+
+
+def run_overrides(study_dir: Path, preset: Preset, raw: dict, seed: int, overrides: list[str]) -> list[str]:
+    return [*preset.overrides(), f"dmd.seed={seed}", f"run.text_cache={study_dir / 'text-cache'}",
+            *arm_overrides(raw, overrides)]
+
+
+def load_arm(recipes: Path, recipe_file: str, overrides: list[str]):
+    """(raw YAML, Recipe) of one arm with `overrides` applied; bad input -> UserError naming the file."""
+    from flashdistill.distill.recipe import _load_yaml, load_recipe
+    from flashdistill.files import read_text
+
+    path = recipes / recipe_file
+    raw = _load_yaml(read_text(path, "study recipe")) or {}
+    try:
+        return raw, load_recipe(path, overrides)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+
+
+class StudyState:
+    """`DIR/study-state.json`: what the folder holds. A rerun with another study, preset or overrides is refused,
+    so that a resumed study never mixes runs of two settings; --seeds may grow (finished seeds are kept)."""
+
+    def __init__(self, out: Path, identity: dict):
+        self.path = out / STATE_FILE
+        if self.path.is_file():
+            from flashdistill.files import read_json_object
+
+            old = read_json_object(self.path, "study state").get("identity")
+            if old != identity:
+                raise UserError(f"{out} holds a study with other settings ({old}); use another --out")
+        else:
+            write_json(self.path, {"identity": identity})
+
+
+def seed_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / "arms" / arm / f"seed{seed}"
+
+
+def is_done(out: Path, arm: str, seed: int) -> bool:
+    return (seed_dir(out, arm, seed) / DONE_FILE).is_file()
+
+
+def train_run(recipe, run: Path, encoder, command: str) -> dict:
+    """One distillation (resumed when its folder holds a checkpoint)."""
+    from flashdistill.distill.export import CHECKPOINT_FILES
+    from flashdistill.distill.trainer import train_distill
+    from flashdistill.runtime.checkpoint import find_checkpoint
+
+    resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
+    return train_distill(recipe, run, resume=resume, encoder=encoder, command=command)
+
+
+def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) -> dict:
+    """The final student of `run` on each of the study's benches (slices of the mini benches, world judge)."""
+    from flashdistill.bench.cases import BUILTIN_CASES, load_cases
+    from flashdistill.bench.runner import run_bench
+    from flashdistill.bench.world_judge import WorldJudge
+    from flashdistill.distill.export import load_student_model
+
+    model = load_student_model(run / "student", name=f"{run.parent.parent.name}/{run.parent.name}",
+                               encoder=encoder)
+    resolution = model.resolution
+    judge = WorldJudge(resolution)
+    limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    results = {}
+    for bench in study.benches:
+        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
+        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
+        res = run_bench(bench, model, judge, cases, folder / bench, model.default_nfe, label, resolution)
+        results[bench] = {"average": res["average"], "per_category": res["per_category"], "n_cases": res["n_cases"],
+                          "n_failed": res["n_failed"]}
+    return results
+
+
+def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Path, overrides: list[str],
+            encoder) -> dict:
+    """Distil and bench arm × seed, then write its done.json (the summary the report reads)."""
+    raw, _ = load_arm(recipes, arm.recipe, [])
+    sets = run_overrides(out, preset, raw, seed, overrides)
+    _, recipe = load_arm(recipes, arm.recipe, sets)
+    folder = seed_dir(out, arm.key, seed)
+    command = f"flashdistill distill {recipes / arm.recipe} --out {folder / 'distill'} --set {shlex.join(sets)}"
+    start = time.perf_counter()
+    try:
+        summary = train_run(recipe, folder / "distill", encoder, command)
+    except TrainingDiverged as err:
+        raise TrainingDiverged(f"{folder}: {one_line(err)}. Continue that run with `{command} --resume` and a "
+                               f"lower dmd.lr=..., then run the study command again") from None
+    trained = time.perf_counter()
+    benches = bench_run(study, preset, folder / "distill", folder / "bench", encoder)
+    done = {"arm": arm.key, "seed": seed, "recipe": str(recipes / arm.recipe), "overrides": sets,
+            "command": command, "train": {k: summary[k] for k in ("iterations", "resumed_from", "final_loss",
+                                                                  "wall_time_s", "skipped_total")},
+            "bench": benches, "seconds": {"train_this_call": round(trained - start, 1),
+                                          "bench_this_call": round(time.perf_counter() - trained, 1)}}
+    write_json(folder / DONE_FILE, done)
+    return done
+
+
+def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overrides: list[str] | None = None,
+              recipes: Path | None = None, encoder=None, arms: list[str] | None = None,
+              command: str | None = None) -> Path:
+    """Run (or continue) study `name` into `out`; returns the path of study.md. `arms` restricts the run and the
+    report to those arm keys; `encoder` replaces MiniLM (tests share one)."""
+    study, size, out = *lookup(name, preset), Path(out)
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    overrides = list(overrides or [])
+    check_overrides(overrides)
+    if importlib.util.find_spec("matplotlib") is None:  # the curves are drawn at the end: say so now, not then
+        raise UserError("flashdistill study draws its curves with matplotlib: pip install matplotlib")
+    recipes = Path(recipes) if recipes is not None else default_recipes()
+    unknown = sorted(set(arms or ()) - {a.key for a in study.arms})
+    if unknown:
+        raise UserError(f"--arms: {', '.join(unknown)} not in study {name} (its arms: "
+                        f"{', '.join(a.key for a in study.arms)})")
+    chosen = [a for a in study.arms if arms is None or a.key in arms]
+    for arm in chosen:  # every recipe and override is checked before anything runs
+        raw, _ = load_arm(recipes, arm.recipe, [])
+        load_arm(recipes, arm.recipe, run_overrides(out, size, raw, 0, overrides))
+    out_dir(out)  # a file, or a folder that cannot be made: one line naming it
+    StudyState(out, {"study": name, "preset": preset, "overrides": overrides})
+    todo = [(a, s) for a in chosen for s in range(seeds) if not is_done(out, a.key, s)]
+    print(f"study {name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "
+          f"({len(chosen) * seeds - len(todo)} finished earlier) -> {out}", flush=True)
+    if todo and encoder is None:
+        from flashdistill.models.text import TextEncoder
+
+        encoder = TextEncoder()
+    for arm in chosen:
+        finished = sum(is_done(out, arm.key, s) for s in range(seeds))
+        with tqdm(total=seeds, initial=finished, desc=f"{name} {arm.key}", unit="seed", position=0,
+                  dynamic_ncols=True) as bar:
+            for seed in range(seeds):
+                if not is_done(out, arm.key, seed):
+                    run_one(study, size, out, arm, seed, recipes, overrides, encoder)
+                    bar.update(1)
+    from flashdistill.studies.report import write_study_report
+
+    return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
