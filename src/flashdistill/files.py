@@ -90,6 +90,20 @@ def _make_dir(path: Path, where: str) -> None:
         raise UserError(f"{where}: the folder {path} is not writable")
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` through a temporary file and a rename: a kill leaves the old file or the new one, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json_atomic(path: str | Path, obj, indent: int = 1) -> Path:
+    """`obj` as JSON (one trailing newline), written atomically (write_text_atomic)."""
+    return write_text_atomic(path, json.dumps(obj, indent=indent) + "\n")
+
+
 def remove_stale_tmp(folder: str | Path) -> list[Path]:
     """Delete the temporary folders of interrupted atomic writes (`.NAME-tmp-*`, `.NAME-old-*`); returns them."""
     folder = Path(folder)

@@ -22,12 +22,12 @@ teachers: `--set teachers.base=runs/teacher_base/teacher`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.files import write_json_atomic
 
 RECIPES = Path(__file__).parent / "assets" / "recipes"
 STATE_FILE = "quickstart.json"
@@ -100,9 +100,7 @@ class State:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1) + "\n")
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, self.data)
 
 
 def recipe_path(preset: Preset) -> Path:
@@ -175,9 +173,7 @@ def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
                      reference=f"teacher@{preset.teacher_nfe}", student=f"student@{few}")
     result["cfg_scale"] = teacher.spec.cfg_scale
     result["hardware"] = hardware()
-    tmp = out / "speed.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, out / "speed.json")
+    write_json_atomic(out / "speed.json", result)
 
 
 def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> None:

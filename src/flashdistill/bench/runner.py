@@ -24,18 +24,12 @@ from tqdm import tqdm
 
 from flashdistill.bench.world_judge import frechet_distance, reference_features
 from flashdistill.errors import UserError
-from flashdistill.files import out_dir, read_json_object
+from flashdistill.files import out_dir, read_json_object, write_json_atomic, write_text_atomic
 from flashdistill.imageio import load_png, quantize, save_grid, save_png
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES, T2I_TITLES
 from flashdistill.world.edits import source_image
 
 MIN_CASES_FOR_FD = 10
-
-
-def write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _claim_folder(out: Path, identity: dict) -> None:
@@ -50,7 +44,7 @@ def _claim_folder(out: Path, identity: dict) -> None:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in identity.items() if old.get(k) != v)
             raise UserError(f"{out} holds another run ({diff}); choose a new --out")
     else:
-        write_json(run_file, identity)
+        write_json_atomic(run_file, identity, indent=2)
 
 
 def load_done(path: Path, retry_failed: bool = False) -> dict[str, dict]:
@@ -68,9 +62,7 @@ def load_done(path: Path, retry_failed: bool = False) -> dict[str, dict]:
             good_lines.append(line)
         except (json.JSONDecodeError, KeyError, TypeError):
             continue
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in good_lines), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in good_lines))
     return done
 
 
@@ -123,7 +115,7 @@ def run_bench(bench: str, model, judge, cases: list, out: Path, nfe: int | None,
                 bar.update(1)
     results = summarize(bench, model.name, nfe, judge.description, cases, done, out, resolution)
     results["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 2)
-    write_json(out / "results.json", results)
+    write_json_atomic(out / "results.json", results, indent=2)
     save_bench_grid(bench, cases, done, out)
     return results
 

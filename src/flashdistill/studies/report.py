@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 
 from flashdistill.bench.stats import LEVEL, mean_ci, paired, verdict
 from flashdistill.errors import UserError
+from flashdistill.files import write_json_atomic, write_text_atomic
 from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, columns, paper_value
 
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
@@ -255,7 +255,6 @@ def render_markdown(study: Study, result: dict) -> str:
 def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: Preset, overrides: list[str],
                        command: str | None = None) -> Path:
     """Collect the finished runs and write study.json, study.md and curves.png; returns study.md's path."""
-    from flashdistill.studies.runner import write_json
 
     out = Path(out)
     runs = collect(study, out, seeds, arms)
@@ -267,8 +266,5 @@ def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], pre
               "runs": {a: {s: {"bench": r["bench"], "train": r["train"], "seconds": r["seconds"]}
                            for s, r in v.items()} for a, v in runs.items()}}
     plot_curves(study, result["curves"], out / "curves.png")
-    write_json(out / "study.json", result)
-    md, tmp = out / "study.md", out / ".study.md.tmp"
-    tmp.write_text(render_markdown(study, result), encoding="utf-8")
-    os.replace(tmp, md)
-    return md
+    write_json_atomic(out / "study.json", result)
+    return write_text_atomic(out / "study.md", render_markdown(study, result))

@@ -20,8 +20,6 @@ picking the best quick-eval checkpoint would hide the degradation the teacher-gu
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import shlex
 import time
 from pathlib import Path
@@ -29,7 +27,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import out_dir
+from flashdistill.files import out_dir, write_json_atomic
 from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
@@ -42,13 +40,6 @@ def default_recipes() -> Path:
     """configs/studies of the source checkout this package runs from, else of the working directory."""
     here = Path(__file__).resolve().parents[3] / "configs" / "studies"
     return here if here.is_dir() else Path("configs") / "studies"
-
-
-def write_json(path: Path, obj) -> None:
-    """Write through a temporary file and a rename: a kill leaves the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def lookup(name: str, preset: str) -> tuple[Study, Preset]:
@@ -109,7 +100,7 @@ class StudyState:
             if old != identity:
                 raise UserError(f"{out} holds a study with other settings ({old}); use another --out")
         else:
-            write_json(self.path, {"identity": identity})
+            write_json_atomic(self.path, {"identity": identity})
 
 
 def seed_dir(out: Path, arm: str, seed: int) -> Path:
@@ -173,7 +164,7 @@ def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Pa
                                                                   "wall_time_s", "skipped_total")},
             "bench": benches, "seconds": {"train_this_call": round(trained - start, 1),
                                           "bench_this_call": round(time.perf_counter() - trained, 1)}}
-    write_json(folder / DONE_FILE, done)
+    write_json_atomic(folder / DONE_FILE, done)
     return done
 
 
