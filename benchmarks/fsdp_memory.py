@@ -18,6 +18,7 @@ what `plan` prints. Rank 0 writes JSON and prints a Markdown table; the ratio me
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -74,6 +75,11 @@ def measure_mode(sets: list[str], mode: str, out: Path) -> dict:
     counts = count(meta_transformer(config), rank=4)
     plan = planned(counts, mode, teachers, dist.world)
     plan_grads = planned_grads(counts, mode, teachers, dist.world)
+    # Free this mode's sharded roles now, on every rank at the same point, instead of whenever the cyclic GC gets
+    # to them (possibly inside the next mode's collectives).
+    del roles
+    gc.collect()
+    dist.barrier()
     rows = {}
     for group in ("frozen", "trainable", "ema", "optimizer", "grads"):
         n, p = (grads[0], plan_grads[0]) if group == "grads" else (live.elements[group], plan.elements[group])
