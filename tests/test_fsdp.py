@@ -31,7 +31,8 @@ FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=c
 # absolute, after 10 AdamW steps at lr 1e-3 (measured: see the README's FSDP section).
 RTOL_LOG, ATOL_WEIGHTS = 1e-4, 1e-5
 FSDP = ["run.parallel=fsdp", "roles.gradient_checkpointing=true"]  # per-block checkpointing: memory, not math
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+# PYTHONFAULTHANDLER: a rank that aborts inside torch/gloo prints the Python stack it aborted in
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
