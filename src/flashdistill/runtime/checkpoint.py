@@ -102,7 +102,6 @@ def save_state(out: Path, modules: dict[str, torch.nn.Module], objects: dict, st
     """The general form of `save_checkpoint`: `<name>.safetensors` per module, and the `state_dict()` of every
     stateful object (optimizers, schedulers) under its name in state.json/state.safetensors. Atomic."""
     out = Path(out)
-    final, prev = out / NAME, out / PREVIOUS
     tmp = out / f".{NAME}-tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     tensors: dict[str, torch.Tensor] = {}
@@ -115,6 +114,13 @@ def save_state(out: Path, modules: dict[str, torch.nn.Module], objects: dict, st
         save_file(_weights(module), str(tmp / f"{name}.safetensors"))
     save_file(tensors, str(tmp / "state.safetensors"))
     (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: its presence marks completeness
+    return promote(tmp, out)
+
+
+def promote(tmp: Path, out: Path) -> Path:
+    """Make the finished checkpoint folder `tmp` the newest, `<out>/checkpoint/`: its files are synced, the current
+    newest becomes `checkpoint.prev` (the older one is dropped), then `tmp` is renamed into place."""
+    final, prev = out / NAME, out / PREVIOUS
     _fsync_dir_files(tmp)
     if final.exists():  # absent after set_aside_unconfirmed: then checkpoint.prev stays the previous one
         if prev.exists():

@@ -22,14 +22,12 @@ same world size resumes exactly. The torch RNG is not stored: every draw of an i
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import uuid
 from pathlib import Path
 
 import torch
 
-from flashdistill.runtime.checkpoint import FORMAT, LEGACY, NAME, PREVIOUS, flatten, read_state, unflatten
+from flashdistill.runtime.checkpoint import FORMAT, NAME, flatten, promote, read_state, unflatten
 
 FILES = ("state.json",)
 SHARDING_KEY = "DCP_SHARDING_INFO"  # safetensors header entry: {name: {"saved_offsets": [...]}}
@@ -80,7 +78,7 @@ def save_sharded(out: Path, modules: dict[str, torch.nn.Module], objects: dict, 
     out = Path(out)
     box = [f".{NAME}-tmp-{uuid.uuid4().hex[:8]}"]
     torch_dist.broadcast_object_list(box, src=0)
-    tmp, final, prev = out / box[0], out / NAME, out / PREVIOUS
+    tmp = out / box[0]
     tensors, structure = _tensors(modules, objects)
     dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(tmp), save_distributed=True))
     torch_dist.barrier()
@@ -88,17 +86,9 @@ def save_sharded(out: Path, modules: dict[str, torch.nn.Module], objects: dict, 
         state = {"format": FORMAT, "step": int(step), "meta": meta, "sharded": torch_dist.get_world_size(),
                  **structure}
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")  # last: marks completeness
-        for path in tmp.iterdir():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            if prev.exists():
-                shutil.rmtree(prev)
-            os.replace(final, prev)
-        os.replace(tmp, final)
-        shutil.rmtree(out / LEGACY, ignore_errors=True)
+        promote(tmp, out)
     torch_dist.barrier()
-    return final
+    return out / NAME
 
 
 def load_sharded(folder: Path, modules: dict[str, torch.nn.Module], objects: dict) -> dict:
