@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fsdp_memory.json"))
     args = parser.parse_args(argv)
-    from flashdistill.distill.roles import setup_distributed
+    from flashdistill.distill.roles import setup_distributed, teardown_distributed
 
     setup_distributed("cpu", 4)  # the process group, before rank 0 writes the world the others read
     box = [tempfile.mkdtemp(prefix="fsdp-memory-") if torch_dist.get_rank() == 0 else None]
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
                 r = res[mode]
                 print(f"| {mode} | {rank} | {r['total_at_plan_precision']:,.0f} B | {r['planned_total']:,.0f} B | "
                       f"{r['total_ratio']:.3f} |")
-    torch_dist.destroy_process_group()
-    return 0
+    torch_dist.barrier()  # no rank tears its process group down while the other still reads from it
+    return teardown_distributed(0)  # ends the process (os._exit) without finalization: see its docstring
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
-from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
+from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed, teardown_distributed
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
@@ -395,7 +395,18 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 
 
 def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distill") -> int:
-    """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Works under torchrun."""
+    """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Under torchrun each rank ends here with
+    that code (roles.teardown_distributed); an uncaught exception still propagates with its traceback."""
+    try:
+        code = _main_distill(argv, prog)
+    except BaseException:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        raise
+    return teardown_distributed(code)
+
+
+def _main_distill(argv: list[str] | None, prog: str) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(prog).parse_args(argv)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -415,9 +426,6 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
         if main_rank:
             print(f"error: distillation diverged: {one_line(err)}", file=sys.stderr)
         return 1
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     if main_rank:
         best = summary["best_score"]
         print(f"student after {summary['iterations']} iterations ({summary['wall_time_s'] / 60:.1f} min, "
