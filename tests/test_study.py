@@ -216,6 +216,37 @@ def test_an_interrupted_study_reruns_only_what_did_not_finish(tmp_path, sets, en
                          encoder=encoder, arms=ARMS)
 
 
+def test_a_study_begun_with_other_teacher_weights_is_refused(tmp_path, teachers, encoder, monkeypatch):
+    """Re-shipping or retraining a teacher keeps its spec (`teacher:base`) but not its weights: continuing a study
+    then would mix arms distilled from two teachers, so the runner refuses, naming the teacher."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    local = tmp_path / "teachers"
+    shutil.copytree(teachers, local)
+    sets = [f"teachers.base={local / 'base'}", f"teachers.specialized={local / 'spec'}"]
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train_run", interrupted)
+    with pytest.raises(KeyboardInterrupt):  # the state is written before the first run starts
+        runner.run_study("teacher-guidance", tmp_path / "tg", seeds=1, preset="tiny", overrides=sets,
+                         encoder=encoder, arms=["tg1_base"])
+    state = json.loads((tmp_path / "tg" / runner.STATE_FILE).read_text())["identity"]
+    assert set(state["teachers"]) == {str(local / "base"), str(local / "spec")}  # every arm's teachers
+    weights = next((local / "base").rglob("*.safetensors"))
+    tensors = load_file(str(weights))
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + torch.ones_like(tensors[name])
+    save_file(tensors, str(weights))
+    with pytest.raises(UserError, match=r"other weights of .*base"):
+        runner.run_study("teacher-guidance", tmp_path / "tg", seeds=1, preset="tiny", overrides=sets,
+                         encoder=encoder, arms=["tg1_base"])
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, sets):
     cases = [["study", "nope", "--out", str(tmp_path / "a")],
              ["study", "task-mixture", "--seeds", "0", "--out", str(tmp_path / "b")],

@@ -4,7 +4,8 @@
 
 Layout of DIR:
 
-    study-state.json                    the study's identity (name, preset, overrides); another is refused
+    study-state.json                    the study's identity (name, preset, overrides, SHA-256 of each
+                                        teacher's weights); another is refused
     text-cache/                         text embeddings shared by every run (unless --set run.text_cache=...)
     arms/ARM/seedS/distill/             `flashdistill distill configs/studies/ARM.yaml --set dmd.seed=S ...`
     arms/ARM/seedS/bench/t2i|edit/      the final (EMA) student on the bench slice, world judge
@@ -87,9 +88,35 @@ def load_arm(recipes: Path, recipe_file: str, overrides: list[str]):
         raise UserError(f"{path}: {err}") from None
 
 
+def teacher_digests(recipes: list) -> dict[str, str]:
+    """SHA-256 of the weights of every teacher the recipes name, by recipe spec (`teacher:base`, a path): part of
+    a study's identity, so that a study resumed after a teacher was re-shipped or retrained is refused instead of
+    mixing arms distilled from two different teachers."""
+    import hashlib
+
+    from flashdistill.distill.families import family_for
+
+    digests = {}
+    for recipe in recipes:
+        for name, spec in recipe.teachers.items():
+            if spec in digests:
+                continue
+            path = Path(family_for(recipe).resolve(spec, f"teachers.{name}"))
+            files = sorted(path.rglob("*.safetensors")) if path.is_dir() else [path]
+            sha = hashlib.sha256()
+            for file in files:
+                sha.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
+                with open(file, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        sha.update(block)
+            digests[spec] = sha.hexdigest()
+    return digests
+
+
 class StudyState:
-    """`DIR/study-state.json`: what the folder holds. A rerun with another study, preset or overrides is refused,
-    so that a resumed study never mixes runs of two settings; --seeds may grow (finished seeds are kept)."""
+    """`DIR/study-state.json`: what the folder holds. A rerun with another study, preset, overrides or teacher
+    weights is refused, so that a resumed study never mixes runs of two settings; --seeds may grow (finished
+    seeds are kept)."""
 
     def __init__(self, out: Path, identity: dict):
         self.path = out / STATE_FILE
@@ -98,6 +125,14 @@ class StudyState:
 
             old = read_json_object(self.path, "study state").get("identity")
             if old != identity:
+                old_teachers = (old or {}).get("teachers") if isinstance(old, dict) else None
+                changed = sorted(k for k in identity.get("teachers", {})
+                                 if (old_teachers or {}).get(k) != identity["teachers"][k])
+                if old_teachers is not None and changed and \
+                        {k: v for k, v in old.items() if k != "teachers"} == \
+                        {k: v for k, v in identity.items() if k != "teachers"}:
+                    raise UserError(f"{out} holds a study distilled from other weights of {', '.join(changed)} "
+                                    f"(re-shipped or retrained since it began); use another --out")
                 raise UserError(f"{out} holds a study with other settings ({old}); use another --out")
         else:
             write_json_atomic(self.path, {"identity": identity})
@@ -186,11 +221,13 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         raise UserError(f"--arms: {', '.join(unknown)} not in study {name} (its arms: "
                         f"{', '.join(a.key for a in study.arms)})")
     chosen = [a for a in study.arms if arms is None or a.key in arms]
-    for arm in chosen:  # every recipe and override is checked before anything runs
+    loaded = {}
+    for arm in study.arms:  # every recipe and override is checked before anything runs
         raw, _ = load_arm(recipes, arm.recipe, [])
-        load_arm(recipes, arm.recipe, run_overrides(out, size, raw, 0, overrides))
+        loaded[arm.key] = load_arm(recipes, arm.recipe, run_overrides(out, size, raw, 0, overrides))[1]
     out_dir(out)  # a file, or a folder that cannot be made: one line naming it
-    StudyState(out, {"study": name, "preset": preset, "overrides": overrides})
+    StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
+                     "teachers": teacher_digests(list(loaded.values()))})
     todo = [(a, s) for a in chosen for s in range(seeds) if not is_done(out, a.key, s)]
     print(f"study {name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "
           f"({len(chosen) * seeds - len(todo)} finished earlier) -> {out}", flush=True)
