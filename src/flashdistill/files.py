@@ -10,10 +10,12 @@ and what is wrong, which the CLI prints as one line with exit code 2, never a tr
 - `out_dir(path, flag)`: create (or reuse) an output folder; `out_file(path, flag)`: make sure a file can be
   written there (its folder is created, the path is not a folder).
 - `remove_stale_tmp(folder)`: delete the `.NAME-tmp-*` / `.NAME-old-*` folders a kill during an atomic write left.
+- `file_digest(path)` / `hash_file(h, path)`: SHA-256 of a file / feed a file's bytes into a running hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -123,3 +125,16 @@ def swap_in(tmp: str | Path, folder: str | Path) -> Path:
     os.replace(tmp, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def hash_file(h, path: str | Path) -> None:
+    """Feed the bytes of `path` into the running hash `h`, 1 MiB at a time."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    hash_file(h, path)
+    return h.hexdigest()

@@ -33,19 +33,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from flashdistill.errors import UserError
+from flashdistill.files import file_digest
 
 Tensor = torch.Tensor
 INDEX = "index.json"
 SHARD_GLOB = "shard-*.safetensors"
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prompt_key(model_id: str, text: str) -> str:

@@ -94,6 +94,12 @@ def setup_distributed(device: str, batch_size: int) -> Dist:
     return Dist(rank, world, dev)
 
 
+def destroy_distributed() -> None:
+    """Destroy the process group, if this process made one."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
 def teardown_distributed(code: int) -> int:
     """End a process that may have made a process group, with exit code `code`.
 
@@ -103,8 +109,7 @@ def teardown_distributed(code: int) -> int:
     an active exception", SIGABRT; faulthandler: main thread, no Python frame, i.e. C++ teardown of torch/gloo
     objects during finalization, the class of pytorch/pytorch#179291 and #190489), which torchrun reports as a
     failed run. Callers close their files and loggers first; stdout and stderr are flushed here."""
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
+    destroy_distributed()
     if int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return code
     sys.stdout.flush()

@@ -48,7 +48,8 @@ from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
-from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed, teardown_distributed
+from flashdistill.distill.roles import (Dist, Roles, build_roles, destroy_distributed, setup_distributed,
+                                       teardown_distributed)
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
@@ -400,8 +401,7 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
     try:
         code = _main_distill(argv, prog)
     except BaseException:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        destroy_distributed()
         raise
     return teardown_distributed(code)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import out_dir, write_json_atomic
+from flashdistill.files import hash_file, out_dir, write_json_atomic
 from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
@@ -106,9 +106,7 @@ def teacher_digests(recipes: list) -> dict[str, str]:
             sha = hashlib.sha256()
             for file in files:
                 sha.update(file.relative_to(path).as_posix().encode() if path.is_dir() else b"")
-                with open(file, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        sha.update(block)
+                hash_file(sha, file)
             digests[spec] = sha.hexdigest()
     return digests
 
