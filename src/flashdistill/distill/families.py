@@ -4,9 +4,11 @@
 (`model_index.json`) is the `qwen-image` family, anything else the `embedded` one. A family answers:
 
 - `resolve(spec, key)`: the path a teacher spec names (errors name the recipe key);
-- `load_model(path)`: a frozen-able `FlowModel` (`v = model(z_t, t, cond)`), float32; a LoRA teacher is fused;
-- `structure(path)`: the same model built on the meta device from its config, no weights read (FSDP loading,
-  distill/sharding.py);
+- `load_model(path, dtype)`: a frozen-able `FlowModel` (`v = model(z_t, t, cond)`) whose weights are read from
+  safetensors straight into `dtype` (roles.frozen_dtype; no float32 copy of bf16 weights on the way); a LoRA
+  teacher is fused;
+- `structure(path, dtype)`: the same model built on the meta device from its config, no weights read (FSDP
+  loading, distill/sharding.py);
 - `is_lora(path)`, `lora_adapter(path, base)`: (folder, file, prefix) of a teacher stored as a LoRA on the
   base, or None; `roles.mode:
   lora` loads it as an adapter on the shared base instead of fusing it (distill/lora_roles.py);
@@ -61,18 +63,18 @@ class Embedded:
 
         return resolve_teacher(spec, key)
 
-    def load_model(self, path: Path) -> FlowModel:
-        # float32 whatever the storage dtype: shipped teachers are stored in float16 to halve the package
-        return FlowModel.from_pretrained(path, torch_dtype=torch.float32)
+    def load_model(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
+        # `dtype` whatever the storage dtype: shipped teachers are stored in float16 to halve the package
+        return FlowModel.from_pretrained(path, torch_dtype=dtype)
 
-    def structure(self, path: Path) -> FlowModel:
+    def structure(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
         from flashdistill.files import read_json_object
         from flashdistill.models.mmdit import config_from_meta
 
         meta_path = Path(path) / CONFIG_FILE
         config = config_from_meta(read_json_object(meta_path, "model config"), meta_path)
         with torch.device("meta"):
-            return FlowModel(config)
+            return FlowModel(config).to(dtype)
 
     @staticmethod
     def _lora_meta(path: Path) -> dict:
@@ -137,13 +139,9 @@ class QwenImageFolder:
         raise UserError(f"{key}: {spec} is neither a Qwen-Image pipeline folder (model_index.json) nor a LoRA "
                         f".safetensors file")
 
-    def load_model(self, path: Path) -> FlowModel:
-        from diffusers import QwenImageTransformer2DModel
-
+    def load_model(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
         adapter = self.lora_adapter(path, self.folder)
-        folder = self.folder if adapter else path
-        transformer = QwenImageTransformer2DModel.from_pretrained(folder / TRANSFORMER_FOLDER,
-                                                                  torch_dtype=torch.float32)
+        transformer = self.read_transformer((self.folder if adapter else path) / TRANSFORMER_FOLDER, dtype)
         if adapter:  # a LoRA teacher, fused into its own copy of the base (roles.mode full)
             transformer.load_lora_adapter(str(adapter[0]), weight_name=adapter[1], prefix=adapter[2])
             transformer.fuse_lora()
@@ -151,13 +149,21 @@ class QwenImageFolder:
         side = self.resolution // 8  # latents: the VAE's factor 8
         return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
 
-    def structure(self, path: Path) -> FlowModel:
+    @staticmethod
+    def read_transformer(folder: Path, dtype: torch.dtype):
+        """diffusers' QwenImageTransformer2DModel from `folder`, each tensor read from safetensors into `dtype` (the
+        seam benchmarks/gpu_fullsize.py replaces with random weights of the same shapes)."""
+        from diffusers import QwenImageTransformer2DModel
+
+        return QwenImageTransformer2DModel.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+
+    def structure(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
         from diffusers import QwenImageTransformer2DModel
 
         folder = self.folder if self.lora_adapter(path, self.folder) else path
         config = QwenImageTransformer2DModel.load_config(folder / TRANSFORMER_FOLDER)
         with torch.device("meta"):
-            transformer = QwenImageTransformer2DModel.from_config(config)
+            transformer = QwenImageTransformer2DModel.from_config(config).to(dtype)
         return FlowModel(MMDiTConfig.from_transformer(transformer, self.resolution // 8), transformer)
 
     def is_lora(self, path: Path) -> bool:

@@ -6,6 +6,9 @@
   (models/lora.py's `mmdit-lora` folders, or a diffusers LoRA file on a Qwen-Image folder; the family in
   distill/families.py says which) is a frozen fourth adapter. `critic.lora: false` makes the critic a full
   copy of the base instead. Any other teacher stays its own frozen model.
+- Precision: the base and the teacher adapters in `roles.frozen_dtype` (bf16 on CUDA by default); the student,
+  critic and EMA adapters (or the full critic) in fp32, so AdamW's moments and the gradients are fp32 too (what
+  diffusers' LoRA training scripts do with `cast_training_params`).
 - Each role is an `AdapterView`: `view(z_t, t, cond)` switches the shared transformer to its adapter (or off) and
   runs it, so the engine keeps calling `v = model(z_t, t, cond)` and never knows the layout. A view's
   `parameters()` / `state_dict()` are its adapter's only, so optimizers, EMA, clipping and checkpoints see exactly
@@ -105,7 +108,7 @@ def build_lora_roles(recipe, dist, family):
     adapter already added, is sharded as one module (distill/sharding.py): rank 0 reads it, the others build it on
     the meta device and receive their shards."""
     from flashdistill.distill import sharding
-    from flashdistill.distill.roles import Roles
+    from flashdistill.distill.roles import Roles, frozen_dtype, trainable_copy
 
     sharded = sharding.active(recipe, dist)
     if dist.world > 1 and not sharded:
@@ -124,18 +127,19 @@ def build_lora_roles(recipe, dist, family):
         if rc.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
 
+    dtype = frozen_dtype(recipe, dist.device)
     critic_full = None
-    if not recipe.critic.lora and sharded:
-        critic_full = sharding.load(family, base_path, recipe, dist, full_critic)
+    if not recipe.critic.lora and sharded:  # trainable: fp32 master weights
+        critic_full = sharding.load(family, base_path, recipe, dist, full_critic, torch.float32)
     if sharded and not dist.main:
-        base = family.structure(base_path)
+        base = family.structure(base_path, dtype)
     else:
-        base = family.load_model(base_path).to(dist.device)
+        base = family.load_model(base_path, dtype).to(dist.device)
     base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
     if not recipe.critic.lora and not sharded:
-        critic_full = copy.deepcopy(base)
+        critic_full = trainable_copy(base)
         full_critic(critic_full)
     names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
     teachers = add_adapters(base, recipe, family, base_path, names)
@@ -148,8 +152,9 @@ def build_lora_roles(recipe, dist, family):
         del full
     for name, path in list(teachers.items()):  # a different model: its own frozen copy, as in roles.mode full
         if isinstance(path, Path):
-            teachers[name] = (sharding.load(family, path, recipe, dist, lambda m: m.requires_grad_(False)) if sharded
-                              else family.load_model(path).to(dist.device).requires_grad_(False)).eval()
+            teachers[name] = (sharding.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
+                              if sharded else family.load_model(path, dtype).to(dist.device).requires_grad_(False)
+                              ).eval()
     base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
@@ -181,6 +186,10 @@ def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[s
         torch.manual_seed(recipe.dmd.seed)
         for name in names:
             base.transformer.add_adapter(copy.deepcopy(config), adapter_name=name)
+    with torch.no_grad():  # peft gives an adapter the base layer's dtype: trainable adapters and the EMA stay fp32
+        for name in names:
+            for _, p in _adapter_params(base, name):
+                p.data = p.data.to(torch.float32)
     teachers: dict[str, object] = {}
     for i, (name, spec) in enumerate(recipe.teachers.items()):
         path = family.resolve(spec, f"teachers.{name}").resolve()

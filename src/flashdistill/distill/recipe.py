@@ -6,7 +6,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     student:   init_from (a teacher name), nfe, shift, timesteps (explicit list; default: the nfe-step shifted grid)
     critic:    init_from (a teacher name, the base teacher), lr, updates (critic updates per generator step)
     dmd:       cfg_scale, t_min/t_max/t_shift (DMD noise levels), normalize, lr, weight_decay, grad_clip,
-               batch_size (global), iterations, ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
+               batch_size (global), micro_batch (rows per forward/backward on a rank; 0 = all), iterations,
+               ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
                max_bad_steps (consecutive non-finite steps tolerated)
     guidance:  λ_{k,m}(c) (paper eq. 5-6), see `flashdistill.distill.guidance`
     data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5);
@@ -18,7 +19,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
-               lora_rank, lora_alpha, gradient_checkpointing
+               lora_rank, lora_alpha, gradient_checkpointing, frozen_dtype (auto | bf16 | fp32: what is frozen;
+               what trains is fp32)
 
 Strictness as in `flashdistill.teacher.config` (whose `from_dict` / `apply_overrides` this reuses): an unknown key,
 a wrong type or an impossible value raises UserError naming the dotted key. `tasks.ratio=7:3` on the command line
@@ -45,9 +47,11 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
 # the remaining iterations move, not what the run is); `--resume` says which of them changed.
-RESUMABLE_KEYS = ("dmd.iterations", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every", "run.text_cache",
+RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
+                  "run.text_cache",
                   "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit", "eval.patience",
                   "dmd.lr", "critic.lr", "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
+FROZEN_DTYPES = ("auto", "bf16", "fp32")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -102,9 +106,14 @@ class RolesSection:
     lora_rank: int = 64
     lora_alpha: float | None = None  # default: the rank (scale 1)
     gradient_checkpointing: bool = False  # per transformer block, in the grad passes
+    # What is frozen (base, teachers, teacher adapters): bf16 | fp32 | auto (bf16 on CUDA, fp32 on a CPU). What
+    # trains (adapters or a full critic), its gradients, AdamW moments and the EMA are fp32 whatever this says.
+    frozen_dtype: str = "auto"
 
     def check(self) -> None:
         _require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
+        _require(self.frozen_dtype in FROZEN_DTYPES, "roles.frozen_dtype", f"must be one of "
+                 f"{', '.join(FROZEN_DTYPES)}, got {self.frozen_dtype!r}")
         _require(self.lora_rank >= 1, "roles.lora_rank", "must be >= 1")
         _require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
 
@@ -134,6 +143,7 @@ class DMDSection:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
     batch_size: int = 8  # global: split over ranks under torchrun
+    micro_batch: int = 0  # rows per forward/backward on a rank (gradient accumulation); 0 = all the rank's rows
     iterations: int = 1000
     ema_decay: float = 0.99
     bf16: bool = False
@@ -150,6 +160,7 @@ class DMDSection:
         _require(self.weight_decay >= 0, "dmd.weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
         _require(self.batch_size >= 1, "dmd.batch_size", "must be >= 1")
+        _require(self.micro_batch >= 0, "dmd.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
         _require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
         _require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
         _require(self.seed >= 0, "dmd.seed", "must be >= 0")
@@ -367,4 +378,6 @@ def resume_fingerprint(recipe: Recipe) -> dict:
         data[group].pop(name)
     if data["run"]["parallel"] == "ddp":  # the layout of every checkpoint written before run.parallel existed
         data["run"].pop("parallel")
+    if data["roles"]["frozen_dtype"] == "auto":  # likewise for roles.frozen_dtype (auto is fp32 on a CPU)
+        data["roles"].pop("frozen_dtype")
     return data

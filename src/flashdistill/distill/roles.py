@@ -6,6 +6,8 @@
   (distill/families.py) resolves and loads them. They are frozen and evaluated in eval mode.
 - The student starts as a copy of the teacher `student.init_from`, the critic (fake score) as a copy of
   `critic.init_from` (the base teacher, paper §2.2); the EMA of the student starts as the student.
+- Precision (`roles.frozen_dtype`, `frozen_dtype()`): frozen weights in bf16 on CUDA by default, read straight into
+  bf16; student, critic, their gradients, AdamW moments and the EMA in fp32 (`trainable_copy`).
 - AdamW for both trainable roles, constant learning rates (DMD2).
 - Under `torchrun --nproc_per_node=N` (WORLD_SIZE > 1) the process group is created here (NCCL on CUDA, gloo on
   CPU) and student and critic are wrapped in DistributedDataParallel; teachers and EMA are plain replicas. Every
@@ -117,6 +119,20 @@ def teardown_distributed(code: int) -> int:
     os._exit(code)
 
 
+def frozen_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    """`roles.frozen_dtype` on `device`: what the frozen weights (base, teachers, teacher adapters) are held in.
+    `auto` is bf16 on CUDA (half the bytes of the largest state) and fp32 on a CPU. What trains is always fp32."""
+    name = recipe.roles.frozen_dtype
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def trainable_copy(model: FlowModel) -> FlowModel:
+    """A trainable fp32 copy of a frozen model (student or full critic: fp32 master weights, grads and moments)."""
+    return copy.deepcopy(model).to(torch.float32).train().requires_grad_(True)
+
+
 def resolve_teacher(spec: str, key: str) -> Path:
     """A teacher folder from its recipe spec: a path, or `teacher:NAME` for the shipped teacher NAME."""
     try:
@@ -132,14 +148,15 @@ def load_teachers(recipe: Recipe, device: torch.device, family=None, dist: Dist 
     from flashdistill.distill import sharding
 
     family = family or _family(recipe)
+    dtype = frozen_dtype(recipe, device)
     loaded: dict[Path, FlowModel] = {}
     teachers = {}
     for name, spec in recipe.teachers.items():
         path = family.resolve(spec, f"teachers.{name}").resolve()
         if path not in loaded and dist is not None and sharding.active(recipe, dist):
-            loaded[path] = sharding.load(family, path, recipe, dist, _frozen).eval()
+            loaded[path] = sharding.load(family, path, recipe, dist, _frozen, dtype).eval()
         elif path not in loaded:
-            loaded[path] = family.load_model(path).to(device).eval().requires_grad_(False)
+            loaded[path] = family.load_model(path, dtype).to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
     spelling = {name: t.config.spell_quoted for name, t in teachers.items()}
     if len(set(spelling.values())) > 1:
@@ -200,8 +217,8 @@ def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
     if sharding.active(recipe, dist):
         return _sharded_roles(recipe, dist, family)
     teachers = load_teachers(recipe, dist.device, family)
-    student = copy.deepcopy(teachers[recipe.student.init_from]).train().requires_grad_(True)
-    critic = copy.deepcopy(teachers[recipe.critic.init_from]).train().requires_grad_(True)
+    student = trainable_copy(teachers[recipe.student.init_from])
+    critic = trainable_copy(teachers[recipe.critic.init_from])
     ema = copy.deepcopy(student).eval().requires_grad_(False)
     if recipe.roles.gradient_checkpointing:
         for model in (student, critic):

@@ -85,10 +85,11 @@ def broadcast_from_rank0(model: nn.Module, full: dict | None) -> None:
     set_model_state_dict(model, full or {}, options=options)
 
 
-def load(family, path, recipe, dist, prepare=None) -> nn.Module:
-    """The model at `path`, sharded, its weights read on rank 0 only. `prepare(model)` runs on every rank before
-    sharding (freeze or unfreeze, add adapters): it must build the same structure on the meta device and on rank 0."""
-    model = family.load_model(path).to(dist.device) if dist.main else family.structure(path)
+def load(family, path, recipe, dist, prepare=None, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model at `path` in `dtype`, sharded, its weights read on rank 0 only. `prepare(model)` runs on every rank
+    before sharding (freeze or unfreeze, add adapters): it must build the same structure on the meta device and on
+    rank 0."""
+    model = family.load_model(path, dtype).to(dist.device) if dist.main else family.structure(path, dtype)
     if prepare is not None:
         prepare(model)
     full = dict(model.state_dict()) if dist.main else None  # the unsharded tensors, alive until broadcast

@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -45,7 +45,7 @@ from flashdistill.data.batches import TaskMix
 from flashdistill.distill import dmd, sharding
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
-from flashdistill.distill.guard import Snapshot, backward_checked, optimizer_step
+from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
 from flashdistill.distill.roles import (Dist, Roles, build_roles, destroy_distributed, setup_distributed,
@@ -102,6 +102,7 @@ class Context:
     dist: Dist
     timers: dict[str, float]
     family: object = None  # distill/families.py: the teachers' CFG rule and the export
+    snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
 
     @contextmanager
     def timed(self, part: str):
@@ -128,9 +129,37 @@ def _to(cond: Cond, dev: torch.device) -> Cond:
     return Cond(cond.text.to(dev), cond.text_mask.to(dev), source, cond.has_source.to(dev), cond.category)
 
 
+def micro_batches(rows: int, micro: int) -> list[slice]:
+    """This rank's `rows` in passes of at most `micro` rows (`dmd.micro_batch`; 0 = one pass)."""
+    size = micro or rows
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, d: Draws) -> tuple:
     """Eq. 4/7 with backward simulation, up to the gradient: (x_θ detached, loss, grad norm, finite, teachers that
-    ran). `apply_generator` takes the step once the critic's updates have been finite too."""
+    ran). The rows run in micro-batches whose gradients add up to the whole batch's (each loss weighted by its share
+    of the rows); `apply_generator` takes the step once the critic's updates have been finite too."""
+    r, rc = ctx.roles, ctx.recipe
+    r.opt_student.zero_grad(set_to_none=True)
+    n = cond.batch_size
+    parts = micro_batches(n, rc.dmd.micro_batch)
+    xs, loss_sum, ran = [], 0.0, []
+    for j, sl in enumerate(parts):
+        with grad_sync(r.student_train, j == len(parts) - 1):
+            x, loss, names = generator_rows(ctx, None if x_data is None else x_data[sl], cond.rows(sl),
+                                            uncond.rows(sl), d.rows(sl, d.t.device))
+            with ctx.timed("student"):
+                (loss * ((sl.stop - sl.start) / n)).backward()  # under DDP the last one all-reduces
+        xs.append(x)
+        loss_sum += loss.item() * (sl.stop - sl.start) / n
+        ran += [m for m in names if m not in ran]
+    with ctx.timed("student"):
+        ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, rc.dmd.grad_clip, ctx.dist)
+    return torch.cat(xs), loss_sum, norm, ok, ran
+
+
+def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond: Cond, d: Draws) -> tuple:
+    """One micro-batch of the generator update: (x_θ detached, its loss with a graph, teachers that ran)."""
     r, rc = ctx.roles, ctx.recipe
     with ctx.timed("student"):
         x, v, _ = dmd.simulate(r.student_train, d.noises, rc.timesteps, d.k, cond, rc.dmd.bf16, r.student)
@@ -147,8 +176,7 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
         loss = dmd.generator_loss(x, grad)
         if rc.dmd.first_step_fm > 0 and d.k == 0:  # same k on every rank: the graphs agree under DDP
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, d.noises[0], x_data)
-        ok, norm = backward_checked(r.student_train, r.opt_student, loss, rc.dmd.grad_clip, ctx.dist)
-    return x.detach(), loss.item(), norm, ok, ran
+    return x.detach(), loss, ran
 
 
 def apply_generator(ctx: Context) -> None:
@@ -160,17 +188,28 @@ def apply_generator(ctx: Context) -> None:
 
 
 def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, d: Draws) -> tuple[float, float, bool, float]:
-    """`critic.updates` flow-matching steps on the detached student samples: (mean loss, last norm, all finite,
-    first loss). A non-finite update stops them and puts the critic and its optimizer back as before the first."""
+    """`critic.updates` flow-matching steps on the detached student samples, each over the batch's micro-batches:
+    (mean loss, last norm, all finite, first loss). A non-finite update stops them and puts the critic and its
+    optimizer back as before the first."""
     r, rc = ctx.roles, ctx.recipe
     losses, norm = [], float("nan")
-    before = Snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
+    before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
+    parts = micro_batches(cond.batch_size, rc.dmd.micro_batch)
     with ctx.timed("critic"):
         for u in range(rc.critic.updates):
-            loss = dmd.critic_loss(r.critic_train, x, d.critic_eps[u], d.critic_t[u], cond, rc.dmd.bf16)
-            ok, norm = optimizer_step(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
-            losses.append(loss.item())
-            if not ok:
+            r.opt_critic.zero_grad(set_to_none=True)
+            loss = 0.0
+            for j, sl in enumerate(parts):
+                with grad_sync(r.critic_train, j == len(parts) - 1):
+                    part = dmd.critic_loss(r.critic_train, x[sl], d.critic_eps[u, sl], d.critic_t[u, sl],
+                                           cond.rows(sl), rc.dmd.bf16) * ((sl.stop - sl.start) / cond.batch_size)
+                    part.backward()
+                loss += part.item()
+            ok, norm = finish_backward(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
+            losses.append(loss)
+            if ok:
+                r.opt_critic.step()
+            else:
                 if before is not None and u > 0:
                     before.restore(r.critic, r.opt_critic)
                 return sum(losses) / len(losses), norm, False, losses[0]

@@ -126,6 +126,12 @@ class Cond:
     def batch_size(self) -> int:
         return self.text.shape[0]
 
+    def rows(self, sl: slice) -> Cond:
+        """The contiguous rows `sl` of this condition (views, no copy): a micro-batch."""
+        cats = None if self.category is None else list(self.category[sl])
+        src = None if self.source is None else self.source[sl]
+        return Cond(self.text[sl], self.text_mask[sl], src, self.has_source[sl], cats)
+
     def select(self, idx: Tensor) -> Cond:
         """The rows `idx` (a 1-D index tensor) of this condition."""
         cats = None if self.category is None else [self.category[i] for i in idx.tolist()]
