@@ -97,8 +97,7 @@ class Snapshot:
         self.had_state = {id(p): bool(opt.state.get(p)) for p in module.parameters() if p.requires_grad}
         tensors = self._tensors(module, opt)
         if [t.shape for t in tensors] != [b.shape for b in self.buffers]:
-            pin = torch.cuda.is_available() and any(t.is_cuda for t in tensors)
-            self.buffers = [torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pin) for t in tensors]
+            self.buffers = [_host_buffer(t) for t in tensors]
         for buf, t in zip(self.buffers, tensors):
             buf.copy_(t, non_blocking=t.is_cuda)
         return self
@@ -110,6 +109,16 @@ class Snapshot:
                 opt.state.pop(p, None)  # the first update created it: back to no state, as before
         for t, buf in zip(self._tensors(module, opt), self.buffers):
             t.copy_(buf)
+
+
+def _host_buffer(t: torch.Tensor) -> torch.Tensor:
+    """A host tensor shaped like `t`: pinned for a GPU tensor (asynchronous copies), pageable if pinning fails."""
+    if t.is_cuda:
+        try:
+            return torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=True)
+        except RuntimeError:  # pinned memory refused (a sandboxed runtime): pageable copies are synchronous
+            pass
+    return torch.empty(t.shape, dtype=t.dtype, device="cpu")
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:

@@ -117,23 +117,30 @@ class Row:
         return self.weights + self.grads + self.optimizer
 
 
-def _trainable(role: str, n: int, world: int) -> Row:
-    return Row(role, n, 4 * n / world, 4 * n / world, 8 * n / world)
+def _trainable(role: str, n: int, world: int, nbytes: int = 4) -> Row:
+    """A trainable role: weights, gradients and AdamW's two moments in `nbytes` each (fp32: 4)."""
+    return Row(role, n, nbytes * n / world, nbytes * n / world, 2 * nbytes * n / world)
 
 
-def role_rows(c: Counts, mode: str, world: int, teachers: int) -> list[Row]:
-    """Bytes per rank of every role under `mode` (teachers: how many distinct teachers, the base included)."""
-    P, A = c.params, c.lora_params
+def role_rows(c: Counts, mode: str, world: int, teachers: int, frozen_bytes: int = 2, trainable_bytes: int = 4
+              ) -> list[Row]:
+    """Bytes per rank of every role under `mode` (teachers: how many distinct teachers, the base included);
+    frozen weights in `frozen_bytes` per parameter (bf16: 2), trainable state and the EMA in `trainable_bytes`."""
+    P, A, fb, tb = c.params, c.lora_params, frozen_bytes, trainable_bytes
+    frozen = {2: "bf16", 4: "fp32"}.get(fb, f"{fb} B")
+    ema = {2: "bf16", 4: "fp32"}.get(tb, f"{tb} B")
     if mode == "full":
-        rows = [Row(f"teacher {i + 1} (frozen, bf16)", P, 2 * P / world) for i in range(teachers)]
-        rows += [_trainable("student (full)", P, world), _trainable("critic (full)", P, world),
-                 Row("EMA of the student (fp32)", P, 4 * P / world)]
+        rows = [Row(f"teacher {i + 1} (frozen, {frozen})", P, fb * P / world) for i in range(teachers)]
+        rows += [_trainable("student (full)", P, world, tb), _trainable("critic (full)", P, world, tb),
+                 Row(f"EMA of the student ({ema})", P, tb * P / world)]
     elif mode in MODES[1:]:
-        rows = [Row("base (frozen, bf16; the base teacher = adapters off)", P, 2 * P / world)]
-        rows += [Row(f"teacher {i + 2}: LoRA on the base (bf16)", A, 2 * A / world) for i in range(teachers - 1)]
-        rows.append(_trainable("student adapter", A, world))
-        rows.append(_trainable("critic adapter", A, world) if mode == "lora" else _trainable("critic (full)", P, world))
-        rows.append(Row("EMA of the student adapter (fp32)", A, 4 * A / world))
+        rows = [Row(f"base (frozen, {frozen}; the base teacher = adapters off)", P, fb * P / world)]
+        rows += [Row(f"teacher {i + 2}: LoRA on the base ({frozen})", A, fb * A / world)
+                 for i in range(teachers - 1)]
+        rows.append(_trainable("student adapter", A, world, tb))
+        rows.append(_trainable("critic adapter", A, world, tb) if mode == "lora"
+                    else _trainable("critic (full)", P, world, tb))
+        rows.append(Row(f"EMA of the student adapter ({ema})", A, tb * A / world))
     else:
         raise ValueError(f"unknown mode {mode!r}")
     rows.append(Row("FSDP gather buffer (2 blocks bf16, unsharded)", 2 * c.largest_block, 2 * 2 * c.largest_block))
@@ -148,41 +155,26 @@ def activation_bytes(c: Counts, batch: int, tokens: int, checkpointing: bool) ->
     return c.layers * 2 * c.width * batch * tokens + per_block
 
 
-def tokens_of(resolution: int, text_tokens: int, edit: bool, vae_factor: int = 8, patch: int = 2) -> int:
-    image = (resolution // (vae_factor * patch)) ** 2
-    return image * (2 if edit else 1) + text_tokens
-
-
 def gib(x: float) -> str:
     return f"{x / GIB:,.2f}"
 
 
-def render(spec: str, c: Counts, world: int, rank: int, teachers: int, resolution: int, batch: int,
-           text_tokens: int) -> str:
-    """The plan as Markdown: one table per mode, then the activation estimate."""
+def render(spec: str, c: Counts, world: int, rank: int, teachers: int, frozen_bytes: int = 2) -> str:
+    """The plan's role tables as Markdown: one table per mode (distill/peak.py adds the peak per GPU)."""
+    frozen = {2: "bf16", 4: "fp32"}[frozen_bytes]
     lines = [f"# Memory plan: {spec}", "",
              f"Transformer: {c.params:,} parameters ({c.params / 1e9:.2f} B), {c.layers} blocks, width {c.width}; "
              f"LoRA rank {rank} on {len(DEFAULT_TARGETS)} targets: {c.lora_params:,} parameters. "
-             f"World size {world}; {teachers} teacher(s). GiB per rank; frozen bf16, trainable fp32 master + fp32 "
-             f"grad + AdamW 2x fp32, EMA fp32, sharded / {world}.", ""]
+             f"World size {world}; {teachers} teacher(s). GiB per rank; frozen {frozen}, trainable fp32 master + "
+             f"fp32 grad + AdamW 2x fp32, EMA fp32, sharded / {world}.", ""]
     for mode in MODES:
-        rows = role_rows(c, mode, world, teachers)
+        rows = role_rows(c, mode, world, teachers, frozen_bytes)
         lines += [f"## roles.mode: {mode}", "", "| role | params | weights | grads | AdamW | total |",
                   "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {r.role} | {r.params:,} | {gib(r.weights)} | {gib(r.grads)} | {gib(r.optimizer)} | "
                   f"{gib(r.total)} |" for r in rows]
         lines += [f"| **total** | | | | | **{gib(sum(r.total for r in rows))}** |", ""]
-    lines += ["## Activations of one grad pass (estimate)", "",
-              f"per block = 2 B x {C_ACT} x D x batch x S; no checkpointing: L x per block; per-block "
-              f"checkpointing: L x 2 B x D x batch x S + per block (D = {c.width}, L = {c.layers}, batch {batch}).",
-              "", "| task | S (tokens) | no checkpointing | per-block checkpointing |", "|---|---:|---:|---:|"]
-    for task, edit in (("T2I", False), ("edit", True)):
-        s = tokens_of(resolution, text_tokens, edit)
-        lines.append(f"| {task} {resolution}² | {s:,} | {gib(activation_bytes(c, batch, s, False))} | "
-                     f"{gib(activation_bytes(c, batch, s, True))} |")
-    lines += ["", "Peak per rank ≈ the mode's total + the activations of one grad pass (+ CUDA context and "
-                  "allocator slack)."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def plan_spec(spec: str, overrides: list[str] | None = None) -> tuple[Path, int]:
