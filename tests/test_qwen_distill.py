@@ -193,3 +193,34 @@ def test_live_roles_hold_what_the_planner_counts(world):
     assert live["full"].elements["frozen"] == 2 * counts.params
     assert live["lora"].elements["frozen"] == counts.params + counts.lora_params
     assert live["lora"].total_bytes < live["full"].total_bytes / 3
+
+
+def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
+    """roles.frozen_dtype bf16 (the CUDA default): base and teacher adapter bf16, read straight into bf16; student,
+    critic and EMA adapters, their AdamW moments fp32; the live bytes equal `flashdistill plan`'s exactly; under
+    bf16 autocast the LoRA branches take bf16 activations (peft's fp32 input cast is off)."""
+    from flashdistill.distill.memory import materialize_optimizer_states, measure, planned
+    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+
+    sets = world[1] + ["roles.frozen_dtype=bf16", "dmd.bf16=true"]
+    config, teachers = plan_spec(str(RECIPE), sets)
+    counts = count(meta_transformer(config), rank=4)
+    for mode in ("lora", "full"):
+        roles = build_roles(load_recipe(RECIPE, sets + [f"roles.mode={mode}"]), Dist())
+        materialize_optimizer_states(roles)
+        assert measure(roles).bytes == planned(counts, mode, teachers).bytes, mode
+        assert {p.dtype for p in roles.student.parameters()} == {torch.float32}
+        assert {p.dtype for p in roles.ema.parameters()} == {torch.float32}
+        frozen = roles.teachers["base"].base if mode == "lora" else roles.teachers["base"]
+        assert {p.dtype for n, p in frozen.named_parameters() if "lora_" not in n} == {torch.bfloat16}
+    from flashdistill.models.mmdit import Cond
+
+    seen = []
+    roles = build_roles(load_recipe(RECIPE, sets), Dist())
+    layer = roles.student.base.transformer.transformer_blocks[0].attn.to_q.lora_A["student"]
+    layer.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
+
+    c = Cond(torch.randn(1, 5, 32), torch.ones(1, 5, dtype=torch.bool))
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        v = roles.student(torch.randn(1, 16, 8, 8), torch.tensor([0.5]), c)
+    assert seen == [torch.bfloat16] and v.isfinite().all()

@@ -158,6 +158,8 @@ def build_lora_roles(recipe, dist, family):
     base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
+    if recipe.dmd.bf16:
+        keep_activations_bf16(base)
     for adapter, params in base.adapter_params.items():
         for _, p in params:
             p.requires_grad_(adapter in TRAINABLE)
@@ -169,6 +171,18 @@ def build_lora_roles(recipe, dist, family):
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)
+
+
+def keep_activations_bf16(base: FlowModel) -> None:
+    """Under bf16 autocast, let the LoRA branches take the bf16 activations as they are. peft casts each LoRA
+    layer's input to its adapter's dtype (fp32 here), which autocast then casts back to bf16 for the matmul: on the
+    20B transformer that was a fifth of the GPU time of an iteration in fp32 copies and multiplies
+    (benchmarks/results/gpu_fullsize_h200.json, profile), for a result rounded to bf16 anyway."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in base.transformer.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[str]) -> dict:
