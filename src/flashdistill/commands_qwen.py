@@ -7,6 +7,7 @@ function and reports bad input as a UserError (one line, exit code 2, by the CLI
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 
 from flashdistill.cliargs import nonneg_int, positive_float, positive_int
@@ -48,6 +49,18 @@ def _cache_inputs(args) -> tuple[str, str | None, str | None, str]:
     return model, prompts, edits, out
 
 
+def _eval_files(args) -> tuple[list[str], list[str]]:
+    """The recipe's eval.prompts / eval.edits (encoded with the training files), if a recipe names them."""
+    if not args.recipe:
+        return [], []
+    from flashdistill.distill.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    for note in recipe.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return [recipe.eval.prompts] if recipe.eval.prompts else [], [recipe.eval.edits] if recipe.eval.edits else []
+
+
 def _cache_command(args, out: str) -> str:
     """The command that (re)builds this cache, for error messages of readers."""
     parts = ["flashdistill", "cache"] + ([args.recipe] if args.recipe else [])
@@ -72,6 +85,11 @@ def cmd_cache(args) -> None:
     read_model_index(model)  # a clear error before anything is read or loaded
     prompts = read_prompts(prompts_file) if prompts_file else []
     edits = read_edits(edits_file) if edits_file else []
+    extra_prompts, extra_edits = _eval_files(args)  # what the quick evaluation samples is encoded too
+    for path in extra_prompts:
+        prompts += read_prompts(path)
+    for path in extra_edits:
+        edits += read_edits(path)
     family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
     counts = build_cache(out, family, prompts, edits, _cache_command(args, out), negative_prompt=args.negative_prompt,
                          vae_area=args.vae_area, dtype=args.dtype, batch_size=args.batch_size,

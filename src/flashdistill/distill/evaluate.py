@@ -70,15 +70,23 @@ class BestTracker:
             raise UserError(f"{path}: 'score' must be a number and 'iteration' an integer")
         return cls(Path(run) / "best", float(score), iteration, since_best)
 
+    def beats(self, score: float, iteration: int) -> bool:
+        """Whether `score` at `iteration` is a new best (re-evaluating the best iteration after a resume is)."""
+        return iteration == self.best_iteration or score > self.best
+
+    def record(self, score: float, iteration: int) -> None:
+        """`iteration` is the new best (its export is in `folder`)."""
+        self.best, self.best_iteration, self.since_best = score, iteration, 0
+
     def update(self, score: float, iteration: int, ema, timesteps: list[float], info: dict) -> bool:
         """Export `ema` to best/ when `score` beats the best so far; returns whether `iteration` is the best."""
         if iteration == self.best_iteration:  # re-evaluated after a resume: the same weights, the same best
             self.since_best = 0
             return True
         if score > self.best:
-            self.best, self.best_iteration, self.since_best = score, iteration, 0
             export_student(ema, self.folder, timesteps, {**info, "iteration": iteration, "weights": "best",
                                                           "score": score})
+            self.record(score, iteration)
             return True
         self.since_best += 1
         return False

@@ -15,7 +15,9 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                with them the categories are the files' (composition, edit_mix and guidance name those) and
                resolution is the target side in pixels (qwen-image)
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
-    eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience
+    eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience;
+               with data files: prompts / edits (eval files), judge (vlm | none), vlm_base_url, vlm_model,
+               vlm_api_key_env, vlm_concurrency (distill/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
@@ -50,7 +52,8 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
                   "run.text_cache",
                   "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit", "eval.patience",
-                  "dmd.lr", "critic.lr", "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
+                  "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
+                  "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
@@ -230,14 +233,42 @@ class TasksSection:
 
 @dataclass
 class EvalSection:
-    every: int = 0  # iterations between quick evaluations on a bench slice; 0 = off
-    limit: int = 2  # bench cases per category in the slice
-    patience: int = 0  # stop after this many evaluations without a new best; 0 = never stop early
+    """The quick evaluation: the world's val slice (embedded), or samples of eval files (data files, file_eval.py)."""
 
-    def check(self) -> None:
+    every: int = 0  # iterations between quick evaluations; 0 = off
+    limit: int = 2  # world: bench cases per category in the slice
+    patience: int = 0  # stop after this many evaluations without a new best; 0 = never stop early
+    prompts: str | None = None  # data files: eval prompts (the data.prompts format), encoded by `flashdistill cache`
+    edits: str | None = None  # data files: eval edits (the data.edits format)
+    judge: str = "auto"  # world | vlm | none; auto: world for the embedded world, none (samples only) for data files
+    vlm_base_url: str | None = None  # eval.judge vlm: an OpenAI-compatible endpoint
+    vlm_model: str | None = None
+    vlm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
+    vlm_concurrency: int = 4
+
+    def check(self, files: bool) -> None:
         _require(self.every >= 0, "eval.every", "must be >= 0 (0 = off)")
         _require(self.limit >= 1, "eval.limit", "must be >= 1")
         _require(self.patience >= 0, "eval.patience", "must be >= 0 (0 = off)")
+        _require(self.judge in ("auto", "world", "vlm", "none"), "eval.judge",
+                 f"must be auto, world, vlm or none, got {self.judge!r}")
+        _require(1 <= self.vlm_concurrency <= 256, "eval.vlm_concurrency", "must be in [1, 256]")
+        _require(files or not (self.prompts or self.edits), "eval.prompts / eval.edits",
+                 "eval files go with data files (data.prompts / data.edits); the world evaluates on its val split")
+        judge = self.resolved_judge(files)
+        _require(not files or judge != "world", "eval.judge", "the world judge scores the world's val split; "
+                 "with data files use eval.judge vlm (scores) or none (samples only)")
+        _require(files or judge == "world", "eval.judge", "the embedded world is judged by the world judge")
+        _require(not (files and self.every) or bool(self.prompts or self.edits), "eval.every",
+                 "with data files name what to sample: eval.prompts and/or eval.edits")
+        _require(judge != "vlm" or bool(self.vlm_base_url and self.vlm_model), "eval.judge",
+                 "vlm needs eval.vlm_base_url and eval.vlm_model")
+        _require(not self.patience or judge != "none", "eval.patience", "needs scores: eval.judge vlm")
+
+    def resolved_judge(self, files: bool) -> str:
+        if self.judge != "auto":
+            return self.judge
+        return "none" if files else "world"
 
 
 @dataclass
@@ -281,10 +312,12 @@ class Recipe:
                      f"{', '.join(self.teachers)}")
         t2i_known, edit_known = self.data.categories()
         self.data.check(t2i_known)
-        for section in (self.student, self.critic, self.dmd, self.eval, self.run, self.roles):
+        for section in (self.student, self.critic, self.dmd, self.run, self.roles):
             section.check()
-        _require(self.run.parallel == "ddp" or self.eval.every == 0, "eval.every", "the quick evaluation runs "
-                 "on rank 0 alone; with run.parallel fsdp set it to 0 and evaluate the exported student")
+        self.eval.check(self.data.uses_files())
+        _require(self.run.parallel == "ddp" or self.eval.every == 0 or self.data.uses_files(), "eval.every",
+                 "the world's quick evaluation runs on rank 0 alone; with run.parallel fsdp set it to 0 and "
+                 "evaluate the exported student")
         if self.data.uses_files():
             self._check_files(edit_known)
         t2i, edit = self.tasks.weights()
@@ -308,8 +341,6 @@ class Recipe:
             self.tasks.edit_mix = {c: 1.0 for c in edit_known}
         _require(self.dmd.first_step_fm == 0, "dmd.first_step_fm", "needs the world's target images; data files "
                  "hold prompts and edit sources only (set it to 0)")
-        _require(self.eval.every == 0, "eval.every", "the quick evaluation scores the world's val split; with data "
-                 "files set it to 0")
 
     def categories(self) -> list[str]:
         """Every category a batch can hold, T2I first (the guidance table's rows)."""
@@ -352,9 +383,31 @@ def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Rec
     for name, spec in (raw.get("teachers") or {}).items() if isinstance(raw.get("teachers"), dict) else ():
         _require(spec is not None, f"teachers.{name}", f"not set: pass --set teachers.{name}=PATH")
     recipe = from_dict(Recipe, raw)
+    recipe.notes = []  # one-line notes for the user (not part of the recipe's identity)
     recipe.check()
+    if recipe.data.uses_files():
+        guidance = _rows_the_files_hold(guidance, recipe, overrides or [])
     recipe.guidance = parse_guidance(guidance, list(recipe.teachers), len(recipe.timesteps), recipe.categories())
     return recipe
+
+
+def _rows_the_files_hold(guidance, recipe: Recipe, overrides: list[str]):
+    """With data files the categories are the user's: a guidance row of the recipe file for a category the files
+    do not hold is left out and noted in `recipe.notes` (the commands print it; a shipped recipe names `text` and
+    `text_editing`); a row set on the command line for an unknown category is kept, so parse_guidance refuses it
+    (typo protection)."""
+    if not isinstance(guidance, dict):
+        return guidance
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    if "guidance" in keys:
+        return guidance
+    by_hand = {k.split(".")[1] for k in keys if k.startswith("guidance.")}
+    known = set(recipe.categories())
+    unused = [c for c in guidance if c != "default" and c not in known and c not in by_hand]
+    if unused:
+        recipe.notes.append(f"guidance rows for {', '.join(unused)} are not used: the data files hold no such "
+                            f"category (their categories: {', '.join(recipe.categories())})")
+    return {c: rows for c, rows in guidance.items() if c not in unused}
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -315,15 +315,26 @@ def count_bad(metrics: dict, health: dict, limit: int) -> None:
 
 
 def evaluate(ctx: Context, scorer, tracker: BestTracker, logger: RunLogger | None, done: int) -> bool:
-    """Quick evaluation of the EMA student on rank 0, best kept; returns whether `eval.patience` says stop."""
+    """Quick evaluation of the EMA student, best kept; returns whether `eval.patience` says stop. A collective
+    scorer (file_eval.FileEval) runs on every rank, the world's BenchScorer on rank 0; the result counts on rank 0."""
+    start = time.perf_counter()
+    result = None
+    if getattr(scorer, "collective", False):
+        result = scorer(ctx.roles.ema, done, ctx.dist)
+    elif ctx.dist.main:
+        result = scorer(Student(ctx.roles.ema, ctx.recipe.timesteps), done)
+    score = None if result is None else result.get("score")
+    is_best = bool(ctx.dist.broadcast(score is not None and tracker.beats(float(score), done)))
+    if is_best:  # every rank: gathering a sharded EMA for the export is collective
+        _export_best(ctx, tracker, float(ctx.dist.broadcast(score)), done)
     stop = False
     if ctx.dist.main:
-        start = time.perf_counter()
-        result = scorer(Student(ctx.roles.ema, ctx.recipe.timesteps), done)
-        is_best = tracker.update(float(result["score"]), done, ctx.roles.ema, ctx.recipe.timesteps,
-                                 {"recipe": ctx.recipe.to_dict()})
+        if score is not None and not is_best:
+            tracker.since_best += 1
         record = {**result, "best": tracker.best, "is_best": is_best, "eval_time": time.perf_counter() - start}
         logger.log_eval(done, record)
+        if result.get("grid"):
+            logger.log_image("eval/samples", result["grid"], done)
         patience = ctx.recipe.eval.patience
         stop = patience > 0 and tracker.since_best >= patience
         if stop:
@@ -332,12 +343,42 @@ def evaluate(ctx: Context, scorer, tracker: BestTracker, logger: RunLogger | Non
     return bool(ctx.dist.broadcast(stop))
 
 
+def _export_best(ctx: Context, tracker: BestTracker, score: float, done: int) -> None:
+    """The EMA student into best/ through the family's export (gathered first when sharded)."""
+    exported = ctx.roles
+    if sharding.active(ctx.recipe, ctx.dist):
+        exported = sharding.gather_ema(ctx.roles, ctx.recipe, ctx.dist)
+    if ctx.dist.main:
+        info = {"recipe": ctx.recipe.to_dict(), "iteration": done, "weights": "best", "score": score}
+        ctx.family.export(exported, tracker.folder, ctx.recipe.timesteps, info)
+        tracker.record(score, done)
+    ctx.dist.barrier()
+
+
 def _meta(ctx: Context, health: dict, tracker: BestTracker, wall: float) -> dict:
     config = ctx.roles.student.config
     return {"fingerprint": resume_fingerprint(ctx.recipe), "recipe": ctx.recipe.to_dict(),
             "student": {"config": {f.name: getattr(config, f.name) for f in fields(config)},
                         "timesteps": ctx.recipe.timesteps},
             "evals_since_best": tracker.since_best, "wall_time_s": wall, **health}
+
+
+def _scorer(recipe: Recipe, ctx: Context, out: Path, dist: Dist):
+    """The quick evaluation of this run: the world's val slice (rank 0), or samples of the eval files (every rank,
+    judged on rank 0 by the VLM judge when eval.judge is vlm)."""
+    if not recipe.data.uses_files():
+        if not dist.main:
+            return None
+        return BenchScorer(out / "eval", recipe.eval.limit, ctx.roles.student.config.resolution, ctx.source.encoder)
+    from flashdistill.distill.file_eval import FileEval
+
+    judge = None
+    e = recipe.eval
+    if e.resolved_judge(True) == "vlm" and dist.main:
+        from flashdistill.bench.vlm import VLMJudge
+
+        judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
+    return FileEval(recipe, ctx.family, out / "eval", dist.device, judge)
 
 
 def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Context:
@@ -361,6 +402,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size)
+    for note in getattr(recipe, "notes", []) if dist.main else []:
+        print(f"note: {note}", file=sys.stderr)
     roles = build_roles(recipe, dist)  # first: a bad teacher path should not leave an empty run folder behind
     if dist.main:
         out_dir(out)
@@ -372,8 +415,8 @@ def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None,
     end = total if stop_after is None else max(start, min(total, stop_after))
     ctx = _context(recipe, roles, dist, out, encoder)
     tracker = BestTracker.open(out, meta.get("evals_since_best", 0))
-    if scorer is None and recipe.eval.every and dist.main:
-        scorer = BenchScorer(out / "eval", recipe.eval.limit, roles.student.config.resolution, ctx.source.encoder)
+    if scorer is None and recipe.eval.every:
+        scorer = _scorer(recipe, ctx, out, dist)
     health = {"bad_streak": meta.get("bad_streak", 0), "skipped_total": meta.get("skipped_total", 0),
               "last_good": meta.get("last_good", start - 1)}
     wall_before, t0, metrics, done, stop = meta.get("wall_time_s", 0.0), time.perf_counter(), {}, start, False

@@ -80,6 +80,14 @@ class RunLogger:
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, "kind": "eval", **record}) + "\n")
 
+    def log_image(self, tag: str, path: str | Path, step: int) -> None:
+        """A PNG (a grid of samples) to tensorboard."""
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as img:
+            self.writer.add_image(tag, np.asarray(img.convert("RGB")), step, dataformats="HWC")
+
     def close(self) -> None:
         self.writer.close()
 
