@@ -443,7 +443,9 @@ def test_retry_failed_asks_again_only_the_failed_cases(server, tmp_path):
     argv = ["bench", "t2i", "--model", "oracle", "--limit", "2", "--judge", "vlm", "--out", str(out),
             "--vlm-base-url", server.url, "--vlm-model", "fake-vlm", "--vlm-api-key-env", KEY_ENV,
             "--vlm-concurrency", "1"]
-    assert main(argv) == 0
+    with pytest.raises(SystemExit) as stopped:  # both failed cases are landscape's: no average, exit code 1
+        main(argv)
+    assert stopped.value.code == 1
     assert json.loads((out / "results.json").read_text())["n_failed"] == 2
     asked = len(server.requests)
     assert main(argv + ["--retry-failed"]) == 0
