@@ -213,7 +213,8 @@ def _run_stages(out: Path, preset: Preset, overrides: list[str]) -> Path:
     state = State(out, {"preset": asdict(preset), "overrides": overrides})
     report = out / "report.md"
     if all(state.done(s) for s in STAGES):
-        print(f"nothing left to do: this quickstart finished earlier. Report: {report} (and {report.with_suffix('.html')})")
+        print(f"nothing left to do: this quickstart finished earlier. Report: {report} "
+              f"(and {report.with_suffix('.html')})")
         return report
     from flashdistill.models.text import TextEncoder
 
