@@ -206,3 +206,19 @@ def test_two_distill_processes_on_one_out(teachers, tmp_path):
                                       f"another --out")
     with claim_run(out, "distill"):  # the SIGKILLed holder left no lock
         assert json.loads((out / MARKER).read_text())["pid"] == os.getpid()
+
+
+def test_teacher_train_is_refused_while_another_process_holds_its_folder(tmp_path, capsys):
+    from flashdistill.cli import main
+
+    out = tmp_path / "teacher"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out), "teacher"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["teacher", "train", str(TEACHER_TINY), "--out", str(out)]) == 2
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"another flashdistill process (pid {holder.pid} on " in err
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]  # nothing of the holder's run touched
