@@ -101,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
             fake.auth.append(self.headers.get("Authorization", ""))
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-        action = fake.next_action() if self.path == "/v1/chat/completions" else status(404, "no such route")
+        action = fake.next_action() if self.path.startswith("/v1/chat/completions") else status(404, "no such route")
+        if "echo" in action:  # a hostile server: the reply is built from the request's Authorization header
+            action = ok(action["echo"](self.headers.get("Authorization", "")))
         time.sleep(action.get("sleep", 0.0) + fake.delay)
         with fake.lock:  # counted as finished before the reply leaves, so a follow-up request never overlaps it
             fake.in_flight -= 1
@@ -109,6 +111,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, action: dict) -> None:
         data = action["raw"] if "raw" in action else json.dumps(action["body"]).encode()
+        if "trickle" in action:
+            return self._trickle(action, data)
         try:
             self.send_response(action["status"])
             self.send_header("Content-Type", action.get("content_type", "application/json"))
@@ -118,6 +122,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+            pass
+
+
+    def _trickle(self, action: dict, data: bytes) -> None:
+        """The reply a byte at a time, every `trickle` seconds: the body only, or (`whole`) the headers too."""
+        head = (f"HTTP/1.1 {action['status']} OK\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        slow = head + data if action.get("whole") else data
+        try:
+            if not action.get("whole"):
+                self.wfile.write(head)
+            for i in range(len(slow)):
+                self.wfile.write(slow[i:i + 1])
+                time.sleep(action["trickle"])
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up, as it should
             pass
 
 
@@ -443,7 +462,9 @@ def test_retry_failed_asks_again_only_the_failed_cases(server, tmp_path):
     argv = ["bench", "t2i", "--model", "oracle", "--limit", "2", "--judge", "vlm", "--out", str(out),
             "--vlm-base-url", server.url, "--vlm-model", "fake-vlm", "--vlm-api-key-env", KEY_ENV,
             "--vlm-concurrency", "1"]
-    assert main(argv) == 0
+    with pytest.raises(SystemExit) as stopped:  # both failed cases are landscape's: no average, exit code 1
+        main(argv)
+    assert stopped.value.code == 1
     assert json.loads((out / "results.json").read_text())["n_failed"] == 2
     asked = len(server.requests)
     assert main(argv + ["--retry-failed"]) == 0
@@ -452,3 +473,107 @@ def test_retry_failed_asks_again_only_the_failed_cases(server, tmp_path):
     assert len(rows) == 6 and all(r["score"] == 3.0 for r in rows)
     assert json.loads((out / "results.json").read_text())["n_failed"] == 0
     assert main(argv + ["--retry-failed"]) == 0 and len(server.requests) == asked + 2  # nothing failed: nothing asked
+
+
+# ------------------------------------------------------------------------------------------------ a hostile server
+
+
+def bench_argv(out, url: str, *extra: str) -> list[str]:
+    return ["bench", "t2i", "--model", "oracle", "--limit", "1", "--judge", "vlm", "--out", str(out),
+            "--vlm-base-url", url, "--vlm-model", "fake-vlm", "--vlm-api-key-env", KEY_ENV, *extra]
+
+
+def everything_written(out) -> str:
+    return "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix != ".png")
+
+
+ECHOES = {"verbatim": lambda auth: f"I saw the header {auth}.", "upper-cased": lambda auth: auth.upper(),
+          "spaced out": lambda auth: " ".join(auth), "in a JSON string": lambda auth: json.dumps({"h": auth})}
+
+
+@pytest.mark.parametrize("echo", list(ECHOES))
+def test_a_reply_echoing_the_authorization_header_never_reaches_a_file(server, tmp_path, capsys, echo):
+    """Defect: a reply that echoed the request's Authorization header put the API key into cases.jsonl."""
+    from flashdistill.cli import main
+
+    server.default = {"echo": lambda auth: {"score": 3.0, "reasoning": ECHOES[echo](auth)}}
+    out = tmp_path / "vlm"
+    assert main(bench_argv(out, server.url)) == 0
+    rows = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["score"] == 3.0 and "***" in r["reasoning"] for r in rows)
+    captured = capsys.readouterr()
+    written = everything_written(out) + captured.out + captured.err
+    assert KEY.lower() not in written.lower() and "SECRET" not in written.upper().replace(" ", "")
+
+
+def test_edit_failure_modes_echoing_the_key_are_scrubbed(server):
+    server.default = {"echo": lambda auth: edit_reply(failure_modes=[f"leaked {auth}"], reasoning=auth)}
+    score = run_edit(make_judge(server))[0]
+    assert score.score == 3.5 and score.failure_modes == ["leaked Bearer ***"] and score.reasoning == "Bearer ***"
+
+
+@pytest.mark.parametrize("form", ["user", "query"])
+def test_a_key_inside_the_base_url_is_never_written(server, tmp_path, capsys, form):
+    """Defect: a key inside --vlm-base-url was written to run.json and results.json."""
+    from flashdistill.cli import main
+
+    url_key = "sk-in-the-url-9876543210"  # not the environment's key: the URL itself must be redacted
+    host = server.url.removeprefix("http://")
+    url = f"http://user:{url_key}@{host}" if form == "user" else f"{server.url}?api_key={url_key}"
+    out = tmp_path / "vlm"
+    try:
+        main(bench_argv(out, url))
+    except SystemExit:  # the query form breaks the request path: every case fails, exit 1; nothing may leak
+        pass
+    captured = capsys.readouterr()
+    assert url_key not in everything_written(out) + captured.out + captured.err
+    run = json.loads((out / "run.json").read_text())
+    assert run["judge"] == ("vlm:fake-vlm@http://***@" + host if form == "user" else
+                            f"vlm:fake-vlm@{server.url}?api_key=***")
+
+
+def test_a_category_whose_cases_all_failed_gives_no_average_and_exit_1(server, tmp_path, capsys):
+    """Defect: a category whose cases all failed was dropped from the average (5.0 over 2 of 3), exit 0."""
+    from flashdistill.cli import main
+
+    server.default = status(400, "no")  # not retried: every case fails at once ...
+    server.push(ok({"score": 5.0, "reasoning": "a"}), ok({"score": 5.0, "reasoning": "b"}))  # ... but two
+    out = tmp_path / "vlm"
+    with pytest.raises(SystemExit) as stopped:
+        main(bench_argv(out, server.url, "--vlm-concurrency", "1"))
+    assert stopped.value.code == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["average"] is None and len(results["per_category"]) == 2
+    assert results["unscored_categories"] == sorted(set(json.loads(line)["category"] for line in
+                                                        (out / "cases.jsonl").read_text().splitlines())
+                                                    - set(results["per_category"]))
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith(f"error: every case of {results['unscored_categories'][0]} "
+                                                   f"failed, so the bench has no average")
+
+
+def test_an_endpoint_that_is_down_fails_every_case_and_exits_1(server, tmp_path, monkeypatch, capsys):
+    import flashdistill.bench.vlm as vlm
+
+    from flashdistill.cli import main
+
+    monkeypatch.setattr(vlm, "_MAX_DELAY_S", 0.01)  # the CLI's backoff, shortened: four attempts in no time
+    url = server.url
+    server.close()  # nothing listens on the port any more
+    out = tmp_path / "vlm"
+    with pytest.raises(SystemExit) as stopped:
+        main(bench_argv(out, url))
+    assert stopped.value.code == 1
+    results = json.loads((out / "results.json").read_text())
+    assert results["n_failed"] == results["n_cases"] == 3 and results["average"] is None
+    assert len(results["unscored_categories"]) == 3 and "error: every case of " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_reply_trickled_a_byte_at_a_time_is_bounded_by_the_timeout(server, whole):
+    """Defect: a reply trickled a byte at a time ran 143 s past a 120 s time-out (the time-out was per read)."""
+    server.push({**ok({"score": 4, "reasoning": "x" * 200}), "trickle": 0.02, "whole": whole})  # ~5 s in all
+    start = time.monotonic()
+    score = run_t2i(make_judge(server, timeout=1.0, max_attempts=1))[0]
+    elapsed = time.monotonic() - start
+    assert score.score is None and score.error.startswith("timeout after 1 s") and elapsed < 1.8

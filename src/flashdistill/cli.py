@@ -11,6 +11,7 @@ from pathlib import Path
 from flashdistill.cliargs import Parser, nonneg_float, nonneg_int, positive_int
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, out_file
+from flashdistill.runfolder import check_run
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
 from flashdistill.bench.cases import BUILTIN_CASES, MINI_SIZES  # noqa: F401  (MINI_SIZES re-exported for scripts)
@@ -52,7 +53,7 @@ def cmd_bench_run(args) -> None:
     from flashdistill.bench.models import load_model
     from flashdistill.bench.runner import run_bench
 
-    out_dir(args.out)
+    check_run(args.out, "bench")  # another run's folder is refused before the model loads
     cases_file = Path(args.cases) if args.cases else BUILTIN_CASES[args.bench]
     known = T2I_CATEGORIES if args.bench == "t2i" else EDIT_CATEGORIES
     for category in args.category or []:
@@ -66,6 +67,11 @@ def cmd_bench_run(args) -> None:
                         args.resolution, args.batch_size, retry_failed=args.retry_failed)
     print(f"{results['bench']} {results['model']}: average {results['average']} over {results['n_cases']} cases "
           f"({results['n_failed']} failed) -> {Path(args.out) / 'results.json'}")
+    if results["unscored_categories"]:  # no average: a script must not take this run for a complete one
+        print(f"error: every case of {', '.join(results['unscored_categories'])} failed, so the bench has no "
+              f"average; see the errors in {Path(args.out) / 'cases.jsonl'}, then rerun with --retry-failed",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 def cmd_bench_table(args) -> None:

@@ -6,7 +6,8 @@ file where a folder is wanted, or sit where nothing can be created. Each of thes
 and what is wrong, which the CLI prints as one line with exit code 2, never a traceback.
 
 - `read_text(path, what)`: the UTF-8 text of a file.
-- `read_json(path, what)` / `read_json_object(path, what)`: a JSON value / a JSON object from a file.
+- `read_json(path, what)` / `read_json_object(path, what)` / `read_yaml(path, what)`: a JSON value / a JSON object /
+  a YAML value from a file, parsed strictly by `flashdistill.parsing` (duplicate keys, deep nesting, alias bombs).
 - `out_dir(path, flag)`: create (or reuse) an output folder; `out_file(path, flag)`: make sure a file can be
   written there (its folder is created, the path is not a folder).
 - `remove_stale_tmp(folder)`: delete the `.NAME-tmp-*` / `.NAME-old-*` folders a kill during an atomic write left.
@@ -23,6 +24,7 @@ import uuid
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.parsing import load_json, load_yaml, yaml_problem  # noqa: F401  (yaml_problem re-exported)
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
@@ -41,11 +43,8 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 
 def read_json(path: str | Path, what: str = "file"):
-    text = read_text(path, what)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    """The JSON value in a file (flashdistill.parsing.load_json: duplicate keys and deep nesting refused)."""
+    return load_json(read_text(path, what), f"{what} {path}")
 
 
 def read_json_object(path: str | Path, what: str = "file") -> dict:
@@ -55,11 +54,10 @@ def read_json_object(path: str | Path, what: str = "file") -> dict:
     return obj
 
 
-def yaml_problem(err) -> str:
-    """A PyYAML error as one phrase with its position: `found character '\\t' ... (line 2, column 1)`."""
-    mark = getattr(err, "problem_mark", None)
-    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-    return " ".join(str(getattr(err, "problem", None) or err).split()) + where
+def read_yaml(path: str | Path, what: str = "file"):
+    """The YAML value in a file (flashdistill.parsing.load_yaml: duplicate keys, deep nesting and alias bombs
+    refused, `1e0` a number); None for an empty file."""
+    return load_yaml(read_text(path, what), f"{what} {path}")
 
 
 def out_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flashdistill.errors import UserError
-from flashdistill.files import write_json_atomic
+from flashdistill.files import read_json_object, write_json_atomic
+from flashdistill.runfolder import claim_run
 
 RECIPES = Path(__file__).parent / "assets" / "recipes"
 STATE_FILE = "quickstart.json"
@@ -81,11 +82,16 @@ class State:
     def __init__(self, out: Path, identity: dict):
         self.path = out / STATE_FILE
         identity = json.loads(json.dumps(identity))  # tuples as the file holds them: lists
-        data = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        data = read_json_object(self.path, "quickstart record") if self.path.exists() else {}
         old = data.get("identity")
         if old is not None and old != identity:
             raise UserError(f"{out} holds a quickstart run with other settings ({old}); use another --out")
-        self.data = {"identity": identity, "done": data.get("done", []), "seconds": data.get("seconds", {})}
+        done, seconds = data.get("done", []), data.get("seconds", {})
+        if not isinstance(done, list) or not isinstance(seconds, dict) or \
+                not all(isinstance(v, (int, float)) for v in seconds.values()):
+            raise UserError(f"{self.path}: 'done' must be a list and 'seconds' a mapping of numbers; use another "
+                            f"--out")
+        self.data = {"identity": identity, "done": done, "seconds": seconds}
 
     def done(self, stage: str) -> bool:
         return stage in self.data["done"]
@@ -180,7 +186,7 @@ def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> No
     from flashdistill.report import write_report
 
     recipe = load_quickstart_recipe(preset, overrides)
-    write_report(out, preset, recipe, overrides, json.loads((out / STATE_FILE).read_text()))
+    write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"))
 
 
 RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}
@@ -199,13 +205,16 @@ def quickstart(out: Path, preset_name: str = "default", overrides: list[str] | N
     preset, overrides = PRESETS[preset_name], list(overrides or [])
     load_quickstart_recipe(preset, overrides)  # a bad override fails here, before anything is written
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_run(out, "quickstart"):  # another kind of run there, or another process writing it: refused
+        return _run_stages(out, preset, overrides)
+
+
+def _run_stages(out: Path, preset: Preset, overrides: list[str]) -> Path:
     state = State(out, {"preset": asdict(preset), "overrides": overrides})
     report = out / "report.md"
     if all(state.done(s) for s in STAGES):
-        print(f"nothing left to do: this quickstart finished earlier. Report: {report} (and {report.with_suffix('.html')})")
+        print(f"nothing left to do: this quickstart finished earlier. Report: {report} "
+              f"(and {report.with_suffix('.html')})")
         return report
     from flashdistill.models.text import TextEncoder
 

@@ -8,7 +8,8 @@ Files in the output folder:
   error), appended and fsynced as each case finishes, so a killed run loses at most the batch in flight; a case
   that failed (score null, e.g. the VLM judge gave up on it) is asked again with `retry_failed` (`--retry-failed`);
 - `images/<id>.png`: the model's output for each case (what was judged: outputs are quantised to 8 bits first);
-- `results.json`: per-category means, their average (the paper's "Average"), failures and Fréchet distances;
+- `results.json`: per-category means, their average (the paper's "Average"; null, with `unscored_categories`
+  naming them, when every case of a category failed), failures and Fréchet distances;
 - `grid.png`: a few outputs per category with their scores.
 """
 
@@ -24,16 +25,16 @@ from tqdm import tqdm
 
 from flashdistill.bench.world_judge import frechet_distance, reference_features
 from flashdistill.errors import UserError
-from flashdistill.files import out_dir, read_json_object, write_json_atomic, write_text_atomic
+from flashdistill.files import read_json_object, write_json_atomic, write_text_atomic
 from flashdistill.imageio import load_png, quantize, save_grid, save_png
+from flashdistill.runfolder import claim_run
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES, T2I_TITLES
 from flashdistill.world.edits import source_image
 
 MIN_CASES_FOR_FD = 10
 
 
-def _claim_folder(out: Path, identity: dict) -> None:
-    out_dir(out)
+def _check_identity(out: Path, identity: dict) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         try:
@@ -83,21 +84,34 @@ def _generate(model, bench: str, batch, nfe, resolution: int):
 def run_bench(bench: str, model, judge, cases: list, out: Path, nfe: int | None, cases_label: str,
               resolution: int = 32, batch_size: int = 32, retry_failed: bool = False) -> dict:
     """Generate, judge and record every case not yet in `out/cases.jsonl` (and, with `retry_failed`, every case
-    recorded as failed); then write results.json and grid.png."""
+    recorded as failed); then write results.json and grid.png. `out` is claimed first (flashdistill.runfolder):
+    another kind of run there, or another process writing it, is refused."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     check = getattr(judge, "check_cases", None)
     if check is not None:  # before any image is made: e.g. the world judge needs ground truth in every case
         check(bench, cases)
     out = Path(out)
-    _claim_folder(out, {"bench": bench, "model": model.name, "nfe": nfe, "judge": judge.description,
-                        "cases": cases_label, "resolution": resolution})
+    with claim_run(out, "bench"):
+        _check_identity(out, {"bench": bench, "model": model.name, "nfe": nfe, "judge": judge.description,
+                            "cases": cases_label, "resolution": resolution})
+        start = time.perf_counter()
+        done = _judge_cases(bench, model, judge, cases, out, nfe, resolution, batch_size, retry_failed)
+        results = summarize(bench, model.name, nfe, judge.description, cases, done, out, resolution)
+        results["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 2)
+        write_json_atomic(out / "results.json", results, indent=2)
+        save_bench_grid(bench, cases, done, out)
+    return results
+
+
+def _judge_cases(bench: str, model, judge, cases: list, out: Path, nfe, resolution: int, batch_size: int,
+                 retry_failed: bool) -> dict[str, dict]:
+    """Every case's row (id -> row), the ones not yet in cases.jsonl generated, judged and appended there."""
     log_path = out / "cases.jsonl"
     done = load_done(log_path, retry_failed)
     todo = [c for c in cases if c.id not in done]
     if done and todo:
         print(f"resuming: {len(cases) - len(todo)} of {len(cases)} cases already judged in {log_path}")
-    start = time.perf_counter()
     with log_path.open("a", encoding="utf-8") as log, tqdm(total=len(todo), desc=f"{bench} {model.name}",
                                                            unit="case") as bar:
         for b in range(0, len(todo), batch_size):
@@ -113,14 +127,13 @@ def run_bench(bench: str, model, judge, cases: list, out: Path, nfe: int | None,
                 os.fsync(log.fileno())
                 done[row["id"]] = row
                 bar.update(1)
-    results = summarize(bench, model.name, nfe, judge.description, cases, done, out, resolution)
-    results["wall_seconds_this_invocation"] = round(time.perf_counter() - start, 2)
-    write_json_atomic(out / "results.json", results, indent=2)
-    save_bench_grid(bench, cases, done, out)
-    return results
+    return done
 
 
 def summarize(bench, model_name, nfe, judge_desc, cases, done, out: Path, resolution: int) -> dict:
+    """results.json's content. `average` is the mean over every category the cases hold, or None when one of them
+    has no judged case (all failed): an average over fewer categories is another number, not comparable with a
+    complete one, so it is not given; `unscored_categories` names them (and the CLI exits 1)."""
     order = T2I_CATEGORIES if bench == "t2i" else EDIT_CATEGORIES
     per_cat: dict[str, list[float]] = {}
     failed = 0
@@ -131,9 +144,12 @@ def summarize(bench, model_name, nfe, judge_desc, cases, done, out: Path, resolu
         else:
             per_cat.setdefault(case.category, []).append(score)
     means = {c: round(float(np.mean(per_cat[c])), 3) for c in order if c in per_cat}
+    present = list(dict.fromkeys(c.category for c in cases))
+    unscored = [c for c in present if c not in per_cat]
     return {"bench": bench, "model": model_name, "nfe": nfe, "judge": judge_desc, "n_cases": len(cases),
             "n_failed": failed, "per_category": means,
-            "average": round(float(np.mean(list(means.values()))), 3) if means else None,
+            "average": round(float(np.mean(list(means.values()))), 3) if means and not unscored else None,
+            "unscored_categories": unscored,
             "frechet_distance": frechet_by_category(bench, cases, out, resolution), "resolution": resolution}
 
 

@@ -18,8 +18,12 @@ Behaviour:
   CaseScore(score=None, error=...) instead of raising.
 - Other 4xx are not retried and fail the case. 401/403/404 before any request of the run has succeeded raise
   UserError instead (bad key or wrong model/URL: every case would fail the same way).
+- `timeout` bounds each request as a whole (connect, send, headers and body): a reply trickled a byte at a time
+  times out like a silent one (`vlm_http.deadline`).
 - The API key is read from the environment (never stored on the judge, never in repr or error strings). With the
-  variable unset and a localhost base_url, the key "EMPTY" is used (local vLLM/SGLang servers need none).
+  variable unset and a localhost base_url, the key "EMPTY" is used (local vLLM/SGLang servers need none). Whatever a
+  server sends back, the key (and any user, password or query value in base_url) is replaced by `***` in every
+  score's text before it is yielded, and `description` / `base_url` name the endpoint without them.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from PIL import Image
 
 from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.bench.rubrics import edit_system_prompt, t2i_system_prompt
+from flashdistill.bench.vlm_http import deadline, deadline_client, redact_url, scrub
 from flashdistill.bench.types import CaseScore
 from flashdistill.errors import UserError
 from flashdistill.world.categories import EDIT_SUBSCORE_KEYS
@@ -230,20 +235,22 @@ class VLMJudge:
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 4,
                  timeout: float = 120.0, max_attempts: int = 4, backoff: float = 2.0, image_size: int = 256):
         if not base_url.startswith(("http://", "https://")):
-            raise UserError(f"VLM judge: base_url must start with http:// or https://, got '{base_url}'")
+            raise UserError(f"VLM judge: base_url must start with http:// or https://, got '{redact_url(base_url)}'")
         for label, value in (("concurrency", concurrency), ("max_attempts", max_attempts),
                              ("image_size", image_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"VLM judge: {label} must be a positive integer, got {value!r}")
-        if timeout <= 0 or backoff < 0:
+        if not timeout > 0 or not math.isfinite(timeout) or backoff < 0:
             raise UserError(f"VLM judge: timeout must be > 0 and backoff >= 0, got {timeout}, {backoff}")
-        self.base_url, self.model, self.api_key_env = base_url, model, api_key_env
+        # What is recorded and printed names the endpoint without the secrets a URL can carry (user, password,
+        # query values); the key and the full URL go straight into the client, the judge keeps no copy.
+        self.base_url, self.model, self.api_key_env = redact_url(base_url), model, api_key_env
         self.concurrency, self.timeout, self.max_attempts = concurrency, float(timeout), max_attempts
         self.backoff, self.image_size = float(backoff), image_size
-        self.description = f"vlm:{model}@{base_url}"
-        # The key goes straight into the client; the judge keeps no copy of its own.
         self._client = openai.OpenAI(base_url=base_url, api_key=_resolve_key(api_key_env, base_url),
-                                     timeout=self.timeout, max_retries=0)
+                                     timeout=self.timeout, max_retries=0,
+                                     http_client=deadline_client(self.timeout, concurrency))
+        self.description = self._scrub(f"vlm:{model}@{self.base_url}")
 
     def __repr__(self) -> str:
         return (f"VLMJudge(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r}, "
@@ -305,8 +312,8 @@ class VLMJudge:
             for fut in as_completed(futures):
                 outcome = fut.result()
                 if outcome.fatal:
-                    raise UserError(outcome.fatal)
-                yield futures[fut], outcome.score
+                    raise UserError(self._scrub(outcome.fatal))
+                yield futures[fut], self._scrub_score(outcome.score)
         finally:
             # Also runs when the caller stops iterating early: queued cases are dropped, sleeping retries abort.
             run.stop.set()
@@ -334,7 +341,8 @@ class VLMJudge:
                  attempt: int) -> _Outcome | tuple[str, float | None]:
         """One request: a final _Outcome, or (reason, retry_after) when it is worth retrying."""
         try:
-            reply = self._client.chat.completions.create(model=self.model, messages=messages)
+            with deadline(self.timeout):  # the time-out bounds the whole request, not each read (vlm_http)
+                reply = self._client.chat.completions.create(model=self.model, messages=messages)
         except (ValueError, openai.APIResponseValidationError) as e:  # HTTP 200, body not JSON (JSONDecodeError)
             return self._scrub(f"malformed reply: the body is not a chat completion ({e})")[:300], None
         except openai.APIStatusError as e:
@@ -375,8 +383,13 @@ class VLMJudge:
         return min(_MAX_DELAY_S, self.backoff * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
     def _scrub(self, text: str) -> str:
-        # Some servers echo the credential in error bodies; never let it reach a result file or a terminal.
-        key = self._client.api_key
-        if key and key != "EMPTY":
-            text = text.replace(key, "***")
-        return text
+        # Some servers echo the credential (error bodies, a reply quoting the request's Authorization header);
+        # never let it reach a result file or a terminal.
+        return scrub(text, self._client.api_key, str(self._client.base_url))
+
+    def _scrub_score(self, score: CaseScore) -> CaseScore:
+        """`score` with every text a server's reply put into it scrubbed (reasoning, failure modes, error)."""
+        score.reasoning = self._scrub(score.reasoning) if score.reasoning else score.reasoning
+        score.failure_modes = [self._scrub(m) for m in score.failure_modes]
+        score.error = self._scrub(score.error) if score.error else score.error
+        return score

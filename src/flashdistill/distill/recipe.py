@@ -41,8 +41,9 @@ import yaml
 from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.errors import UserError
-from flashdistill.files import read_text, yaml_problem
+from flashdistill.files import read_yaml
 from flashdistill.flow import euler_timesteps
+from flashdistill.parsing import StrictLoader
 from flashdistill.runtime.config import apply_overrides, from_dict
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.pools import PROMPTS_PER_CATEGORY
@@ -58,17 +59,13 @@ FROZEN_DTYPES = ("auto", "bf16", "fp32")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that reads `a:b` number pairs (ratios) as strings instead of YAML 1.1 base-60 integers."""
-
-
-_RecipeLoader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _first in "0123456789":
-    _RecipeLoader.yaml_implicit_resolvers.setdefault(_first, []).insert(
-        0, ("tag:yaml.org,2002:str", re.compile(r"^\d+(?:\.\d*)?:\d+(?:\.\d*)?$")))
+# The project's one YAML loader (flashdistill.parsing): `a:b` ratios stay strings instead of YAML 1.1 base-60
+# integers, `1e0` is a number, duplicate keys, deep nesting and alias bombs are refused.
+_RecipeLoader = StrictLoader
 
 
 def _load_yaml(text: str):
+    """A YAML value read by the project's loader; yaml.YAMLError when refused (the caller names the source)."""
     return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -413,11 +410,7 @@ def _rows_the_files_hold(guidance, recipe: Recipe, overrides: list[str]):
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a YAML recipe, apply dotted overrides, validate. Bad input -> UserError naming the key."""
     path = Path(path)
-    text = read_text(path, "recipe")  # missing, a folder, or not UTF-8: one line naming the file
-    try:
-        raw = _load_yaml(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"recipe {path}: not valid YAML: {yaml_problem(err)}") from None
+    raw = read_yaml(path, "recipe")  # missing, not UTF-8, invalid YAML, a duplicate key: one line naming the file
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"recipe {path}: the top level must be a mapping")
     return recipe_from_raw(raw, overrides)

@@ -54,6 +54,7 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.models.mmdit import Cond
+from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime import sharded as sharded_checkpoint
@@ -395,8 +396,15 @@ def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Co
 def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None, scorer=None,
                   command: str | None = None, stop_after: int | None = None) -> dict:
     """Distill (or continue distilling) into `out`; returns a summary. `encoder` replaces MiniLM (tests share one),
-    `scorer` the quick-eval BenchScorer; `stop_after` ends this call after that many iterations, checkpointed."""
-    out = Path(out)
+    `scorer` the quick-eval BenchScorer; `stop_after` ends this call after that many iterations, checkpointed.
+    `out` is claimed first (flashdistill.runfolder): another kind of run there, or another process writing it, is
+    refused; under torchrun rank 0 holds the claim and the other ranks only check."""
+    with claim_run(out, "distill", enabled=os.environ.get("RANK", "0") == "0"):
+        return _train_distill(recipe, Path(out), resume, encoder, scorer, command, stop_after)
+
+
+def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, command: str | None,
+                   stop_after: int | None) -> dict:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder")
     if recipe.run.threads:

@@ -3,7 +3,8 @@
 `from_dict(cls, raw)` builds a dataclass from a mapping, converting and checking every value against its type hint
 (int, float, bool, str, X | None, list[X], dict[str, X], nested dataclasses); an unknown key or a wrong type raises
 UserError naming the dotted key. `apply_overrides(raw, ["a.b=value"])` sets dotted `--set` overrides, each value
-parsed with yaml.safe_load, before validation, so a value on the command line is checked exactly like the file.
+parsed by the loader that reads the files (flashdistill.parsing: `1e0` is a number, `7:3` a string, a duplicate key
+refused), before validation, so a value on the command line is checked exactly like the file.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import fields, is_dataclass
 import yaml
 
 from flashdistill.errors import UserError
+from flashdistill.parsing import StrictLoader, yaml_problem
 
 
 def _convert(value, tp, key: str):
@@ -81,16 +83,17 @@ def from_dict(cls, raw, prefix: str = ""):
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in raw.items()})
 
 
-def apply_overrides(raw: dict, overrides: list[str], load=yaml.safe_load) -> dict:
-    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); value parsed by `load`."""
+def apply_overrides(raw: dict, overrides: list[str], load=None) -> dict:
+    """Set `a.b.c=value` strings into the nested mapping `raw` (in place; returns it); each value parsed by `load`
+    (default: the project's strict YAML loader, flashdistill.parsing), which raises yaml.YAMLError when refused."""
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key:
             raise UserError(f"override {item!r}: expected key.sub=value")
         try:
-            value = load(text)
+            value = (load or _parse_value)(text)
         except yaml.YAMLError as err:
-            raise UserError(f"override {key}: cannot parse value {text!r}: {err}") from None
+            raise UserError(f"override {key}: cannot parse value {text!r}: {yaml_problem(err)}") from None
         node, parts = raw, key.split(".")
         for i, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
@@ -101,3 +104,7 @@ def apply_overrides(raw: dict, overrides: list[str], load=yaml.safe_load) -> dic
             node = child
         node[parts[-1]] = value
     return raw
+
+
+def _parse_value(text: str):
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass

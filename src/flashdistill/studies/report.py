@@ -62,7 +62,7 @@ def collect(study: Study, out: Path, seeds: int, arms: list[str]) -> dict:
             folder = seed_dir(out, arm, seed)
             if not (folder / DONE_FILE).is_file():
                 continue
-            done = json.loads((folder / DONE_FILE).read_text(encoding="utf-8"))
+            done = _done_record(folder / DONE_FILE)
             cases = {b: _case_rows(folder / "bench" / b) for b in study.benches}
             runs.setdefault(arm, {})[seed] = {"bench": done["bench"], "cases": cases, "train": done["train"],
                                               "seconds": done["seconds"],
@@ -70,10 +70,28 @@ def collect(study: Study, out: Path, seeds: int, arms: list[str]) -> dict:
     return runs
 
 
+def _done_record(path: Path) -> dict:
+    """A run's done.json; a damaged one is named, with the way to run that seed again."""
+    from flashdistill.files import read_json_object
+
+    try:
+        done = read_json_object(path, "finished-run record")
+        if not all(isinstance(done.get(k), dict) for k in ("bench", "train", "seconds")):
+            raise UserError(f"finished-run record {path}: lacks its bench, train or seconds")
+    except UserError as err:
+        raise UserError(f"{err}; delete it and run the study command again to redo that run") from None
+    return done
+
+
 def _case_rows(folder: Path) -> dict[str, tuple[str, float]]:
-    rows = [json.loads(line) for line in (folder / "cases.jsonl").read_text(encoding="utf-8").splitlines()
-            if line.strip()]
-    return {r["id"]: (r["category"], r["score"]) for r in rows if r.get("score") is not None}
+    rows = []
+    for line in (folder / "cases.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a blank or torn line; the bench records every case it finished on its own line
+    return {r["id"]: (r["category"], r["score"]) for r in rows
+            if isinstance(r, dict) and r.get("score") is not None and "id" in r and "category" in r}
 
 
 def metric(run: dict, bench: str, column: str) -> float:

@@ -28,13 +28,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import hash_file, out_dir, write_json_atomic
+from flashdistill.files import hash_file, write_json_atomic
+from flashdistill.runfolder import claim_run
 from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
 DONE_FILE = "done.json"
 STATE_FILE = "study-state.json"
 RESERVED = ("dmd.seed",)  # the runner sets it per run
+MAX_SEEDS = 100  # each seed is a training run per arm; the paper's tables use 3 to 5
 
 
 def default_recipes() -> Path:
@@ -77,11 +79,13 @@ def run_overrides(study_dir: Path, preset: Preset, raw: dict, seed: int, overrid
 
 def load_arm(recipes: Path, recipe_file: str, overrides: list[str]):
     """(raw YAML, Recipe) of one arm with `overrides` applied; bad input -> UserError naming the file."""
-    from flashdistill.distill.recipe import _load_yaml, load_recipe
-    from flashdistill.files import read_text
+    from flashdistill.distill.recipe import load_recipe
+    from flashdistill.files import read_yaml
 
     path = recipes / recipe_file
-    raw = _load_yaml(read_text(path, "study recipe")) or {}
+    raw = read_yaml(path, "study recipe") or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"study recipe {path}: the top level must be a mapping")
     try:
         return raw, load_recipe(path, overrides)
     except UserError as err:
@@ -207,8 +211,9 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
     """Run (or continue) study `name` into `out`; returns the path of study.md. `arms` restricts the run and the
     report to those arm keys; `encoder` replaces MiniLM (tests share one)."""
     study, size, out = *lookup(name, preset), Path(out)
-    if seeds < 1:
-        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be between 1 and {MAX_SEEDS} (each seed is a full training run per arm), "
+                        f"got {seeds}")
     overrides = list(overrides or [])
     check_overrides(overrides)
     if importlib.util.find_spec("matplotlib") is None:  # the curves are drawn at the end: say so now, not then
@@ -223,11 +228,20 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
     for arm in study.arms:  # every recipe and override is checked before anything runs
         raw, _ = load_arm(recipes, arm.recipe, [])
         loaded[arm.key] = load_arm(recipes, arm.recipe, run_overrides(out, size, raw, 0, overrides))[1]
-    out_dir(out)  # a file, or a folder that cannot be made: one line naming it
-    StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
-                     "teachers": teacher_digests(list(loaded.values()))})
+    with claim_run(out, "study"):  # another kind of run there, or another process writing it: refused
+        StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
+                         "teachers": teacher_digests(list(loaded.values()))})
+        _run_arms(study, size, out, chosen, seeds, recipes, overrides, encoder)
+        from flashdistill.studies.report import write_study_report
+
+        return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
+
+
+def _run_arms(study: Study, size: Preset, out: Path, chosen: list, seeds: int, recipes: Path, overrides: list[str],
+              encoder) -> None:
+    """Every arm × seed without its done.json, in order."""
     todo = [(a, s) for a in chosen for s in range(seeds) if not is_done(out, a.key, s)]
-    print(f"study {name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "
+    print(f"study {study.name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "
           f"({len(chosen) * seeds - len(todo)} finished earlier) -> {out}", flush=True)
     if todo and encoder is None:
         from flashdistill.models.text import TextEncoder
@@ -235,12 +249,9 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         encoder = TextEncoder()
     for arm in chosen:
         finished = sum(is_done(out, arm.key, s) for s in range(seeds))
-        with tqdm(total=seeds, initial=finished, desc=f"{name} {arm.key}", unit="seed", position=0,
+        with tqdm(total=seeds, initial=finished, desc=f"{study.name} {arm.key}", unit="seed", position=0,
                   dynamic_ncols=True) as bar:
             for seed in range(seeds):
                 if not is_done(out, arm.key, seed):
                     run_one(study, size, out, arm, seed, recipes, overrides, encoder)
                     bar.update(1)
-    from flashdistill.studies.report import write_study_report
-
-    return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)

@@ -13,9 +13,9 @@ Layout (every group optional in YAML; a missing key takes the default below):
     lora:      rank (0 = full fine-tune), alpha, targets   (a LoRA fine-tune of run.init_from, models/lora.py)
 
 Strictness: an unknown key, a wrong type or an impossible value raises UserError naming the dotted key
-(`train.lr: must be > 0, got -0.1`). Overrides are `key.sub=value` strings whose value is parsed with
-yaml.safe_load, so `train.lr=1e-4`, `train.bf16=true` and `mix.composition.text=3` all work, and are validated
-exactly like the file. Load one with `load_config(path, overrides)`.
+(`train.lr: must be > 0, got -0.1`). Overrides are `key.sub=value` strings whose value is parsed by the loader
+that reads the file (flashdistill.parsing), so `train.lr=1e-4`, `train.bf16=true` and `mix.composition.text=3` all
+work, and are validated exactly like the file. Load one with `load_config(path, overrides)`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
 
 from flashdistill.data.batches import TaskMix
 from flashdistill.errors import UserError
@@ -191,14 +190,10 @@ def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Tea
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TeacherConfig:
     """Read a YAML teacher config, apply dotted overrides, validate. Bad input -> UserError."""
-    from flashdistill.files import read_text, yaml_problem
+    from flashdistill.files import read_yaml
 
     path = Path(path)
-    text = read_text(path, "config")  # missing, a folder, or not UTF-8: one line naming the file
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path}: not valid YAML: {yaml_problem(err)}") from None
+    raw = read_yaml(path, "config")  # missing, not UTF-8, invalid YAML, a duplicate key: one line naming the file
     if raw is not None and not isinstance(raw, dict):
         raise UserError(f"config {path}: the top level must be a mapping")
     return config_from_raw(raw, overrides)

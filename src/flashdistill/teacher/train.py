@@ -39,7 +39,7 @@ from tqdm import tqdm
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import out_dir, remove_stale_tmp, swap_in
+from flashdistill.files import remove_stale_tmp, swap_in
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.flow import flow_matching_loss
@@ -48,6 +48,7 @@ from flashdistill.models.text import open_text_cache
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
                                          resume_fingerprint)
@@ -221,10 +222,15 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
     time-sliced (or interrupted) would: the LR schedule still follows `train.steps`, so `--resume` continues it.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out}: is a file, not a folder")
-    state = build_state(config)  # first: a bad init_from should not leave an empty run folder behind
-    out_dir(out)
+    # Another kind of run in `out`, or another process writing it, is refused; a start that fails before anything
+    # is written (a bad init_from) leaves no folder behind.
+    with claim_run(out, "teacher"):
+        return _train(config, out, resume, encoder, command, stop_after)
+
+
+def _train(config: TeacherConfig, out: Path, resume: bool, encoder, command: str | None,
+           stop_after: int | None) -> dict:
+    state = build_state(config)
     start, saved_meta = restore(state, config, out, resume)
     wall_before = float(saved_meta.get("wall_time_s", 0.0))
     if start > config.train.steps:
