@@ -6,7 +6,8 @@ file where a folder is wanted, or sit where nothing can be created. Each of thes
 and what is wrong, which the CLI prints as one line with exit code 2, never a traceback.
 
 - `read_text(path, what)`: the UTF-8 text of a file.
-- `read_json(path, what)` / `read_json_object(path, what)`: a JSON value / a JSON object from a file.
+- `read_json(path, what)` / `read_json_object(path, what)`: a JSON value / a JSON object from a file;
+  `parse_json(text, where)`: the same parser for a string (a JSONL line), every refusal a UserError.
 - `out_dir(path, flag)`: create (or reuse) an output folder; `out_file(path, flag)`: make sure a file can be
   written there (its folder is created, the path is not a folder).
 - `remove_stale_tmp(folder)`: delete the `.NAME-tmp-*` / `.NAME-old-*` folders a kill during an atomic write left.
@@ -40,12 +41,20 @@ def read_text(path: str | Path, what: str = "file") -> str:
         raise UserError(f"{what} {path}: cannot read it ({err.strerror or err})") from None
 
 
-def read_json(path: str | Path, what: str = "file"):
-    text = read_text(path, what)
+def parse_json(text: str, where: str):
+    """The JSON value of `text`; UserError `WHERE: ...` for whatever the parser refuses, deep nesting included."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise UserError(f"{what} {path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+        raise UserError(f"{where}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    except RecursionError:  # the parser recurses per level: 20k nested brackets exhaust the stack
+        raise UserError(f"{where}: nested too deeply to be a flashdistill file") from None
+    except ValueError as err:  # what the parser refuses beyond syntax, e.g. an integer of more than 4300 digits
+        raise UserError(f"{where}: not readable JSON ({' '.join(str(err).split())[:120]})") from None
+
+
+def read_json(path: str | Path, what: str = "file"):
+    return parse_json(read_text(path, what), f"{what} {path}")
 
 
 def read_json_object(path: str | Path, what: str = "file") -> dict:
