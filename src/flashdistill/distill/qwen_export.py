@@ -19,7 +19,12 @@ the config fixes mu = log s (base_shift = max_shift = log s, exponential shift, 
 
 `QwenStudent(run)`: `generate` / `edit --model RUN` (bench/models.load_model) build the base's pipeline class
 from the base folder with the exported transformer and scheduler: T2I through `QwenImagePipeline` (from_pipe of an
-edit base), edits through the base's Edit / Edit-Plus pipeline. Tests: `pytest tests/test_qwen_distill.py`.
+edit base), edits through the base's Edit / Edit-Plus pipeline. Before anything loads, student.json's keys are
+checked (`read_student_record`: base, timesteps, resolution; one UserError naming the file and key) and the
+exported transformer's config against the base's (`check_same_architecture`); an image of NaN is an error, never a
+black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training side, or at any
+multiple of 16 asked for with `--resolution` (`set_resolution`).
+Tests: `pytest tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
 """
 
 from __future__ import annotations
@@ -125,8 +130,7 @@ def read_student_record(folder: Path) -> dict:
     from flashdistill.models.qwen_image import read_model_index
 
     path = folder / STUDENT_FILE
-    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": int,
-                                                 "lora": (str, None)})
+    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": int})
     check_timesteps(meta["timesteps"], str(path))
     check_resolution(meta["resolution"], f"student record {path}: key 'resolution'")
     try:
@@ -168,7 +172,7 @@ class QwenStudent:
         import diffusers
         from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
 
-        from flashdistill.models.qwen_image import KIND, read_model_index
+        from flashdistill.models.qwen_image import KIND, load_pretrained, read_model_index
         from flashdistill.models.qwen_tiny import load_processor
 
         if edit in self._pipes:
@@ -180,10 +184,10 @@ class QwenStudent:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         kwargs = {} if KIND[cls_name] == "t2i" else {"processor": load_processor(base)}
         check_same_architecture(self.folder / "transformer", base / "transformer")
-        pipe = getattr(diffusers, cls_name).from_pretrained(
-            base, local_files_only=True, dtype=torch.float32,
-            transformer=QwenImageTransformer2DModel.from_pretrained(self.folder / "transformer"),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(self.folder / "scheduler"), **kwargs)
+        transformer = load_pretrained(QwenImageTransformer2DModel, self.folder / "transformer")
+        scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, self.folder / "scheduler")
+        pipe = load_pretrained(getattr(diffusers, cls_name), base, dtype=torch.float32, transformer=transformer,
+                             scheduler=scheduler, **kwargs)
         if not edit and not isinstance(pipe, QwenImagePipeline):
             pipe = QwenImagePipeline.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)

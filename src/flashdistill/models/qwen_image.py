@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig, pack, unpack
 from flashdistill.records import read_record, require
 
@@ -66,6 +66,17 @@ def read_model_index(folder: str | Path) -> dict:
     return index
 
 
+def load_pretrained(cls, folder: Path, **kwargs):
+    """`cls.from_pretrained(folder, local_files_only=True, **kwargs)`; a component that does not load (a damaged
+    config, tokenizer or weight file) is a UserError naming the folder and the library's reason."""
+    from safetensors import SafetensorError
+
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"{folder}: the {cls.__name__} does not load from it ({one_line(err)[:300]})") from None
+
+
 class QwenImageFamily:
     """Everything model-specific about a Qwen-Image(-Edit) folder (see the module docstring)."""
 
@@ -87,8 +98,7 @@ class QwenImageFamily:
             from flashdistill.models.qwen_tiny import load_processor
 
             kwargs["processor"] = load_processor(self.folder)
-        cls = getattr(diffusers, self.pipeline_class)
-        self.pipe = cls.from_pretrained(self.folder, dtype=dtype, local_files_only=True, **kwargs)
+        self.pipe = load_pretrained(getattr(diffusers, self.pipeline_class), self.folder, dtype=dtype, **kwargs)
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         for module in (self.pipe.text_encoder, self.pipe.vae, self.pipe.transformer):
