@@ -71,8 +71,10 @@ def _open(path: Path):
     valid JSON and that the tensors it lists exactly cover the file, so a truncated shard is caught here)."""
     try:
         return safe_open(str(path), framework="pt")
-    except (SafetensorError, OSError) as err:
-        raise DamagedShard(path, " ".join(str(err).split())[:160]) from None
+    except SafetensorError as err:
+        raise DamagedShard(path, one_line(err)[:160]) from None
+    except OSError as err:  # unreadable (permissions, I/O): not damage, so never set aside
+        raise UserError(f"{path}: cannot read this cache shard ({err.strerror or err})") from None
 
 
 def _scan(folder: Path, known: dict[str, Path]) -> dict[str, Path]:
