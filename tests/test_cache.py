@@ -40,7 +40,7 @@ def test_reads_back_what_the_family_encodes(setup, one_thread):
     root, family, prompts, edits = setup
     counts = build_cache(root / "c1", family, prompts, edits, "flashdistill cache X", vae_area=AREA,
                          dtype="float32", batch_size=2, progress=False)
-    assert counts == {"prompts": 4, "edits": 2, "encoded": 6, "entries": 6}  # 3 distinct prompts + negative + 2
+    assert counts == {"prompts": 4, "edits": 2, "encoded": 6, "entries": 6, "damaged": []}  # 3 prompts + neg + 2
     cache = ConditionCache(root / "c1")
     texts = [p.text for p in prompts[:3]]
     emb, mask = cache.prompts(texts)

@@ -96,3 +96,29 @@ def test_world_record_in_a_case_is_validated(tmp_path):
             "edit": {"kind": "style", "op": "watercolour"}}
     with pytest.raises(UserError, match="edit.op 'watercolour'"):
         load_cases(_write(tmp_path, [json.dumps(edit)]), "edit")
+
+
+def test_source_images_pil_refuses_are_named_when_the_cases_are_read(tmp_path, monkeypatch):
+    """A case's source_image that is no image, a decompression bomb or 16-bit greyscale: refused by load_cases
+    (FILE:LINE and the image), not by PIL halfway through a bench run."""
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "junk.png").write_bytes(b"not a png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(tmp_path / "grey16.png")
+
+    def case(image):
+        return json.dumps({"id": "e", "category": "style_transfer", "instruction": "x", "seed": 0,
+                           "source_image": image})
+
+    with pytest.raises(UserError, match=r"cases\.jsonl:1: source_image .*junk\.png: cannot be read as an image"):
+        load_cases(_write(tmp_path, [case("junk.png")]), "edit")
+    with pytest.raises(UserError, match=r"cases\.jsonl:1: source_image .*grey16\.png: .*more than 8 bits"):
+        load_cases(_write(tmp_path, [case("grey16.png")]), "edit")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UserError, match=r"cases\.jsonl:1: source_image .*big\.png: .*decompression bomb"):
+        load_cases(_write(tmp_path, [case("big.png")]), "edit")
+    (tmp_path / "deep.jsonl").write_text("[" * 20000 + "\n")
+    with pytest.raises(UserError, match=r"deep\.jsonl:1: nested too deeply"):
+        load_cases(tmp_path / "deep.jsonl", "edit")

@@ -56,3 +56,30 @@ def test_bad_images(tmp_path):
         read_prompts(tmp_path / "nope.jsonl")
     with pytest.raises(UserError, match="no prompts"):
         read_prompts(_write(tmp_path / "empty.jsonl", [""]))
+
+
+def _sixteen_bit_grey(path):
+    import numpy as np
+
+    Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)).save(path)
+    with Image.open(path) as img:
+        assert img.mode == "I;16"  # what PIL makes of it: a plain convert("RGB") would clip it to white
+    return path
+
+
+def test_images_pil_refuses_and_high_bit_depth(tmp_path, monkeypatch):
+    """A decompression bomb and a 16-bit greyscale source are one line naming FILE:LINE and the image; a 16-bit
+    source is refused rather than converted (PIL's conversion clips it to white; the mapping is the user's)."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    _sixteen_bit_grey(tmp_path / "grey16.png")
+    e = _write(tmp_path / "e.jsonl", [{"image": "big.png", "instruction": "x", "category": "c"},
+                                      {"image": "grey16.png", "instruction": "x", "category": "c"}])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is over twice the limit: PIL's bomb error
+    with pytest.raises(UserError, match=r"e\.jsonl:1: image .*big\.png: PIL refuses to open it as a possible "
+                                        r"decompression bomb"):
+        read_edits(e)
+    monkeypatch.undo()
+    with pytest.raises(UserError, match=r"e\.jsonl:2: image .*grey16\.png: an image of more than 8 bits per channel "
+                                        r"\(PIL mode I;16"):
+        read_edits(e)
+    assert len(read_edits(e, check_images=False)) == 2  # the check is the image's, not the line's

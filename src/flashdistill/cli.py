@@ -15,6 +15,7 @@ from flashdistill.runfolder import check_run
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
 from flashdistill.bench.cases import BUILTIN_CASES, MINI_SIZES  # noqa: F401  (MINI_SIZES re-exported for scripts)
+DEFAULT_RESOLUTION = 32  # the embedded world's side
 CALIBRATION_MODELS = ("oracle", "oracle-blur:0.5", "oracle-blur:1", "oracle-blur:2", "oracle-noise:0.05",
                       "oracle-noise:0.1", "oracle-noise:0.2", "noise")
 
@@ -171,11 +172,26 @@ def cmd_quickstart(args) -> None:
 def _pipeline(args):
     from flashdistill.bench.models import load_model
 
-    model = load_model(args.model, args.resolution, args.cfg)
+    model = load_model(args.model, args.resolution or DEFAULT_RESOLUTION, args.cfg)
     if not hasattr(model, "sample"):
         raise UserError(f"--model {args.model} is a reference model of the benchmarks; generate needs a network "
                         f"(teacher:base, teacher:specialized or a model folder)")
+    _student_flags(model, args)
     return model
+
+
+def _student_flags(model, args) -> None:
+    """--cfg and --resolution on a distilled student: refused or honoured, never ignored."""
+    spec = getattr(model, "spec", None)
+    if getattr(model, "timesteps", None) is None and getattr(spec, "timesteps", None) is None:
+        return  # a teacher: load_model applied both
+    if args.cfg is not None:
+        raise UserError(f"--cfg {args.cfg:g}: {args.model} is a distilled student, which samples without guidance "
+                        f"(DMD trained it on the guided teachers' outputs); --cfg applies to teachers")
+    if args.resolution is not None and args.resolution != model.resolution:
+        if not hasattr(model, "set_resolution"):
+            raise UserError(f"--resolution {args.resolution}: {args.model} works at {model.resolution} px only")
+        model.set_resolution(args.resolution)  # a Qwen-Image student: the pipelines take any multiple of 16
 
 
 def _save_outputs(images, out: str, seeds: list[int]) -> None:
@@ -203,9 +219,9 @@ def cmd_edit(args) -> None:
     from flashdistill.imageio import load_png
 
     out_file(args.out)
-    source = load_png(args.image)  # readable before any model is loaded
+    load_png(args.image, what="--image")  # readable before any model is loaded
     model = _pipeline(args)
-    source = load_png(args.image, model.resolution)
+    source = load_png(args.image, model.resolution, what="--image")
     seeds = [args.seed + i for i in range(args.n)]
     images = model.sample([args.instruction] * args.n, [source] * args.n, seeds, args.nfe)
     _save_outputs(images, args.out, seeds)
@@ -217,11 +233,14 @@ def _add_sampling_args(p, what: str) -> None:
                    help="sampling steps (default: 50 for teachers, the schedule's 4 for students); with CFG each "
                         "teacher step costs two network passes")
     p.add_argument("--cfg", type=nonneg_float, default=None,
-                   help="classifier-free guidance scale for teachers (default: the one the teacher records)")
+                   help="classifier-free guidance scale for teachers (default: the one the teacher records); a "
+                        "distilled student samples unguided and refuses it")
     p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed: the same seed gives the same image")
     p.add_argument("--n", type=positive_int, default=1, help=f"{what} this many images, seeds S, S+1, ...")
     p.add_argument("--out", required=True, help="PNG path (with --n > 1: PATH-seedS.png per image)")
-    p.add_argument("--resolution", type=positive_int, default=32, help="the model's resolution (default 32)")
+    p.add_argument("--resolution", type=positive_int, default=None,
+                   help=f"the model's resolution (default: a student's own, {DEFAULT_RESOLUTION} for teachers); a "
+                        f"Qwen-Image student samples at any multiple of 16")
 
 
 # ---- judge ------------------------------------------------------------------------------------------------

@@ -94,6 +94,8 @@ def cmd_cache(args) -> None:
     counts = build_cache(out, family, prompts, edits, _cache_command(args, out), negative_prompt=args.negative_prompt,
                          vae_area=args.vae_area, dtype=args.dtype, batch_size=args.batch_size,
                          shard_size=args.shard_size)
+    for line in counts["damaged"]:
+        print(f"warning: {line}", file=sys.stderr)
     print(f"cache {out}: {counts['prompts']} prompts (negative included), {counts['edits']} edits; encoded "
           f"{counts['encoded']} now, {counts['entries']} entries in all")
 

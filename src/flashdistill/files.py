@@ -7,7 +7,8 @@ and what is wrong, which the CLI prints as one line with exit code 2, never a tr
 
 - `read_text(path, what)`: the UTF-8 text of a file.
 - `read_json(path, what)` / `read_json_object(path, what)` / `read_yaml(path, what)`: a JSON value / a JSON object /
-  a YAML value from a file, parsed strictly by `flashdistill.parsing` (duplicate keys, deep nesting, alias bombs).
+  a YAML value from a file, parsed strictly by `flashdistill.parsing` (duplicate keys, deep nesting, alias bombs);
+  `parse_json(text, where)`: the same JSON parser for a string (a JSONL line), every refusal a UserError.
 - `out_dir(path, flag)`: create (or reuse) an output folder; `out_file(path, flag)`: make sure a file can be
   written there (its folder is created, the path is not a folder).
 - `remove_stale_tmp(folder)`: delete the `.NAME-tmp-*` / `.NAME-old-*` folders a kill during an atomic write left.
@@ -45,6 +46,11 @@ def read_text(path: str | Path, what: str = "file") -> str:
 def read_json(path: str | Path, what: str = "file"):
     """The JSON value in a file (flashdistill.parsing.load_json: duplicate keys and deep nesting refused)."""
     return load_json(read_text(path, what), f"{what} {path}")
+
+
+def parse_json(text: str, where: str):
+    """The JSON value of `text` (a JSONL line); UserError `WHERE: ...` for whatever the parser refuses."""
+    return load_json(text, where)
 
 
 def read_json_object(path: str | Path, what: str = "file") -> dict:

@@ -176,6 +176,8 @@ def load_json(text: str, what: str):
         raise UserError(f"{what}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
     except RecursionError:
         raise UserError(f"{what}: nested more than {MAX_DEPTH} levels deep") from None
+    except ValueError as err:  # beyond syntax, e.g. an integer of more than 4300 digits
+        raise UserError(f"{what}: not readable JSON ({' '.join(str(err).split())[:120]})") from None
     if _json_depth(value) > MAX_DEPTH:
         raise UserError(f"{what}: nested more than {MAX_DEPTH} levels deep")
     return value

@@ -14,8 +14,9 @@ Editing-Bench case:
      "source": {...world record...}, "edit": {"kind": "style", "op": "sepia"}}
 
 or, for a source image outside the world (VLM judge only): `"source_image": "imgs/cat.png"` (relative to the
-JSONL file) instead of `source`/`edit`. Edit kinds: `record` (`target`: the edited record), `style` (`op`),
-`enhance` (`degradation`: {"type": blur|noise|lowres|contrast, "strength": float}).
+JSONL file; an 8-bit image PIL opens, checked when the cases are read: flashdistill.imageio) instead of
+`source`/`edit`. Edit kinds: `record` (`target`: the edited record), `style` (`op`), `enhance` (`degradation`:
+{"type": blur|noise|lowres|contrast, "strength": float}).
 
 Every error names the file and line: `cases.jsonl:12: missing key 'prompt'`.
 """
@@ -27,7 +28,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flashdistill.errors import UserError
-from flashdistill.files import read_text
+from flashdistill.files import parse_json, read_text
+from flashdistill.imageio import image_size
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import validate_edit
 from flashdistill.world.schema import validate_record
@@ -116,6 +118,7 @@ def parse_case(obj: object, bench: str, where: str, base_dir: Path | None = None
             path = base_dir / path
         if not path.is_file():
             raise UserError(f"{where}: source_image '{obj['source_image']}' not found")
+        image_size(path, f"{where}: source_image")  # an image of 8 bits, not a bomb: refused now, not mid-run
         obj = {**obj, "source_image": str(path)}
     return EditCase(**obj)
 
@@ -130,11 +133,7 @@ def load_cases(path: str | Path, bench: str, limit: int | None = None, categorie
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
-        case = parse_case(obj, bench, where, base_dir=path.parent)
+        case = parse_case(parse_json(line, where), bench, where, base_dir=path.parent)
         if case.id in seen:
             raise UserError(f"{where}: duplicate case id '{case.id}'")
         seen.add(case.id)

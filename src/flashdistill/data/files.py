@@ -7,7 +7,7 @@ Two JSONL formats, one JSON object per line (blank lines are skipped):
                                           "category": "scene_transformation"}
 
 An edit's `image` is a path, relative to the JSONL file's folder unless absolute; it must exist and open as an
-image. Every problem is reported as `FILE:LINE: what is wrong` (a `UserError`: the CLI prints it on one line and
+8-bit image (flashdistill.imageio.open_rgb: not a decompression bomb, not 16-bit greyscale). Every problem is reported as `FILE:LINE: what is wrong` (a `UserError`: the CLI prints it on one line and
 exits with code 2): invalid JSON, not an object, a missing, empty or non-string field, an unknown field, a missing
 or unreadable image.
 
@@ -18,11 +18,11 @@ act on them and a family encodes them (`flashdistill cache`). Check a file with 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.files import parse_json
 
 PROMPT_FIELDS = ("prompt", "category")
 EDIT_FIELDS = ("image", "instruction", "category")
@@ -49,16 +49,10 @@ class Item:
 
 
 def open_image(path: Path, where: str):
-    from PIL import Image, UnidentifiedImageError
+    """An edit source as RGB PIL; refusals (imageio.open_rgb) name `WHERE: image PATH`."""
+    from flashdistill.imageio import open_rgb
 
-    if not path.is_file():
-        raise UserError(f"{where}: image {path}: no such file")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"{where}: image {path}: cannot be read as an image ({err})") from None
+    return open_rgb(path, f"{where}: image")
 
 
 def _lines(path: Path):
@@ -74,10 +68,7 @@ def _lines(path: Path):
         if not line.strip():
             continue
         where = f"{path}:{number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where}: not valid JSON: {err.msg} (column {err.colno})") from None
+        obj = parse_json(line, where)
         if not isinstance(obj, dict):
             raise UserError(f"{where}: must be a JSON object, got {type(obj).__name__}")
         yield where, obj

@@ -13,6 +13,9 @@ A source turns batch `step` into model-space tensors and conditioning, so the en
   the negative prompt, as the Qwen-Image pipelines' true CFG uses it. Files hold no target images (`x` is None).
   Every row's target is `data.resolution`² (latents `shape`); an edit's source keeps the latent size the cache
   gave it (the VAE area of `flashdistill cache`, the source's aspect), so one batch's sources share a size.
+  Checked when it is built, before the first iteration: every item a batch can draw is in the cache, and edit
+  sources of several latent sizes are refused when a rank's batch holds 2 rows or more (`rows_per_rank`, else at
+  the first batch).
 
 Both are pure functions of (seed, step): a resumed run gets the very batches it would have got.
 Tests: `pytest tests/test_qwen_distill.py`.
@@ -26,6 +29,7 @@ import torch
 
 from flashdistill.data.batches import TaskMix, choose_items, make_batch
 from flashdistill.data.cache import pad_rows
+from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond
 
 Tensor = torch.Tensor
@@ -68,12 +72,28 @@ class WorldSource:
 class FileSource:
     """Items from the user's files, conditioning from a ConditionCache (see the module docstring)."""
 
-    def __init__(self, mix: TaskMix, seed: int, prompts: list, edits: list, cache, latent_shape: tuple[int, ...]):
+    def __init__(self, mix: TaskMix, seed: int, prompts: list, edits: list, cache, latent_shape: tuple[int, ...],
+                 rows_per_rank: int | None = None):
         self.mix, self.seed, self.cache, self.shape = mix, seed, cache, tuple(latent_shape)
         self.encoder = None
         self.items = {"t2i": _by_category(prompts), "edit": _by_category(edits)}
+        # Before the first iteration: every item a batch can draw is cached (else a UserError naming the command),
+        # and the edit sources' latent sizes are known (a batch stacks its sources, so one rank's rows need one).
+        drawn_p = [p for p in prompts if mix.t2i_weight > 0 and mix.composition.get(p.category, 0) > 0]
+        drawn_e = [e for e in edits if mix.edit_weight > 0 and mix.edit_mix.get(e.category, 0) > 0]
+        self.mixed_sizes = _mixed_sizes(cache.check_items(drawn_p, drawn_e))
+        if rows_per_rank is not None:
+            self.check_rows(rows_per_rank)
+
+    def check_rows(self, rows_per_rank: int) -> None:
+        """UserError if batches of `rows_per_rank` rows could stack edit sources of different latent sizes."""
+        if self.mixed_sizes and rows_per_rank >= 2:
+            raise UserError(f"{self.mixed_sizes}; a batch of {rows_per_rank} rows per rank stacks its sources, so "
+                            f"they need one aspect ratio: crop them to one (and run `flashdistill cache` again), or "
+                            f"train with 1 row per rank")
 
     def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
+        self.check_rows(len(range(batch_size)[rows]))
         chosen = choose_items(step, batch_size, self.mix, self.seed)[rows]
         items = [self.items[task][cat][index] for task, cat, index in chosen]
         t2i = [i for i, item in enumerate(items) if not item.is_edit]
@@ -97,6 +117,16 @@ class FileSource:
 
     def flush(self) -> None:
         """Nothing to write: the cache is read-only during training."""
+
+
+def _mixed_sizes(sizes: dict[tuple, list]) -> str | None:
+    """None for edit sources of one latent size, else a phrase naming one source of each of the first two."""
+    if len(sizes) < 2:
+        return None
+    (a, items_a), (b, items_b) = list(sizes.items())[:2]
+    return (f"data.edits: the edit sources have {len(sizes)} latent sizes, e.g. {items_a[0].source} "
+            f"({items_a[0].where}) -> {'x'.join(map(str, a))} and {items_b[0].source} ({items_b[0].where}) -> "
+            f"{'x'.join(map(str, b))}")
 
 
 def _by_category(items: list) -> dict[str, list]:

@@ -131,9 +131,11 @@ class QwenImageFolder:
         recipe.check_tasks()
 
     def resolve(self, spec: str, key: str) -> Path:
+        from flashdistill.models.lora_check import check_lora_file
+
         path = Path(spec)
-        if path.is_file() and path.suffix == ".safetensors":
-            return path
+        if path.is_file() and path.suffix == ".safetensors":  # fits the base, finite, before peft reads it
+            return check_lora_file(path, self.folder / TRANSFORMER_FOLDER, key)
         if (path / "model_index.json").is_file():
             return path
         raise UserError(f"{key}: {spec} is neither a Qwen-Image pipeline folder (model_index.json) nor a LoRA "

@@ -19,7 +19,12 @@ the config fixes mu = log s (base_shift = max_shift = log s, exponential shift, 
 
 `QwenStudent(run)`: `generate` / `edit --model RUN` (bench/models.load_model) build the base's pipeline class
 from the base folder with the exported transformer and scheduler: T2I through `QwenImagePipeline` (from_pipe of an
-edit base), edits through the base's Edit / Edit-Plus pipeline. Tests: `pytest tests/test_qwen_distill.py`.
+edit base), edits through the base's Edit / Edit-Plus pipeline. Before anything loads, student.json's keys are
+checked (`read_student_record`: base, timesteps, resolution; one UserError naming the file and key) and the
+exported transformer's config against the base's (`check_same_architecture`); an image of NaN is an error, never a
+black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training side, or at any
+multiple of 16 asked for with `--resolution` (`set_resolution`).
+Tests: `pytest tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError
-from flashdistill.files import swap_in
+from flashdistill.files import read_json_object, swap_in
+from flashdistill.records import read_record
 
 STUDENT_FILE = "student.json"
+MAX_SIDE = 4096  # pixels: 65536 image tokens, far past the sizes Qwen-Image was trained at
 LORA_FILE = "pytorch_lora_weights.safetensors"
 FAMILY = "qwen-image"
 
@@ -107,13 +114,38 @@ def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict,
 
 
 def qwen_student_folder(path: str | Path) -> Path | None:
-    """The export folder of a qwen-image student (a run folder or the export itself), else None."""
+    """The export folder of a qwen-image student (a run folder or the export itself), else None; a student.json
+    that does not read (not UTF-8, not a JSON object) is a UserError naming it."""
     path = Path(path)
     for folder in (path, path / "student"):
         meta = folder / STUDENT_FILE
-        if meta.is_file() and json.loads(meta.read_text()).get("family") == FAMILY:
+        if meta.is_file() and read_json_object(meta, "student record").get("family") == FAMILY:
             return folder
     return None
+
+
+def read_student_record(folder: Path) -> dict:
+    """student.json of a qwen-image export with every key sampling needs checked (records.py), and its base."""
+    from flashdistill.distill.export import check_timesteps
+    from flashdistill.models.qwen_image import read_model_index
+
+    path = folder / STUDENT_FILE
+    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": int})
+    check_timesteps(meta["timesteps"], str(path))
+    check_resolution(meta["resolution"], f"student record {path}: key 'resolution'")
+    try:
+        read_model_index(meta["base"])
+    except UserError as err:
+        raise UserError(f"student record {path}: key 'base' names no usable base pipeline folder: {err}") from None
+    return meta
+
+
+def check_resolution(px, where: str) -> int:
+    """A side the Qwen-Image pipelines sample exactly: a multiple of 16 (VAE factor 8 x patch 2), at most 4096."""
+    if isinstance(px, bool) or not isinstance(px, int) or not 16 <= px <= MAX_SIDE or px % 16:
+        raise UserError(f"{where} must be a multiple of 16 (the VAE's factor 8 x the patch 2) in [16, {MAX_SIDE}], "
+                        f"got {px!r}")
+    return px
 
 
 class QwenStudent:
@@ -124,19 +156,23 @@ class QwenStudent:
         folder = qwen_student_folder(path)
         if folder is None:
             raise UserError(f"{path}: no qwen-image student here ({STUDENT_FILE} with family {FAMILY})")
-        self.folder, self.meta = folder, json.loads((folder / STUDENT_FILE).read_text())
+        self.folder, self.meta = folder, read_student_record(folder)
         self.name = name or str(path)
         self.timesteps = [float(t) for t in self.meta["timesteps"]]
         self.resolution = int(self.meta["resolution"])
         self.default_nfe = len(self.timesteps)
         self._pipes: dict[bool, object] = {}
 
+    def set_resolution(self, px: int, flag: str = "--resolution") -> None:
+        """Sample at px x px instead of the training resolution (the pipelines take any multiple of 16)."""
+        self.resolution = check_resolution(px, f"{flag} {px}: a Qwen-Image student's side")
+
     def pipeline(self, edit: bool):
         """The base's pipeline class (edit) or QwenImagePipeline (T2I) with the student transformer and scheduler."""
         import diffusers
         from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
 
-        from flashdistill.models.qwen_image import KIND, read_model_index
+        from flashdistill.models.qwen_image import KIND, load_pretrained, read_model_index
         from flashdistill.models.qwen_tiny import load_processor
 
         if edit in self._pipes:
@@ -147,10 +183,11 @@ class QwenStudent:
             raise UserError(f"{self.folder}: the base {base} is a QwenImagePipeline; it cannot edit")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         kwargs = {} if KIND[cls_name] == "t2i" else {"processor": load_processor(base)}
-        pipe = getattr(diffusers, cls_name).from_pretrained(
-            base, local_files_only=True, dtype=torch.float32,
-            transformer=QwenImageTransformer2DModel.from_pretrained(self.folder / "transformer"),
-            scheduler=FlowMatchEulerDiscreteScheduler.from_pretrained(self.folder / "scheduler"), **kwargs)
+        check_same_architecture(self.folder / "transformer", base / "transformer")
+        transformer = load_pretrained(QwenImageTransformer2DModel, self.folder / "transformer")
+        scheduler = load_pretrained(FlowMatchEulerDiscreteScheduler, self.folder / "scheduler")
+        pipe = load_pretrained(getattr(diffusers, cls_name), base, dtype=torch.float32, transformer=transformer,
+                             scheduler=scheduler, **kwargs)
         if not edit and not isinstance(pipe, QwenImagePipeline):
             pipe = QwenImagePipeline.from_pipe(pipe)
         pipe.set_progress_bar_config(disable=True)
@@ -184,5 +221,31 @@ class QwenStudent:
             if source is not None:
                 kwargs["image"] = Image.fromarray((np.clip(source, 0, 1) * 255).round().astype(np.uint8))
             torch.manual_seed(int(seed))  # the scheduler's re-noising draws come from the global generator
-            out.append(pipe(**kwargs).images[0].astype(np.float32))
+            image = pipe(**kwargs).images[0].astype(np.float32)
+            if not np.isfinite(image).all():  # the pipeline's clamp keeps NaN: it would be saved as black
+                raise UserError(f"model {self.name} produced NaN/Inf for seed {seed}: its weights are broken, e.g. "
+                                f"saved by a diverged run; no image was written")
+            out.append(image)
         return out
+
+
+def check_same_architecture(student: Path, base: Path) -> None:
+    """The exported transformer has the base's configuration (the base's text encoder and VAE feed it). A key one
+    config.json lacks takes the class's default, as from_pretrained gives it (a hub config written by an older
+    diffusers lacks newer keys)."""
+    import inspect
+
+    from diffusers import QwenImageTransformer2DModel
+
+    params = inspect.signature(QwenImageTransformer2DModel.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    mine, theirs = (read_json_object(folder / "config.json", "transformer config") for folder in (student, base))
+
+    def value(config: dict, key: str):
+        v = config.get(key, defaults.get(key))
+        return list(v) if isinstance(v, tuple) else v
+
+    for key in sorted(defaults):
+        if value(mine, key) != value(theirs, key):
+            raise UserError(f"{student / 'config.json'}: {key} = {value(mine, key)!r}, but the base {base} has "
+                            f"{value(theirs, key)!r}: this student was not distilled from that base")

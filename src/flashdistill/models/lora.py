@@ -9,7 +9,8 @@ the base, the adapter loaded on it, fused into the weights and unloaded, so it r
 - `save_lora(model, folder)`: `folder/transformer/pytorch_lora_weights.safetensors` (diffusers'
   `save_lora_adapter`; `QwenImageTransformer2DModel.load_lora_adapter` reads it) + `flashdistill_model.json`
   with `"model": "mmdit-lora"`, the base and the LoRA settings.
-- `load_lora(folder, meta)`: the fused model (used by `FlowModel.from_pretrained` for such folders).
+- `load_lora(folder, meta)`: the fused model (used by `FlowModel.from_pretrained` for such folders); an adapter
+  holding NaN or Inf is refused, naming the file (models/lora_check.py).
 
 The base is named as anywhere else a model is: `teacher:NAME` (shipped) or a folder (a relative folder is looked
 up from the working directory, then beside the adapter folder).
@@ -72,6 +73,7 @@ def load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None = None):
     """Base + adapter, fused and unloaded: a plain FlowModel."""
     from flashdistill.models.mmdit import TRANSFORMER_FOLDER, FlowModel
 
+    from flashdistill.models.lora_check import check_finite
     from flashdistill.models.mmdit import CONFIG_FILE, config_from_meta
 
     folder = Path(folder)
@@ -86,6 +88,7 @@ def load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None = None):
     adapter = folder / TRANSFORMER_FOLDER / WEIGHTS
     if not adapter.is_file():
         raise UserError(f"{folder}: {adapter.name} is missing")
+    check_finite(adapter, str(adapter))  # a NaN adapter loads fine and makes every output NaN
     try:
         base.transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS,
                                            use_safetensors=True)

@@ -29,15 +29,15 @@ only the transformer (the others are never resident next to the roles).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError
+from flashdistill.errors import UserError, one_line
 from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig, pack, unpack
+from flashdistill.records import read_record, require
 
 Tensor = torch.Tensor
 PIPELINES = ("QwenImagePipeline", "QwenImageEditPipeline", "QwenImageEditPlusPipeline")
@@ -46,20 +46,35 @@ PARTS = ("text", "vae", "transformer")
 NEGATIVE_PROMPT = " "  # what the Qwen-Image trainers use as the negative prompt (an empty string encodes the same way)
 VAE_AREA = 1024 * 1024  # the edit pipelines' VAE area for a source image (QwenImageEditPlusPipeline.VAE_IMAGE_SIZE)
 CONDITION_AREA = 384 * 384  # QwenImageEditPlusPipeline.CONDITION_IMAGE_SIZE: what Qwen2.5-VL sees of a source
+COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")  # + processor for the edit kinds
 
 
 def read_model_index(folder: str | Path) -> dict:
+    """The folder's model_index.json: a Qwen-Image pipeline class and a [library, class] entry for every component
+    the pipeline reads (records.py: a damaged file or a missing key is a UserError naming both)."""
     folder = Path(folder)
     path = folder / "model_index.json"
     if not path.is_file():
         raise UserError(f"{folder}: not a diffusers pipeline folder (model_index.json is missing)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}: not valid JSON: {err}") from None
-    if index.get("_class_name") not in PIPELINES:
-        raise UserError(f"{path}: _class_name {index.get('_class_name')!r} is not one of {', '.join(PIPELINES)}")
+    index = read_record(path, "pipeline index", {"_class_name": str})
+    if index["_class_name"] not in PIPELINES:
+        raise UserError(f"{path}: _class_name {index['_class_name']!r} is not one of {', '.join(PIPELINES)}")
+    for name in COMPONENTS + (() if KIND[index["_class_name"]] == "t2i" else ("processor",)):
+        entry = require(index, name, list, f"pipeline index {path}")
+        if len(entry) != 2 or not all(isinstance(part, str) for part in entry):
+            raise UserError(f"pipeline index {path}: key '{name}' must be [library, class], got {entry!r}"[:300])
     return index
+
+
+def load_pretrained(cls, folder: Path, **kwargs):
+    """`cls.from_pretrained(folder, local_files_only=True, **kwargs)`; a component that does not load (a damaged
+    config, tokenizer or weight file) is a UserError naming the folder and the library's reason."""
+    from safetensors import SafetensorError
+
+    try:
+        return cls.from_pretrained(folder, local_files_only=True, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"{folder}: the {cls.__name__} does not load from it ({one_line(err)[:300]})") from None
 
 
 class QwenImageFamily:
@@ -83,8 +98,7 @@ class QwenImageFamily:
             from flashdistill.models.qwen_tiny import load_processor
 
             kwargs["processor"] = load_processor(self.folder)
-        cls = getattr(diffusers, self.pipeline_class)
-        self.pipe = cls.from_pretrained(self.folder, dtype=dtype, local_files_only=True, **kwargs)
+        self.pipe = load_pretrained(getattr(diffusers, self.pipeline_class), self.folder, dtype=dtype, **kwargs)
         self.pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         for module in (self.pipe.text_encoder, self.pipe.vae, self.pipe.transformer):
@@ -102,6 +116,24 @@ class QwenImageFamily:
         area = VAE_AREA if self.kind == "edit" else CONDITION_AREA
         w, h = calculate_dimensions(area, image.size[0] / image.size[1])[:2]
         return self.pipe.image_processor.resize(image, h, w)
+
+    def check_source(self, size: tuple[int, int], area: int = VAE_AREA, what: str = "edit source") -> None:
+        """Refuse, before anything is encoded, a source (width, height) this pipeline cannot take: the edit
+        pipelines resize it, aspect kept, to `area` for the VAE and to their condition area for Qwen2.5-VL, in
+        sides of multiples of 32 (`calculate_dimensions`); a very wide or tall image (4000x1) gets a side of 0
+        there, and Qwen2.5-VL's processor refuses aspect ratios over 200."""
+        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+        if self.kind == "t2i":
+            raise UserError(f"{what}: {self.folder} is a {self.pipeline_class}: it cannot encode an edit source")
+        w, h = size
+        vl_area = VAE_AREA if self.kind == "edit" else CONDITION_AREA
+        for stage, stage_area in (("the VAE", area), ("Qwen2.5-VL", vl_area)):
+            sw, sh = calculate_dimensions(stage_area, w / h)[:2]
+            if min(sw, sh) == 0 or max(sw, sh) / min(sw, sh) > 200:
+                raise UserError(f"{what} is {w}x{h} px: the pipeline resizes it to {sw}x{sh} for {stage} (area "
+                                f"{stage_area}, aspect kept), which it cannot encode; crop or pad it nearer to "
+                                f"square")
 
     @torch.no_grad()
     def encode_prompts(self, texts: list[str], sources: list | None = None,
@@ -140,9 +172,16 @@ class QwenImageFamily:
 
     # ---- images <-> normalised latents ------------------------------------------------------------------------
     def _vae_config(self) -> dict:
+        path = self.folder / "vae" / "config.json"
         if self.pipe.vae is not None:
-            return dict(self.pipe.vae.config)
-        return json.loads((self.folder / "vae" / "config.json").read_text())
+            config = dict(self.pipe.vae.config)
+        else:
+            config = read_record(path, "VAE config", {"z_dim": int, "latents_mean": list, "latents_std": list})
+        for key in ("latents_mean", "latents_std"):  # one number per latent channel, or every latent is wrong
+            values = config[key]
+            if len(values) != config["z_dim"] or not all(isinstance(v, (int, float)) for v in values):
+                raise UserError(f"VAE config {path}: key '{key}' must hold z_dim = {config['z_dim']} numbers")
+        return config
 
     def _mean_std(self, like: Tensor) -> tuple[Tensor, Tensor]:
         z = int(self.vae_config["z_dim"])
