@@ -120,5 +120,5 @@ def test_source_images_pil_refuses_are_named_when_the_cases_are_read(tmp_path, m
     with pytest.raises(UserError, match=r"cases\.jsonl:1: source_image .*big\.png: .*decompression bomb"):
         load_cases(_write(tmp_path, [case("big.png")]), "edit")
     (tmp_path / "deep.jsonl").write_text("[" * 20000 + "\n")
-    with pytest.raises(UserError, match=r"deep\.jsonl:1: nested too deeply"):
+    with pytest.raises(UserError, match=r"deep\.jsonl:1: nested more than 100 levels deep"):
         load_cases(tmp_path / "deep.jsonl", "edit")

@@ -184,7 +184,7 @@ def test_parallel_key_is_validated(qwen_world):
     # checkpoints from before run.parallel existed (DDP layout) still resume; an fsdp one records its layout
     assert "parallel" not in resume_fingerprint(load_recipe(RECIPE, sets))["run"]
     assert resume_fingerprint(load_recipe(RECIPE, sets + ["run.parallel=fsdp"]))["run"]["parallel"] == "fsdp"
-    with pytest.raises(UserError, match=r"eval\.every: the quick evaluation runs on rank 0 alone"):
+    with pytest.raises(UserError, match=r"eval\.every: the world's quick evaluation runs on rank 0 alone"):
         load_recipe(ROOT / "configs" / "distill_tiny.yaml", ["run.parallel=fsdp", "eval.every=5"])
 
 

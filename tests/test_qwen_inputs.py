@@ -49,7 +49,7 @@ INDEX = {"_class_name": "QwenImageEditPlusPipeline", "scheduler": ["diffusers", 
 @pytest.mark.parametrize("content, message", [
     (b"\x89PNG\r\n\x1a\n", "not UTF-8 text"),
     (b"[]", "must hold a JSON object, got a list"),
-    (b"[" * 20000 + b"]" * 20000, "nested too deeply"),
+    (b"[" * 20000 + b"]" * 20000, "nested more than 100 levels deep"),
     (json.dumps({k: v for k, v in INDEX.items() if k != "_class_name"}).encode(), "missing key '_class_name'"),
     (json.dumps({k: v for k, v in INDEX.items() if k != "vae"}).encode(), "missing key 'vae'"),
     (json.dumps({**INDEX, "transformer": 5}).encode(), "key 'transformer' must be a list"),
@@ -232,7 +232,7 @@ def test_damaged_student_record(student, tmp_path, capsys, change, message):
     _one_error_line(capsys, str(copy / "student.json"), message)
 
 
-@pytest.mark.parametrize("raw, message", [(b"\xff\xfe", "not UTF-8"), (b"[" * 20000, "nested too deeply"),
+@pytest.mark.parametrize("raw, message", [(b"\xff\xfe", "not UTF-8"), (b"[" * 20000, "nested more than 100 levels deep"),
                                           (b'"qwen"', "must hold a JSON object")])
 def test_unreadable_student_record(student, tmp_path, capsys, raw, message):
     copy = _variant(student, tmp_path, raw=raw)

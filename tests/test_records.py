@@ -16,8 +16,8 @@ GOOD = {"model_id": "m", "vae_area": 4096, "scale": 1, "lora": None}
 @pytest.mark.parametrize("content, message", [
     (b"\xff\xfe{}", "not UTF-8 text"),
     (b"[1, 2]", "must hold a JSON object, got a list"),
-    (b"[" * 20000 + b"]" * 20000, "nested too deeply"),
-    (b'{"a": ' * 20000 + b"1" + b"}" * 20000, "nested too deeply"),
+    (b"[" * 20000 + b"]" * 20000, "nested more than 100 levels deep"),
+    (b'{"a": ' * 20000 + b"1" + b"}" * 20000, "nested more than 100 levels deep"),
     (b'{"model_id": ' + b"9" * 5000 + b"}", "not readable JSON"),
     (b"{", "not valid JSON"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "model_id"}).encode(), "missing key 'model_id'"),
@@ -46,8 +46,8 @@ def test_good_record_and_nested_keys(tmp_path):
 
 def test_parse_json_lines_and_files(tmp_path):
     assert parse_json('{"a": 1}', "f:1") == {"a": 1}
-    with pytest.raises(UserError, match=r"^f:3: nested too deeply"):
+    with pytest.raises(UserError, match=r"^f:3: nested more than 100 levels deep"):
         parse_json("[" * 30000, "f:3")
     (tmp_path / "deep.json").write_text("{\"a\":" * 30000)
-    with pytest.raises(UserError, match="model config .*deep.json: nested too deeply"):
+    with pytest.raises(UserError, match="model config .*deep.json: nested more than 100 levels deep"):
         read_json_object(tmp_path / "deep.json", "model config")

@@ -64,7 +64,7 @@ def shard(model: nn.Module, recipe, dist) -> nn.Module:
 def fix_meta_rope(model: nn.Module) -> None:
     """diffusers' rotary embedding keeps its frequency tables as plain attributes, not buffers: built under the
     meta device they stay meta after `to_empty`, so rebuild that small module on the host."""
-    transformer = model.transformer
+    transformer = getattr(model, "transformer", model)  # a FlowModel or the diffusers transformer itself
     pe = transformer.pos_embed
     if getattr(pe, "pos_freqs", None) is not None and pe.pos_freqs.is_meta:
         with torch.device("cpu"):
