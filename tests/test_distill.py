@@ -471,3 +471,21 @@ def test_two_ranks_match_one(teachers, cache_dir, tmp_path):
     for role in a:
         for key in a[role]:
             torch.testing.assert_close(a[role][key], b[role][key], atol=1e-5, rtol=1e-4, msg=f"{role}:{key}")
+
+
+def test_a_teacher_whose_output_is_not_finite_stops_the_run_naming_it(teachers, cache_dir, encoder, tmp_path):
+    """A teacher that loads but outputs NaN (here: one NaN weight) must not train "successfully": the DMD
+    gradient's nan_to_num would turn its NaN into 0. The run stops before any update, naming the teacher."""
+    from flashdistill.models.mmdit import FlowModel
+
+    bad = FlowModel.from_pretrained(teachers / "spec", torch_dtype=torch.float32)
+    with torch.no_grad():
+        bad.transformer.proj_out.weight[0, 0] = float("nan")
+    bad.save_pretrained(tmp_path / "nan-teacher")
+    recipe = load_recipe(TINY, [f"teachers.base={teachers / 'base'}",
+                                f"teachers.specialized={tmp_path / 'nan-teacher'}",
+                                f"run.text_cache={cache_dir}", "dmd.iterations=6", "guidance.default={base: 0.5, "
+                                "specialized: 0.5}"])
+    with pytest.raises(UserError, match=r"^teachers\.specialized: its output holds NaN or Inf"):
+        train_distill(recipe, tmp_path / "run", encoder=encoder)
+    assert not (tmp_path / "run" / "checkpoint").exists()

@@ -58,7 +58,8 @@ def t2i(tmp_path_factory):
     base = diffusers_t2i_folder(root / "base")
     assert json.loads((base / "model_index.json").read_text())["_class_name"] == "QwenImagePipeline"
     lora = write_random_lora(base, root / "specialized.safetensors", rank=4)
-    sets = [f"teachers.base={base}", f"teachers.specialized={lora}", f"data.prompts={_jsonl(root / 'p.jsonl', PROMPTS)}",
+    sets = [f"teachers.base={base}", f"teachers.specialized={lora}",
+            f"data.prompts={_jsonl(root / 'p.jsonl', PROMPTS)}",
             f"run.text_cache={root / 'cache'}", "data.resolution=64", "tasks.ratio=1:0",
             f"eval.prompts={_jsonl(root / 'eval.jsonl', EVAL)}"]
     assert main(["cache", RECIPE, "--set", *sets, "--vae-area", "4096", "--dtype", "float32"]) == 0
@@ -122,3 +123,20 @@ def test_vlm_judged_eval_keeps_the_best_and_stops_on_patience(t2i, tmp_path, mon
     for path in run.rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def test_two_fsdp_ranks_both_sample_and_rank0_writes(t2i, tmp_path):
+    """SLOW (~30 s): under run.parallel fsdp the sharded student needs every rank in each sampling forward."""
+    import os
+    import subprocess
+    import sys
+
+    _, sets = t2i
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+           "flashdistill.distill.trainer", RECIPE, "--out", str(run), "--set", *sets, *FAST, "dmd.iterations=1",
+           "run.checkpoint_every=1", "run.parallel=fsdp", "eval.every=1"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((run / "eval" / "step-000001" / "t2i").glob("*.png"))) == len(EVAL)

@@ -52,3 +52,41 @@ def test_cli(tmp_path, capsys):
     assert main(["plan", str(tmp_path / "nothing")]) == 2
     assert "no transformer config" in capsys.readouterr().err
     assert main(["plan", "qwen-image", "--world-size", "0"]) == 2
+
+
+def test_kappa_is_the_least_squares_fit_and_the_h200_runs_are_within_a_gib():
+    """The activation factor is fitted on the measured H200 peaks, and each run's predicted peak is within 0.7 GiB
+    of its measurement (the calibration the README reports)."""
+    from flashdistill.distill import peak
+
+    c = peak.qwen_counts()
+    assert peak.KAPPA == pytest.approx(peak.fit_kappa(c), abs=5e-4)
+    rows = peak.calibration(c)
+    assert [r["measured_gib"] for r in rows] == [52.57, 64.06, 83.86]
+    assert all(abs(r["error_gib"]) <= 0.7 for r in rows), rows
+
+
+def test_peak_counts_states_grads_and_the_worst_micro_batch():
+    from flashdistill.distill import peak
+    from flashdistill.distill.plan import GIB
+
+    c = count(meta_transformer(transformer_config_path("qwen-image")), rank=64)
+    one, two = (peak.predict(c, "lora", 2, peak.Workload(micro_batch=m)) for m in (1, 2))
+    # resident: bf16 base and teacher adapter, fp32 student/critic/EMA adapters, fp32 AdamW moments of two adapters
+    assert one.states == 2 * (c.params + c.lora_params) + 3 * 4 * c.lora_params + 2 * 8 * c.lora_params
+    assert one.grads == 2 * 4 * c.lora_params and one.snapshot == 0
+    assert two.activations == pytest.approx(2 * one.activations)  # linear in the micro-batch's tokens
+    t2i = peak.Workload(micro_batch=1, edits=False)
+    assert t2i.pass_tokens() == 4096 + 256 and peak.Workload(micro_batch=1).pass_tokens() == 2 * 4096 + 512
+    assert 55 < one.total / GIB < 60 and two.total / GIB < 72  # the recipe's micro-batch 2 fits an 80 GB GPU
+
+
+def test_plan_cli_prints_the_peak_and_whether_it_fits(capsys):
+    assert main(["plan", "qwen-image", "--teachers", "2", "--gpu-memory", "80"]) == 0
+    out = capsys.readouterr().out
+    assert "## Peak per GPU, roles.mode lora (predicted)" in out and "fits 80 GiB" in out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ") and "**" in line
+            and line.split("|")[1].strip().isdigit()}
+    assert rows["2"].rstrip().endswith("yes |") and rows["8"].rstrip().endswith("no |")
+    assert main(["plan", "qwen-image", "--micro-batch", "0"]) == 2
+    assert main(["plan", "qwen-image", "--gpu-memory", "-1"]) == 2

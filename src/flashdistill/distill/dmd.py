@@ -54,11 +54,13 @@ def simulate(student, noises: Tensor, timesteps: list[float], k: int, cond: Cond
 
 @torch.no_grad()
 def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cfg_scale: float,
-            bf16: bool = False, cfg_rule=None, any_rank=None) -> tuple[Tensor, list[str]]:
+            bf16: bool = False, cfg_rule=None, any_rank=None, nonfinite: list | None = None
+            ) -> tuple[Tensor, list[str]]:
     """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5); weights (B, M) in the order of `teachers`; `cfg_rule`: the
     family's guidance formula (sampling.guided_velocity; None = the standard one). `any_rank` (sharded teachers,
     roles.Dist.any): a teacher some other rank needs runs here too, on one row whose output is dropped, so every
-    rank makes the same calls. Returns the mix (B, C, H, W) and the names of the teachers that ran."""
+    rank makes the same calls. Returns the mix (B, C, H, W) and the names of the teachers that ran; the names of
+    those whose output held NaN or Inf are appended to `nonfinite` (the DMD gradient's nan_to_num would hide it)."""
     mix = torch.zeros_like(x_t)
     ran = []
     for m, (name, teacher) in enumerate(teachers.items()):
@@ -75,6 +77,8 @@ def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond,
                                 cfg_rule)
         if stand_in:
             continue
+        if nonfinite is not None and not bool(torch.isfinite(v).all()):
+            nonfinite.append(name)
         x0 = x0_from_v(x_t[rows], t[rows], v.float())  # (R, C, H, W)
         mix[rows] += w[rows, None, None, None] * x0
     return mix, ran

@@ -51,10 +51,10 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
 # the remaining iterations move, not what the run is); `--resume` says which of them changed.
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
-                  "run.text_cache",
-                  "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit", "eval.patience",
-                  "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
-                  "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
+                  "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit",
+                  "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
+                  "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay",
+                  "critic.weight_decay", "dmd.grad_clip")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 

@@ -168,8 +168,12 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
     with ctx.timed("teachers"):
         weights = ctx.guidance.weights(d.k, cond.category)  # (b, M)
         any_rank = ctx.dist.any if sharding.active(rc, ctx.dist) else None  # same teacher calls on every rank
+        bad: list[str] = []
         x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
-                                   ctx.family.cfg_rule, any_rank)
+                                   ctx.family.cfg_rule, any_rank, bad)
+        if ctx.dist.any(bool(bad))[0]:  # every rank stops, before any update
+            raise UserError(f"teachers.{(bad or ['?'])[0]}: its output holds NaN or Inf (student step k={d.k}); "
+                            f"its weights are broken. Stopped before any update that used it")
     with ctx.timed("critic"):
         x0_fake = dmd.fake_x0(r.critic, x_t, d.t, cond, rc.dmd.bf16)
     with ctx.timed("student"):
@@ -389,6 +393,8 @@ def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Co
 
         family = family_for(recipe)
     source = family.source(recipe, out, encoder, roles.student.config)
+    if hasattr(source, "check_rows"):  # before the first iteration: can a rank's batch stack its edit sources?
+        source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
     guidance = Guidance(recipe.guidance, list(recipe.teachers))
     return Context(recipe, roles, guidance, source, recipe.task_mix(), dist, {}, family)
 
@@ -488,6 +494,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distill") -> int:
     """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Under torchrun each rank ends here with
     that code (roles.teardown_distributed); an uncaught exception still propagates with its traceback."""
+    # Before CUDA starts: expandable segments keep fragmentation low as micro-batches of different token counts (T2I
+    # and edit rows) come and go: at 20B reserved ran 4-6 % above allocated with it, up to 18 % without (README).
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         code = _main_distill(argv, prog)
     except BaseException:
