@@ -55,15 +55,15 @@ def test_cli(tmp_path, capsys):
 
 
 def test_kappa_is_the_least_squares_fit_and_the_h200_runs_are_within_a_gib():
-    """The activation factor is fitted on the measured H200 peaks, and each run's predicted peak is within 0.7 GiB
-    of its measurement (the calibration the README reports)."""
+    """The activation factor is fitted on the six measured H200 peaks, and each run's predicted peak is within 2.6 GiB
+    (3.4 %) of its measurement (the calibration the README reports)."""
     from flashdistill.distill import peak
 
     c = peak.qwen_counts()
     assert peak.KAPPA == pytest.approx(peak.fit_kappa(c), abs=5e-4)
     rows = peak.calibration(c)
-    assert [r["measured_gib"] for r in rows] == [52.57, 64.06, 83.86]
-    assert all(abs(r["error_gib"]) <= 0.7 for r in rows), rows
+    assert [r["measured_gib"] for r in rows] == [52.57, 64.06, 83.86, 56.78, 63.71, 75.04]
+    assert all(abs(r["error_gib"]) <= 2.6 for r in rows), rows
 
 
 def test_peak_counts_states_grads_and_the_worst_micro_batch():

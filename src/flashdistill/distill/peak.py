@@ -14,9 +14,11 @@
   teachers' guided forward that runs while the student's graph is held. The worst micro-batch is all edit rows
   when the task ratio has edits (target + source latents + VL tokens), else all T2I rows.
 
-Calibration (KAPPA, least squares through the origin over the activation part of the three runs of
-`../shared/reference/gpu-fullsize-h200.md`, bf16 adapters and snapshot on the GPU as main then had them):
-`calibration()` returns each run's measured and predicted peak; `pytest tests/test_plan.py -k calibration`.
+Calibration (KAPPA, least squares through the origin over the activation part of six measured H200 peaks: the three
+runs of `../shared/reference/gpu-fullsize-h200.md` in the layout main then had, and three of
+`benchmarks/gpu_fullsize.py` in today's): `calibration()` returns each run's measured and predicted peak;
+`pytest tests/test_plan.py -k kappa`. Without checkpointing the formula is not calibrated: it read 9-12 % low
+against the two measured no-checkpointing peaks (benchmarks/results/gpu_fullsize_h200_before_bf16_lora.json).
 """
 
 from __future__ import annotations
@@ -26,11 +28,14 @@ from dataclasses import dataclass
 from flashdistill.distill.plan import GIB, Counts, role_rows
 
 # Measured peak allocated GiB of `train_iteration` on one H200 (20.43B transformer, rank-64 LoRA roles, 1024²,
-# per-block checkpointing, bf16 frozen base AND bf16 adapters, snapshot on the GPU; 120 prompt tokens, 300 VL
-# tokens, 4096 source tokens): (rows of the largest grad pass as (edit rows, T2I rows), peak allocated GiB).
-H200 = (((1, 0), 52.57), ((3, 1), 64.06), ((7, 1), 83.86))
+# per-block checkpointing, bf16 frozen base; 120 prompt, 300 VL and 4096 source tokens per row): (layout, rows of the
+# largest grad pass as (edit rows, T2I rows), peak allocated GiB). Layout "old": bf16 adapters and the critic's
+# snapshot on the GPU, as main (098eb31) had them (../shared/reference/gpu-fullsize-h200.md); "new": fp32 adapters,
+# snapshot in host memory (benchmarks/results/gpu_fullsize_h200*.json: batch 1, and batch 8 at micro-batch 2 / 4).
+H200 = (("old", (1, 0), 52.57), ("old", (3, 1), 64.06), ("old", (7, 1), 83.86),
+        ("new", (1, 0), 56.78), ("new", (2, 0), 63.71), ("new", (4, 0), 75.04))
 H200_TOKENS = {"text": 120, "vl": 300, "source": 4096}
-KAPPA = 1.253  # set from fit_kappa(qwen_counts()) and held to it by tests/test_plan.py
+KAPPA = 1.295  # set from fit_kappa(qwen_counts()) and held to it by tests/test_plan.py
 
 
 @dataclass
@@ -94,40 +99,39 @@ def predict(c: Counts, mode: str, teachers: int, work: Workload, world: int = 1,
     return Peak(states, grads, snapshot, per_token * work.pass_tokens(), gather)
 
 
-def _reference_workload(edit_rows: int, t2i_rows: int) -> tuple[Workload, int]:
-    """The H200 runs' grad pass: its workload (as all-edit micro-batch) and its real token count."""
+def _reference_tokens(edit_rows: int, t2i_rows: int) -> int:
+    """Tokens of an H200 run's largest grad pass."""
     work = Workload(micro_batch=1, text_tokens=H200_TOKENS["text"], vl_tokens=H200_TOKENS["vl"],
                     source_tokens=H200_TOKENS["source"])
-    return work, edit_rows * work.row_tokens(True) + t2i_rows * work.row_tokens(False)
+    return edit_rows * work.row_tokens(True) + t2i_rows * work.row_tokens(False)
 
 
-def _reference_fixed(c: Counts) -> float:
-    """Bytes of the H200 runs without activations: bf16 base, teacher adapter and adapters, snapshot on the GPU."""
-    p = predict(c, "lora", 2, Workload(micro_batch=0), frozen_bytes=2, trainable_bytes=2, snapshot_on_gpu=True,
-                kappa=0.0)
+def _reference_fixed(c: Counts, layout: str) -> float:
+    """Bytes of an H200 run without activations: states, gradients and, in the old layout, the snapshot."""
+    old = layout == "old"
+    p = predict(c, "lora", 2, Workload(micro_batch=0), frozen_bytes=2, trainable_bytes=2 if old else 4,
+                snapshot_on_gpu=old, kappa=0.0)
     return p.total
 
 
 def fit_kappa(c: Counts) -> float:
     """Least squares through the origin: measured activation bytes against the formula's, over `H200`."""
-    fixed, per_token = _reference_fixed(c), raw_activation_bytes_per_token(c, True)
-    xs, ys = [], []
-    for (edit_rows, t2i_rows), measured in H200:
-        _, tokens = _reference_workload(edit_rows, t2i_rows)
-        xs.append(per_token * tokens)
-        ys.append(measured * GIB - fixed)
+    per_token = raw_activation_bytes_per_token(c, True)
+    xs = [per_token * _reference_tokens(*rows) for _, rows, _ in H200]
+    ys = [measured * GIB - _reference_fixed(c, layout) for layout, _, measured in H200]
     return sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
 
 
 def calibration(c: Counts) -> list[dict]:
-    """Each H200 run: rows, measured and predicted peak allocated (GiB) with the fitted KAPPA."""
-    fixed, per_token = _reference_fixed(c), raw_activation_bytes_per_token(c, True)
+    """Each H200 run: layout, rows, measured and predicted peak allocated (GiB) with the fitted KAPPA."""
+    per_token = raw_activation_bytes_per_token(c, True)
     out = []
-    for (edit_rows, t2i_rows), measured in H200:
-        _, tokens = _reference_workload(edit_rows, t2i_rows)
-        predicted = (fixed + KAPPA * per_token * tokens) / GIB
-        out.append({"edit_rows": edit_rows, "t2i_rows": t2i_rows, "tokens": tokens, "measured_gib": measured,
-                    "predicted_gib": round(predicted, 2), "error_gib": round(predicted - measured, 2)})
+    for layout, (edit_rows, t2i_rows), measured in H200:
+        tokens = _reference_tokens(edit_rows, t2i_rows)
+        predicted = (_reference_fixed(c, layout) + KAPPA * per_token * tokens) / GIB
+        out.append({"layout": layout, "edit_rows": edit_rows, "t2i_rows": t2i_rows, "tokens": tokens,
+                    "measured_gib": measured, "predicted_gib": round(predicted, 2),
+                    "error_gib": round(predicted - measured, 2)})
     return out
 
 
@@ -172,8 +176,8 @@ def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
             f"{w.text_tokens} prompt / {w.vl_tokens} VL tokens, per-block checkpointing "
             f"{'on' if w.checkpointing else 'off'}, world size {s.world}. Activations = {KAPPA} (fitted on H200 "
             f"runs) x the formula of distill/plan.py; gradients of student and critic in fp32; the critic's snapshot "
-            f"is in host memory. Reserved memory ran 5-18 % above allocated in the H200 runs, so a run fits when the "
-            f"peak allocated is at most 90 % of the GPU.\n\n"
+            f"is in host memory. Reserved memory ran 4-7 % above allocated in the H200 runs (expandable segments), so a "
+            f"run fits when the peak allocated is at most 90 % of the GPU.\n\n"
             "| micro-batch | tokens per grad pass | states | grads | activations | peak allocated (GiB) |"
             + (f" fits {gpu_memory:g} GiB |" if gpu_memory else "") + "\n|---:|---:|---:|---:|---:|---:|"
             + ("---|" if gpu_memory else "") + "\n")
