@@ -53,6 +53,7 @@ from flashdistill.distill.roles import (Dist, Roles, build_roles, destroy_distri
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
+from flashdistill.sampling import guided_velocity
 from flashdistill.models.mmdit import Cond
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
@@ -171,9 +172,8 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
         bad: list[str] = []
         x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, d.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
                                    ctx.family.cfg_rule, any_rank, bad)
-        if ctx.dist.any(bool(bad))[0]:  # every rank stops, before any update
-            raise UserError(f"teachers.{(bad or ['?'])[0]}: its output holds NaN or Inf (student step k={d.k}); "
-                            f"its weights are broken. Stopped before any update that used it")
+        if ctx.dist.any(bool(bad))[0]:
+            check_teachers(ctx, ran, cond, uncond)
     with ctx.timed("critic"):
         x0_fake = dmd.fake_x0(r.critic, x_t, d.t, cond, rc.dmd.bf16)
     with ctx.timed("student"):
@@ -182,6 +182,28 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
         if rc.dmd.first_step_fm > 0 and d.k == 0:  # same k on every rank: the graphs agree under DDP
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, d.noises[0], x_data)
     return x.detach(), loss, ran
+
+
+@torch.no_grad()
+def check_teachers(ctx: Context, names: list[str], cond: Cond, uncond: Cond) -> None:
+    """A teacher's output held NaN or Inf (the DMD gradient's nan_to_num would hide it). On a diverged student's
+    samples that is the student's fault, which the iteration guard handles; so each teacher that ran is run again on
+    pure noise at t = 1 with the same conditions, and one whose output is still not finite stops the run, naming it
+    (every rank makes the same calls)."""
+    rc = ctx.recipe
+    z = torch.randn((cond.batch_size, *ctx.source.shape), generator=torch.Generator().manual_seed(0)).to(
+        ctx.dist.device)
+    t = torch.ones(cond.batch_size, device=ctx.dist.device)
+    broken = []
+    for name in names:
+        with dmd.autocast(z.device, rc.dmd.bf16):
+            v = guided_velocity(ctx.roles.teachers[name], z, t, cond, uncond, rc.dmd.cfg_scale, ctx.family.cfg_rule)
+        broken.append(not bool(torch.isfinite(v).all()))
+    flags = ctx.dist.any(*broken) if names else ()
+    culprits = [name for name, flag in zip(names, flags) if flag]
+    if culprits:
+        raise UserError(f"teachers.{culprits[0]}: its output holds NaN or Inf even on pure noise; its weights are "
+                        f"broken. Stopped before any update that used it")
 
 
 def apply_generator(ctx: Context) -> None:
