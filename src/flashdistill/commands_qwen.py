@@ -6,11 +6,13 @@ function and reports bad input as a UserError (one line, exit code 2, by the CLI
 
 from __future__ import annotations
 
+import argparse
 import shlex
 from pathlib import Path
 
 from flashdistill.cliargs import nonneg_int, positive_float, positive_int
 from flashdistill.errors import UserError
+from flashdistill.files import out_file
 
 
 def cmd_tiny_folder(args) -> None:
@@ -80,14 +82,35 @@ def cmd_cache(args) -> None:
           f"{counts['encoded']} now, {counts['entries']} entries in all")
 
 
-def cmd_plan(args) -> None:
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec, render
+# Bounds of `plan`'s values: beyond them the answer means nothing (fewer bytes per rank than one parameter, a
+# table row per teacher by the million) and the tables take minutes to print.
+MAX_WORLD_SIZE = 2**20
+MAX_TEACHERS = 64
+PIXELS_PER_TOKEN = 16  # the VAE's factor 8 times the transformer's 2x2 patches
 
+
+def check_plan_args(args) -> None:
+    """`plan`'s numbers: a one-line UserError naming the option for any value that is out of its range."""
     for flag in ("world_size", "lora_rank", "resolution", "batch_size"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.text_tokens < 0 or (args.teachers is not None and args.teachers < 1):
         raise UserError("--text-tokens must be >= 0 and --teachers >= 1")
+    if args.world_size > MAX_WORLD_SIZE:
+        raise UserError(f"--world-size {args.world_size}: at most {MAX_WORLD_SIZE:,} ranks")
+    if args.teachers is not None and args.teachers > MAX_TEACHERS:
+        raise UserError(f"--teachers {args.teachers}: at most {MAX_TEACHERS} distinct teachers")
+    if args.resolution % PIXELS_PER_TOKEN:
+        raise UserError(f"--resolution {args.resolution}: must be a multiple of {PIXELS_PER_TOKEN} (the VAE's "
+                        f"factor 8 x 2x2 patches)")
+
+
+def cmd_plan(args) -> None:
+    from flashdistill.distill.plan import count, meta_transformer, plan_spec, render
+
+    check_plan_args(args)
+    if args.out:
+        out_file(args.out)
     config, teachers = plan_spec(args.spec, args.overrides)
     counts = count(meta_transformer(config), args.lora_rank)
     text = render(args.spec, counts, args.world_size, args.lora_rank, args.teachers or teachers, args.resolution,
@@ -95,6 +118,25 @@ def cmd_plan(args) -> None:
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
+
+
+def torch_device(text: str) -> str:
+    """An argparse type: a device torch knows (cpu, cuda, cuda:N, mps) that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda, cuda:N or mps")
+    return text
 
 
 def add_commands(top) -> None:
@@ -139,7 +181,7 @@ def add_commands(top) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per text-encoder pass")
     p.add_argument("--shard-size", type=positive_int, default=256, help="entries per shard (a kill loses at most one shard)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", type=torch_device, default="cpu", help="cpu | cuda | cuda:N | mps")
     p.set_defaults(func=cmd_cache)
 
     p = top.add_parser("plan", help="bytes per rank of weights, grads and AdamW states of every role, per role "
@@ -155,8 +197,9 @@ def add_commands(top) -> None:
     p.add_argument("--world-size", type=int, default=1, help="ranks the sharded states are split over")
     p.add_argument("--lora-rank", type=int, default=64, help="rank of the student/critic adapters (default 64)")
     p.add_argument("--teachers", type=int, default=None,
-                   help="distinct teachers, the base included (default: the recipe's, or 1)")
-    p.add_argument("--resolution", type=int, default=1024, help="image side in pixels for the activations")
+                   help=f"distinct teachers, the base included (default: the recipe's, or 1; at most {MAX_TEACHERS})")
+    p.add_argument("--resolution", type=int, default=1024,
+                   help="image side in pixels for the activations (a multiple of 16)")
     p.add_argument("--batch-size", type=int, default=1, help="micro-batch per rank for the activations")
     p.add_argument("--text-tokens", type=int, default=256, help="text tokens per sample for the activations")
     p.add_argument("--out", default=None, help="also write the plan (Markdown) to this file")
