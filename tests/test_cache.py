@@ -119,3 +119,15 @@ def test_cli(setup, tmp_path, capsys, one_thread):
     recipe.write_text(f"teachers: {{base: {family.folder}}}\ndata: {{prompts: {root / 'prompts.jsonl'}}}\n")
     assert main(["cache", str(recipe), "--out", str(tmp_path / "c4")]) == 0
     assert ConditionCache(tmp_path / "c4").meta["command"] == f"flashdistill cache {recipe} --out {tmp_path / 'c4'}"
+
+
+@pytest.mark.parametrize("device, word", [("banana", "'banana' is not a device"), ("cuda:99", "CUDA device(s)"),
+                                          ("meta", "use cpu, cuda"), ("cuda", "CUDA device(s)")])
+def test_a_device_that_is_not_here_is_one_line(tmp_path, capsys, device, word):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(SystemExit) as exit_:  # refused while parsing: before any model is read
+        main(["cache", "--model", str(tmp_path), "--prompts", "p.jsonl", "--out", str(tmp_path / "c"),
+              "--device", device])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith("error: ") and "\n" not in err and word in err

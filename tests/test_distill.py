@@ -163,6 +163,9 @@ def test_gaussian_dmd_descent_moves_student_to_teacher():
     (["guidance.style_transfer.base=one"], r"guidance\.style_transfer\.base: weight must be a number"),
     (["dmd.lrr=1"], r"dmd\.lrr: unknown key"),
     (["dmd.batch_size=2.5"], r"dmd\.batch_size: must be an integer"),
+    (["dmd.batch_size=10000000"], r"dmd\.batch_size: must be in \[1, 4096\]"),  # refused before allocating
+    (["run.threads=1000000000"], r"run\.threads: must be in \[0, 1024\]"),  # OpenMP would ask for 216 GB
+    (["data.composition={landscape: 1e308, portrait: 1e308}"], r"data: the weights .* add up to more than"),
     (["dmd.ema_decay=1"], r"dmd\.ema_decay: must be in"),
     (["tasks.ratio=7-3"], r"tasks\.ratio: must look like 5:5"),
     (["data.counts={text: 10}"], r"data: give data\.composition .* or data\.counts"),

@@ -90,3 +90,42 @@ def test_plan_cli_prints_the_peak_and_whether_it_fits(capsys):
     assert rows["2"].rstrip().endswith("yes |") and rows["8"].rstrip().endswith("no |")
     assert main(["plan", "qwen-image", "--micro-batch", "0"]) == 2
     assert main(["plan", "qwen-image", "--gpu-memory", "-1"]) == 2
+
+
+@pytest.mark.parametrize("change, word", [({"num_layers": 0}, "num_layers"), ({"num_layers": "two"}, "num_layers"),
+                                          ({"num_layers": 200_000}, "200000"), ({"attention_head_dim": 0},
+                                                                                "attention_head_dim"),
+                                          ({"_class_name": "FluxTransformer2DModel"}, "_class_name"),
+                                          ({"axes_dims_rope": "x"}, "cannot be built")])
+def test_bad_configs_are_one_line(tmp_path, capsys, change, word):
+    import json
+
+    config = json.loads(transformer_config_path("qwen-image").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**config, **change}))
+    assert main(["plan", str(path)]) == 2  # 200k layers: refused at once instead of building them for minutes
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and word in err and str(path) in err
+
+
+def test_config_that_is_not_an_object(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    assert main(["plan", str(tmp_path / "config.json")]) == 2
+    assert "must hold a JSON object" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, word", [(["--teachers", "1000000000"], "--teachers"),
+                                        (["--world-size", "1" + "0" * 30], "--world-size"),
+                                        (["--resolution", "17"], "multiple of 16"),
+                                        (["--lora-rank", "0"], "--lora-rank"),
+                                        (["--text-tokens", "-1"], "--text-tokens"),
+                                        (["--set", "dmd.lr=1"], "--set dmd.lr=1")])
+def test_bad_plan_values_are_one_line(capsys, args, word):
+    assert main(["plan", "qwen-image", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and word in err
+
+
+def test_largest_bounds_still_plan(capsys):
+    assert main(["plan", "qwen-image", "--teachers", "64", "--world-size", str(2**20), "--resolution", "2048"]) == 0
+    assert "teacher 64 (frozen, bf16)" in capsys.readouterr().out

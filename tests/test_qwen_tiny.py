@@ -79,3 +79,33 @@ def test_existing_folder_is_refused(tmp_path, capsys):
     write_tiny_folder(tmp_path / "x", "t2i")
     assert main(["qwen", "tiny-folder", "--out", str(tmp_path / "x")]) == 2
     assert "model_index.json" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def t2i_folder(tmp_path_factory):
+    return write_tiny_folder(tmp_path_factory.mktemp("lora-base") / "base", "t2i")
+
+
+@pytest.mark.parametrize("args, word", [(["--rank", "1000000000"], "--rank 1000000000: at most 32"),
+                                        (["--std", "1e300"], "--std"), (["--std", "2"], "--std")])
+def test_random_lora_values_that_blow_up_are_refused(t2i_folder, tmp_path, capsys, args, word):
+    out = tmp_path / "l.safetensors"
+    assert main(["qwen", "random-lora", "--base", str(t2i_folder), "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and word in err
+    assert not out.exists()  # refused before anything was read or written
+
+
+def test_random_lora_never_overwrites(t2i_folder, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    folder, existing = tmp_path / "x.safetensors", tmp_path / "mine.safetensors"
+    folder.mkdir()
+    existing.write_bytes(b"someone's LoRA")
+    for out, what in ((folder, "is a folder"), (existing, "is a file already")):
+        assert main(["qwen", "random-lora", "--base", str(t2i_folder), "--out", str(out)]) == 2
+        assert what in capsys.readouterr().err
+    assert existing.read_bytes() == b"someone's LoRA"
+    fresh = tmp_path / "new.safetensors"
+    assert main(["qwen", "random-lora", "--base", str(t2i_folder), "--out", str(fresh), "--std", "1"]) == 0
+    assert all(torch.isfinite(t).all() for t in load_file(str(fresh)).values())

@@ -90,6 +90,10 @@ def test_mix_is_followed_statistically():
     (TaskMix(edit_mix={"teleport": 1}), "mix.edit_mix.teleport"),
     (TaskMix(t2i_weight=0, edit_weight=0), "mix.t2i_weight"),
     (TaskMix(composition={"text": 0}), "mix.composition"),
+    # finite weights whose sum overflows: every share would be 0/inf (a ValueError deep in numpy, or all T2I rows)
+    (TaskMix(composition={"text": 1e308, "landscape": 1e308}), "mix.composition"),
+    (TaskMix(edit_mix={"style_transfer": 1e308, "text_editing": 1e308}), "mix.edit_mix"),
+    (TaskMix(t2i_weight=1e308, edit_weight=1e308), "mix.t2i_weight, mix.edit_weight"),
 ])
 def test_mix_validation_names_the_key(mix, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):

@@ -6,12 +6,14 @@ function and reports bad input as a UserError (one line, exit code 2, by the CLI
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 
 from flashdistill.cliargs import nonneg_int, positive_float, positive_int
 from flashdistill.errors import UserError
+from flashdistill.files import out_file
 
 
 def cmd_tiny_folder(args) -> None:
@@ -100,19 +102,38 @@ def cmd_cache(args) -> None:
           f"{counts['encoded']} now, {counts['entries']} entries in all")
 
 
+# Bounds of `plan`'s values: beyond them the answer means nothing (fewer bytes per rank than one parameter, a
+# table row per teacher by the million) and the tables take minutes to print.
+MAX_WORLD_SIZE = 2**20
+MAX_TEACHERS = 64
+PIXELS_PER_TOKEN = 16  # the VAE's factor 8 times the transformer's 2x2 patches
+
+
+def check_plan_args(args) -> None:
+    """`plan`'s numbers: a one-line UserError naming the option for any value that is out of its range."""
+    for flag in ("world_size", "lora_rank", "resolution", "micro_batch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.text_tokens < 0 or args.vl_tokens < 0 or (args.teachers is not None and args.teachers < 1):
+        raise UserError("--text-tokens and --vl-tokens must be >= 0 and --teachers >= 1")
+    if args.world_size > MAX_WORLD_SIZE:
+        raise UserError(f"--world-size {args.world_size}: at most {MAX_WORLD_SIZE:,} ranks")
+    if args.teachers is not None and args.teachers > MAX_TEACHERS:
+        raise UserError(f"--teachers {args.teachers}: at most {MAX_TEACHERS} distinct teachers")
+    if args.resolution is not None and args.resolution % PIXELS_PER_TOKEN:
+        raise UserError(f"--resolution {args.resolution}: must be a multiple of {PIXELS_PER_TOKEN} (the VAE's "
+                        f"factor 8 x 2x2 patches)")
+    if args.gpu_memory is not None and not 0 < args.gpu_memory < 1e6:
+        raise UserError(f"--gpu-memory must be a size in GiB, got {args.gpu_memory}")
+
+
 def cmd_plan(args) -> None:
     from flashdistill.distill import peak
     from flashdistill.distill.plan import count, meta_transformer, plan_spec, render
 
-    for flag in ("world_size", "lora_rank", "resolution"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.micro_batch is not None and args.micro_batch < 1:
-        raise UserError("--micro-batch must be at least 1")
-    if args.text_tokens < 0 or args.vl_tokens < 0 or (args.teachers is not None and args.teachers < 1):
-        raise UserError("--text-tokens and --vl-tokens must be >= 0 and --teachers >= 1")
-    if args.gpu_memory is not None and not 0 < args.gpu_memory < 1e6:
-        raise UserError(f"--gpu-memory must be a size in GiB, got {args.gpu_memory}")
+    check_plan_args(args)
+    if args.out:
+        out_file(args.out)
     config, teachers = plan_spec(args.spec, args.overrides)
     settings = _plan_settings(args, teachers)
     counts = count(meta_transformer(config), args.lora_rank)
@@ -146,6 +167,25 @@ def _plan_settings(args, teachers: int):
     frozen = settings.frozen_bytes if args.frozen_dtype is None else {"bf16": 2, "fp32": 4}[args.frozen_dtype]
     return replace(settings, teachers=args.teachers or settings.teachers, frozen_bytes=frozen, work=work,
                    mode=args.mode or settings.mode)
+
+
+def torch_device(text: str) -> str:
+    """An argparse type: a device torch knows (cpu, cuda, cuda:N, mps) that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda, cuda:N or mps")
+    return text
 
 
 def add_commands(top) -> None:
@@ -190,7 +230,7 @@ def add_commands(top) -> None:
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per text-encoder pass")
     p.add_argument("--shard-size", type=positive_int, default=256, help="entries per shard (a kill loses at most one shard)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.add_argument("--device", type=torch_device, default="cpu", help="cpu | cuda | cuda:N | mps")
     p.set_defaults(func=cmd_cache)
 
     p = top.add_parser("plan", help="bytes per rank of every role per role layout, and the predicted peak GPU "
@@ -210,13 +250,13 @@ def add_commands(top) -> None:
     p.add_argument("--world-size", type=int, default=1, help="ranks the sharded states are split over")
     p.add_argument("--lora-rank", type=int, default=64, help="rank of the student/critic adapters (default 64)")
     p.add_argument("--teachers", type=int, default=None,
-                   help="distinct teachers, the base included (default: the recipe's, or 1)")
+                   help=f"distinct teachers, the base included (default: the recipe's, or 1; at most {MAX_TEACHERS})")
     p.add_argument("--mode", choices=["full", "lora", "lora, critic.lora false"], default=None,
                    help="role layout of the peak (default: the recipe's, or lora)")
     p.add_argument("--frozen-dtype", choices=["bf16", "fp32"], default=None,
                    help="dtype of the frozen weights (default: the recipe's roles.frozen_dtype; auto plans as bf16)")
-    p.add_argument("--resolution", type=int, default=None, help="target side in pixels (default: the recipe's "
-                                                                 "data.resolution, or 1024)")
+    p.add_argument("--resolution", type=int, default=None, help="target side in pixels, a multiple of 16 "
+                                                                 "(default: the recipe's data.resolution, or 1024)")
     p.add_argument("--micro-batch", "--batch-size", dest="micro_batch", type=int, default=None,
                    help="rows per forward/backward on a rank (default: the recipe's dmd.micro_batch, or its "
                         "batch per rank; 1 without a recipe)")

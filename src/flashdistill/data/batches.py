@@ -47,6 +47,7 @@ class TaskMix:
         """Raise UserError naming the dotted key of the first bad weight; returns self."""
         for name in ("t2i_weight", "edit_weight"):
             _check_weight(getattr(self, name), f"{where}.{name}")
+        _check_total([self.t2i_weight, self.edit_weight], f"{where}.t2i_weight, {where}.edit_weight")
         if self.t2i_weight + self.edit_weight <= 0:
             raise UserError(f"{where}.t2i_weight, {where}.edit_weight: at least one task weight must be > 0")
         for name, known in (("composition", self.t2i_categories), ("edit_mix", self.edit_categories)):
@@ -57,6 +58,7 @@ class TaskMix:
                 if cat not in known:
                     raise UserError(f"{where}.{name}.{cat}: unknown category; known: {', '.join(known)}")
                 _check_weight(w, f"{where}.{name}.{cat}")
+            _check_total(list(table.values()), f"{where}.{name}")
         if not isinstance(self.t2i_pool, dict):
             raise UserError(f"{where}.t2i_pool: must be a mapping category -> number of prompts")
         for cat, n in self.t2i_pool.items():
@@ -111,6 +113,13 @@ def _check_weight(w, key: str) -> None:
         raise UserError(f"{key}: must be a number, got {w!r}")
     if w < 0:
         raise UserError(f"{key}: must be >= 0, got {w}")
+
+
+def _check_total(weights: list, key: str) -> None:
+    """Relative weights are divided by their sum: a sum that overflows (1e308 + 1e308 = inf) makes every share 0."""
+    if not np.isfinite(sum(float(w) for w in weights)):
+        raise UserError(f"{key}: the weights {weights} add up to more than a float holds; they are relative, so "
+                        f"scale them down (e.g. 1, 2, 3)")
 
 
 @dataclass

@@ -32,7 +32,6 @@ hold about one block. Tests: `pytest tests/test_plan.py` (counts equal the insta
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,17 +64,48 @@ def transformer_config_path(spec: str) -> Path:
                     f"{path}/config.json); name a pipeline folder, a config.json, or qwen-image")
 
 
+# Sizes the transformer's config must give as positive integers (None: diffusers' default, out_channels only).
+CONFIG_INTS = ("num_layers", "attention_head_dim", "num_attention_heads", "joint_attention_dim", "in_channels",
+               "out_channels", "patch_size")
+# Building a block on the meta device costs milliseconds, and more per block the more there are (~4 s for 600):
+# the bound keeps `plan` quick and is ~8x Qwen-Image's 60 blocks.
+MAX_LAYERS = 512
+
+
+def check_transformer_config(config, path: Path) -> dict:
+    """`config` (a config.json's content) as QwenImageTransformer2DModel takes it, or UserError naming the key."""
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: must hold a JSON object (a transformer config), got a {type(config).__name__}")
+    name = config.get("_class_name", "QwenImageTransformer2DModel")
+    if name != "QwenImageTransformer2DModel":
+        raise UserError(f"{path}: _class_name {name!r}: only QwenImageTransformer2DModel")
+    for key in CONFIG_INTS:
+        value = config.get(key)
+        if key not in config or (value is None and key == "out_channels"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{path}: {key} must be a positive integer, got {value!r}")
+    layers = config.get("num_layers", 0)
+    if layers > MAX_LAYERS:
+        raise UserError(f"{path}: num_layers {layers} is more than {MAX_LAYERS} (Qwen-Image has 60); check the "
+                        f"config")
+    return config
+
+
 def meta_transformer(config_path: Path):
+    """The transformer of `config_path` built on the meta device (shapes, no memory), its config checked first."""
     from diffusers import QwenImageTransformer2DModel
 
+    from flashdistill.files import read_json
+
+    config = check_transformer_config(read_json(config_path, "transformer config"), Path(config_path))
     try:
-        config = json.loads(Path(config_path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"{config_path}: cannot read the config: {err}") from None
-    if config.get("_class_name", "QwenImageTransformer2DModel") != "QwenImageTransformer2DModel":
-        raise UserError(f"{config_path}: _class_name {config['_class_name']!r}: only QwenImageTransformer2DModel")
-    with torch.device("meta"):
-        return QwenImageTransformer2DModel.from_config(config)
+        with torch.device("meta"):
+            return QwenImageTransformer2DModel.from_config(config)
+    except (TypeError, ValueError, ZeroDivisionError, AssertionError, RuntimeError) as err:
+        # diffusers checks no value itself: what it cannot build from is named here, not as its traceback
+        raise UserError(f"{config_path}: QwenImageTransformer2DModel cannot be built from this config "
+                        f"({type(err).__name__}: {err})") from None
 
 
 @dataclass
@@ -185,4 +215,6 @@ def plan_spec(spec: str, overrides: list[str] | None = None) -> tuple[Path, int]
         recipe = load_recipe(spec, overrides)
         base = recipe.teachers[recipe.student.init_from]
         return transformer_config_path(base), len(set(recipe.teachers.values()))
+    if overrides:
+        raise UserError(f"--set {overrides[0]}: overrides apply to a recipe (.yaml); {spec} is a model spec")
     return transformer_config_path(spec), 1

@@ -56,6 +56,11 @@ RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay",
                   "critic.weight_decay", "dmd.grad_clip")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
+# Upper bounds that keep a typo from allocating without end. One iteration draws nfe + 1 + critic.updates
+# latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,
+# 2 critic updates): 4096 rows are 28 GiB of draws, far past the shipped recipes' 8.
+MAX_BATCH = 4096
+MAX_THREADS = 1024  # torch's intra-op pool; OpenMP sizes its buffers by it (10**9 threads: 216 GB)
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -159,7 +164,8 @@ class DMDSection:
             _require(getattr(self, name) > 0, f"dmd.{name}", "must be > 0")
         _require(self.weight_decay >= 0, "dmd.weight_decay", "must be >= 0")
         _require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
-        _require(self.batch_size >= 1, "dmd.batch_size", "must be >= 1")
+        _require(1 <= self.batch_size <= MAX_BATCH, "dmd.batch_size", f"must be in [1, {MAX_BATCH}] (the global "
+                 f"batch of one iteration), got {self.batch_size}")
         _require(self.micro_batch >= 0, "dmd.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
         _require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
         _require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
@@ -281,7 +287,8 @@ class RunSection:
     def check(self) -> None:
         _require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
         _require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
-        _require(self.threads >= 0, "run.threads", "must be >= 0 (0 = torch's default)")
+        _require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
+                 f"default), got {self.threads}")
         _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
         _require(self.log_every >= 1, "run.log_every", "must be >= 1")
         _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "

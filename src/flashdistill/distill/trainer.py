@@ -57,6 +57,7 @@ from flashdistill.sampling import guided_velocity
 from flashdistill.models.mmdit import Cond
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
+from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime import sharded as sharded_checkpoint
 from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
@@ -281,7 +282,8 @@ def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
         save_state(out, roles.modules(), roles.optimizers(), done, meta)
 
 
-def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -> tuple[int, dict]:
+def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist, inputs: dict | None = None,
+            accept_inputs: bool = False) -> tuple[int, dict]:
     """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous
     checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported."""
     if dist.main:
@@ -305,6 +307,7 @@ def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist) -
         meta = read_state(folder)["meta"]
         changed = check_resume(meta, resume_fingerprint(recipe), recipe.to_dict(), "recipe", RESUMABLE_KEYS,
                                "recipe")
+        changed += check_inputs(meta.get("inputs"), inputs, accept_inputs) if inputs else []
         if files == CHECKPOINT_FILES:
             saved = load_state(folder, roles.modules(), roles.optimizers())
         else:  # the saved moments are read into live optimizer states, created here as the first step would
@@ -422,17 +425,17 @@ def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Co
 
 
 def train_distill(recipe: Recipe, out: Path, resume: bool = False, encoder=None, scorer=None,
-                  command: str | None = None, stop_after: int | None = None) -> dict:
+                  command: str | None = None, stop_after: int | None = None, accept_inputs: bool = False) -> dict:
     """Distill (or continue distilling) into `out`; returns a summary. `encoder` replaces MiniLM (tests share one),
     `scorer` the quick-eval BenchScorer; `stop_after` ends this call after that many iterations, checkpointed.
     `out` is claimed first (flashdistill.runfolder): another kind of run there, or another process writing it, is
     refused; under torchrun rank 0 holds the claim and the other ranks only check."""
     with claim_run(out, "distill", enabled=os.environ.get("RANK", "0") == "0"):
-        return _train_distill(recipe, Path(out), resume, encoder, scorer, command, stop_after)
+        return _train_distill(recipe, Path(out), resume, encoder, scorer, command, stop_after, accept_inputs)
 
 
 def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, command: str | None,
-                   stop_after: int | None) -> dict:
+                   stop_after: int | None, accept_inputs: bool) -> dict:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file, not a folder")
     if recipe.run.threads:
@@ -444,7 +447,8 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, com
     if dist.main:
         out_dir(out)
     dist.barrier()
-    start, meta = restore(roles, recipe, out, resume, dist)
+    inputs = input_fingerprint(recipe, roles.family)  # taken once: the checkpoints record what the run started on
+    start, meta = restore(roles, recipe, out, resume, dist, inputs, accept_inputs)
     total = recipe.dmd.iterations
     if start > total:
         raise UserError(f"dmd.iterations: {total} is fewer than the {start} iterations the checkpoint has done")
@@ -478,7 +482,8 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, com
             if periodic or done == end or stop:  # no periodic checkpoint of weights a bad streak has not cleared
                 ctx.source.flush()  # so a resumed run finds this run's embeddings on disk
                 wall = wall_before + time.perf_counter() - t0
-                save(ctx, out, done, {**_meta(ctx, health, tracker, wall), "last_loss": metrics["loss"]})
+                save(ctx, out, done, {**_meta(ctx, health, tracker, wall), "last_loss": metrics["loss"],
+                                      "inputs": inputs})
                 dist.barrier()
             if stop:
                 break
@@ -508,6 +513,8 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("recipe", metavar="RECIPE", help="distillation recipe YAML (see configs/flash.yaml)")
     parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
+    parser.add_argument(ACCEPT_FLAG, action="store_true", help="with --resume: continue although the teachers' "
+                        "weights or the data files differ from the checkpoint's (refused otherwise)")
     parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                         help="dotted recipe overrides, e.g. tasks.ratio=7:3 dmd.iterations=200")
     return parser
@@ -534,7 +541,8 @@ def _main_distill(argv: list[str] | None, prog: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-        summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}")
+        summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}",
+                                accept_inputs=args.accept_changed_inputs)
     except UserError as err:
         if main_rank:
             print(f"error: {one_line(err)}", file=sys.stderr)

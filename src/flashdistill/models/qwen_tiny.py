@@ -206,6 +206,36 @@ def _image_only_processor_class():
     return ImageOnlyQwen2VLProcessor
 
 
+# A stand-in teacher, not a model: beyond std 1 the adapter's product B·A (entries ~ rank·std²) swamps the base,
+# and std 1e300 would write Inf.
+MAX_LORA_STD = 1.0
+
+
+def _check_lora_args(base: Path, out: Path, rank: int, std: float) -> None:
+    """Refuse, before any weight is read: a base that is not a pipeline folder, an --out that exists or is not a
+    .safetensors path, a rank above the transformer's width (a larger one adds nothing and may not fit in memory),
+    a std that is not a small positive number."""
+    from flashdistill.files import read_json_object
+
+    config_path = base / "transformer" / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"--base {base}: no transformer/config.json (not a pipeline folder)")
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: must end in .safetensors")
+    if out.exists():
+        what = "a folder" if out.is_dir() else "a file already"
+        raise UserError(f"--out {out}: is {what}; choose a new path (nothing is overwritten)")
+    config = read_json_object(config_path, "transformer config")
+    heads, head_dim = config.get("num_attention_heads"), config.get("attention_head_dim")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (heads, head_dim)):
+        raise UserError(f"{config_path}: num_attention_heads and attention_head_dim must be positive integers, "
+                        f"got {heads!r} and {head_dim!r}")
+    if rank > heads * head_dim:
+        raise UserError(f"--rank {rank}: at most {heads * head_dim}, the transformer's width (heads x head dim)")
+    if not 0 < std <= MAX_LORA_STD:
+        raise UserError(f"--std {std}: must be in (0, {MAX_LORA_STD}]")
+
+
 def write_random_lora(base: str | Path, out: str | Path, rank: int = 4, std: float = 0.05, seed: int = 0) -> Path:
     """A random LoRA on the transformer of pipeline folder `base`, in diffusers' LoRA format
     (`QwenImagePipeline.save_lora_weights`; `load_lora_weights` reads it): a stand-in specialized teacher for
@@ -217,10 +247,7 @@ def write_random_lora(base: str | Path, out: str | Path, rank: int = 4, std: flo
     from flashdistill.models.lora import DEFAULT_TARGETS
 
     base, out = Path(base), Path(out)
-    if not (base / "transformer" / "config.json").is_file():
-        raise UserError(f"--base {base}: no transformer/config.json (not a pipeline folder)")
-    if out.suffix != ".safetensors":
-        raise UserError(f"--out {out}: must end in .safetensors")
+    _check_lora_args(base, out, rank, std)
     transformer = QwenImageTransformer2DModel.from_pretrained(base / "transformer")
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(DEFAULT_TARGETS)))
     gen = torch.Generator().manual_seed(seed)
