@@ -191,7 +191,7 @@ def export_cases(f) -> list[Case]:
     out = [generate(f, f"student-{k}", model=f[f"student:{k}"], names="no-such-base" if k == "base-gone" else
                     f"student-{k}") for k in kinds]
     out += [generate(f, "cfg-on-student", "--cfg", 3, names="--cfg"),  # a DMD student runs unguided
-            generate(f, "resolution-on-student", "--resolution", 128, names="--resolution"),
+            generate(f, "resolution-on-student", "--resolution", 128, expect="accept"),  # honoured (test_qwen_inputs)
             generate(f, "nfe-0", "--nfe", 0, names="--nfe"),
             generate(f, "nfe-beyond-student", "--nfe", 9, names="NFE"),
             generate(f, "n-0", "--n", 0, names="--n"),
@@ -286,7 +286,7 @@ def vlm_cases(f, server: HostileServer) -> list[Case]:
             judge(f, "one-category-all-failed", url("fail-one-category"), names="text"),
             judge(f, "endpoint-down", "http://127.0.0.1:9/v1", names="127.0.0.1"),
             judge(f, "html-instead-of-json", url("html")), judge(f, "key-rejected", url("unauthorized")),
-            judge(f, "score-out-of-range", url("score-7")), judge(f, "reply-5mb", url("huge")),
+            judge(f, "score-out-of-range", url("score-7")), judge(f, "reply-5mb", url("huge"), expect="accept"),  # a valid score: its reasoning is kept to 4000 chars
             judge(f, "reply-trickled", url("trickle"), expect="accept", timeout=160.0)]  # a 120 s limit per request
 
 

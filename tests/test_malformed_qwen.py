@@ -25,7 +25,12 @@ SUBSET = ("plan:teachers-1e9", "plan:world-size-1e30", "plan:resolution-17", "pl
           "qwen:lora-rank-1e9", "qwen:lora-std-1e300", "qwen:lora-std-0", "qwen:lora-out-folder",
           "qwen:lora-base-not-pipeline", "cache:device-banana", "cache:device-absent", "cache:vae-area-0",
           "data:prompts-bad-json", "data:prompts-missing-field", "data:prompts-binary",
-          "runs:random-lora-over-a-lora", "runs:tiny-folder-over-a-pipeline", "vlm:key-rejected")
+          "runs:random-lora-over-a-lora", "runs:tiny-folder-over-a-pipeline", "vlm:key-rejected",
+          # the classes the other parts of issue 24 fixed: JSON records, images, LoRA files, YAML, bounds
+          "data:prompts-deep", "data:edits-image-bomb", "data:edits-image-4000x1", "data:edits-image-grey16",
+          "folder:base-index-deep", "folder:base-weights-missing", "folder:base-config-bad-type",
+          "lora:lora-wrong-shapes", "lora:lora-full-transformer", "lora:lora-nan", "recipe:yaml-duplicate-group",
+          "recipe:yaml-alias-bomb", "recipe:lora-rank-1e9")
 
 
 @pytest.fixture(scope="module")

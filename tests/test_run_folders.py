@@ -222,3 +222,30 @@ def test_teacher_train_is_refused_while_another_process_holds_its_folder(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"another flashdistill process (pid {holder.pid} on " in err
     assert sorted(p.name for p in out.iterdir()) == [MARKER]  # nothing of the holder's run touched
+
+
+def test_a_refused_distill_of_the_same_kind_leaves_every_byte_and_the_marker(distill_run, teachers, capsys):
+    """Distill again into a finished run without --resume: refused, and the claim puts its marker back as it was
+    (the marker records the writing process while a run holds it)."""
+    from flashdistill.cli import main
+
+    before = digests(distill_run)
+    assert main(["distill", str(DISTILL_TINY), "--out", str(distill_run), "--set",
+                 *distill_sets(teachers, distill_run.parent / "cache", "dmd.iterations=1")]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert digests(distill_run) == before
+
+
+def test_a_condition_cache_is_a_run_kind(distill_run, tmp_path):
+    """`flashdistill cache --out` into a distillation run is refused; an old cache folder (no marker) is known by
+    its shards."""
+    with pytest.raises(UserError, match="holds a distillation run.*a condition cache there"):
+        check_run(distill_run, "cache")
+    old = tmp_path / "cache"
+    old.mkdir()
+    (old / "index.json").write_text("{}")
+    (old / "shard-0-1-abc.safetensors").write_bytes(b"x")
+    assert run_kind(old)[0] == "cache"
+    check_run(old, "cache")
+    with pytest.raises(UserError, match="a condition cache"):
+        check_run(old, "distill")

@@ -464,7 +464,7 @@ def test_retry_failed_asks_again_only_the_failed_cases(server, tmp_path):
             "--vlm-concurrency", "1"]
     with pytest.raises(SystemExit) as stopped:  # both failed cases are landscape's: no average, exit code 1
         main(argv)
-    assert stopped.value.code == 1
+    assert stopped.value.code == 2
     assert json.loads((out / "results.json").read_text())["n_failed"] == 2
     asked = len(server.requests)
     assert main(argv + ["--retry-failed"]) == 0
@@ -523,7 +523,7 @@ def test_a_key_inside_the_base_url_is_never_written(server, tmp_path, capsys, fo
     out = tmp_path / "vlm"
     try:
         main(bench_argv(out, url))
-    except SystemExit:  # the query form breaks the request path: every case fails, exit 1; nothing may leak
+    except SystemExit:  # the query form breaks the request path: every case fails, exit 2; nothing may leak
         pass
     captured = capsys.readouterr()
     assert url_key not in everything_written(out) + captured.out + captured.err
@@ -532,7 +532,7 @@ def test_a_key_inside_the_base_url_is_never_written(server, tmp_path, capsys, fo
                             f"vlm:fake-vlm@{server.url}?api_key=***")
 
 
-def test_a_category_whose_cases_all_failed_gives_no_average_and_exit_1(server, tmp_path, capsys):
+def test_a_category_whose_cases_all_failed_gives_no_average_and_exit_2(server, tmp_path, capsys):
     """Defect: a category whose cases all failed was dropped from the average (5.0 over 2 of 3), exit 0."""
     from flashdistill.cli import main
 
@@ -541,7 +541,7 @@ def test_a_category_whose_cases_all_failed_gives_no_average_and_exit_1(server, t
     out = tmp_path / "vlm"
     with pytest.raises(SystemExit) as stopped:
         main(bench_argv(out, server.url, "--vlm-concurrency", "1"))
-    assert stopped.value.code == 1
+    assert stopped.value.code == 2
     results = json.loads((out / "results.json").read_text())
     assert results["average"] is None and len(results["per_category"]) == 2
     assert results["unscored_categories"] == sorted(set(json.loads(line)["category"] for line in
@@ -563,7 +563,7 @@ def test_an_endpoint_that_is_down_fails_every_case_and_exits_1(server, tmp_path,
     out = tmp_path / "vlm"
     with pytest.raises(SystemExit) as stopped:
         main(bench_argv(out, url))
-    assert stopped.value.code == 1
+    assert stopped.value.code == 2
     results = json.loads((out / "results.json").read_text())
     assert results["n_failed"] == results["n_cases"] == 3 and results["average"] is None
     assert len(results["unscored_categories"]) == 3 and "error: every case of " in capsys.readouterr().err
@@ -577,3 +577,10 @@ def test_a_reply_trickled_a_byte_at_a_time_is_bounded_by_the_timeout(server, who
     score = run_t2i(make_judge(server, timeout=1.0, max_attempts=1))[0]
     elapsed = time.monotonic() - start
     assert score.score is None and score.error.startswith("timeout after 1 s") and elapsed < 1.8
+
+
+def test_a_huge_reasoning_is_kept_bounded():
+    from flashdistill.bench.vlm import MAX_TEXT, parse_t2i_reply
+
+    score = parse_t2i_reply(json.dumps({"score": 4, "reasoning": "x" * 5_000_000}))
+    assert score.score == 4 and len(score.reasoning) < MAX_TEXT + 60 and "more characters" in score.reasoning

@@ -49,6 +49,20 @@ def _judge(args, resolution: int):
                     concurrency=args.vlm_concurrency)
 
 
+def _first_case_error(path: Path) -> str:
+    """The first recorded case error of a bench run (scrubbed by the judge when written), on one short line."""
+    from flashdistill.files import parse_json
+
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            error = parse_json(line, str(path)).get("error")
+        except (UserError, AttributeError):
+            continue
+        if error:
+            return " ".join(str(error).split())[:200]
+    return "none recorded"
+
+
 def cmd_bench_run(args) -> None:
     from flashdistill.bench.cases import load_cases
     from flashdistill.bench.models import load_model
@@ -70,9 +84,9 @@ def cmd_bench_run(args) -> None:
           f"({results['n_failed']} failed) -> {Path(args.out) / 'results.json'}")
     if results["unscored_categories"]:  # no average: a script must not take this run for a complete one
         print(f"error: every case of {', '.join(results['unscored_categories'])} failed, so the bench has no "
-              f"average; see the errors in {Path(args.out) / 'cases.jsonl'}, then rerun with --retry-failed",
-              file=sys.stderr)
-        sys.exit(1)
+              f"average (first error: {_first_case_error(Path(args.out) / 'cases.jsonl')}); see "
+              f"{Path(args.out) / 'cases.jsonl'}, then rerun with --retry-failed", file=sys.stderr)
+        sys.exit(2)  # the judge named on the command line scored nothing: an input to fix, as a bad URL is
 
 
 def cmd_bench_table(args) -> None:

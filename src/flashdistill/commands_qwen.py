@@ -82,6 +82,7 @@ def cmd_cache(args) -> None:
     from flashdistill.data.cache import build_cache
     from flashdistill.data.files import read_edits, read_prompts
     from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
+    from flashdistill.runfolder import claim_run
 
     model, prompts_file, edits_file, out = _cache_inputs(args)
     read_model_index(model)  # a clear error before anything is read or loaded
@@ -92,10 +93,11 @@ def cmd_cache(args) -> None:
         prompts += read_prompts(path)
     for path in extra_edits:
         edits += read_edits(path)
-    family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
-    counts = build_cache(out, family, prompts, edits, _cache_command(args, out), negative_prompt=args.negative_prompt,
-                         vae_area=args.vae_area, dtype=args.dtype, batch_size=args.batch_size,
-                         shard_size=args.shard_size)
+    with claim_run(out, "cache"):  # not into another kind of run's folder, and one writer at a time
+        family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
+        counts = build_cache(out, family, prompts, edits, _cache_command(args, out),
+                             negative_prompt=args.negative_prompt, vae_area=args.vae_area, dtype=args.dtype,
+                             batch_size=args.batch_size, shard_size=args.shard_size)
     for line in counts["damaged"]:
         print(f"warning: {line}", file=sys.stderr)
     print(f"cache {out}: {counts['prompts']} prompts (negative included), {counts['edits']} edits; encoded "

@@ -62,6 +62,8 @@ KINDS = {
                   (("run.json", "run.json"), ("cases.jsonl", "cases.jsonl"))),
     "quickstart": Kind("a quickstart run", ("quickstart.json", "distill", "bench", "speed.json", "report.md",
                                              "report.html"), (), (("quickstart.json", "quickstart.json"),)),
+    "cache": Kind("a condition cache", ("index.json",), (),
+                  (("shard-*.safetensors", "condition-cache shards"),)),
     "study": Kind("a study", ("study-state.json", "arms", "study.json", "study.md", "curves.png"), (),
                   (("study-state.json", "study-state.json"),)),
 }
@@ -146,6 +148,7 @@ class RunClaim:
         self.folder, self.kind, self.flag, self.enabled = Path(folder), kind, flag, enabled
         self._fd: int | None = None
         self._created: Path | None = None  # the outermost folder this claim created
+        self._before = b""  # the marker's bytes before this claim
 
     def __enter__(self) -> RunClaim:
         check_run(self.folder, self.kind, self.flag)
@@ -183,10 +186,13 @@ class RunClaim:
         except BaseException:
             self._unlock()
             raise
+        self._before = os.pread(fd, 1 << 16, 0)  # put back if this run is refused: a refusal touches nothing
         record = {"kind": self.kind, "format": 1, "pid": os.getpid(), "host": socket.gethostname()}
-        data = (json.dumps(record) + "\n").encode()
-        os.ftruncate(fd, 0)  # rewritten in place: a new file (rename) would not be the one locked
-        os.pwrite(fd, data, 0)
+        self._write(json.dumps(record).encode() + b"\n")
+
+    def _write(self, data: bytes) -> None:
+        os.ftruncate(self._fd, 0)  # rewritten in place: a new file (rename) would not be the one locked
+        os.pwrite(self._fd, data, 0)
 
     def _unlock(self) -> None:
         if self._fd is not None:
@@ -211,6 +217,8 @@ class RunClaim:
             if exc_type is not None and self._created is not None and \
                     {p.name for p in self.folder.iterdir()} <= {MARKER}:
                 self._remove_created()
+            elif exc_type is not None and self._fd is not None and self._before:
+                self._write(self._before)  # a refused or failed run leaves the marker as it found it
         finally:
             self._unlock()
 

@@ -151,10 +151,14 @@ def _score_value(value: object, where: str) -> float:
     return round(float(value), 2)
 
 
+MAX_TEXT = 4000  # characters of reasoning (and of each failure mode) kept per case: a judge's reply of megabytes
+# would otherwise be written whole into cases.jsonl for every case
+
+
 def _string(value: object, where: str) -> str:
     if not isinstance(value, str):
         raise _Malformed(f"{where} is not a string")
-    return value
+    return value if len(value) <= MAX_TEXT else value[:MAX_TEXT] + f" [... {len(value) - MAX_TEXT} more characters]"
 
 
 def parse_t2i_reply(text: str | None) -> CaseScore:
@@ -178,7 +182,7 @@ def parse_edit_reply(text: str | None, category: str) -> CaseScore:
         score=_score_value(obj["overall_score"], "overall_score"),
         sub_scores={k: _score_value(subs[k], f"sub_scores.{k}") for k in want},
         reasoning=_string(obj["reasoning"], "reasoning"),
-        failure_modes=list(modes),
+        failure_modes=[_string(m, "failure_modes") for m in modes[:32]],
     )
 
 
@@ -353,7 +357,7 @@ class VLMJudge:
         except openai.APITimeoutError:
             return f"timeout after {self.timeout:g} s", None
         except openai.APIConnectionError as e:
-            return self._scrub(f"connection error: {e}")[:200], None
+            return self._scrub(f"connection error to {self.base_url}: {e}")[:200], None
         if not isinstance(reply, ChatCompletion) or not reply.choices:  # a 200 with HTML, a list, no choices
             return f"malformed reply: the body is not a chat completion ({type(reply).__name__})", None
         run.endpoint_ok.set()

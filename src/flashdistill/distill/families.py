@@ -155,9 +155,9 @@ class QwenImageFolder:
     def read_transformer(folder: Path, dtype: torch.dtype):
         """diffusers' QwenImageTransformer2DModel from `folder`, each tensor read from safetensors into `dtype` (the
         seam benchmarks/gpu_fullsize.py replaces with random weights of the same shapes)."""
-        from diffusers import QwenImageTransformer2DModel
+        from flashdistill.models.mmdit import _load_transformer
 
-        return QwenImageTransformer2DModel.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+        return _load_transformer(folder, dtype)  # safetensors only; a missing or damaged file is one line
 
     def structure(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
         from diffusers import QwenImageTransformer2DModel

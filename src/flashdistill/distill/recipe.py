@@ -60,6 +60,7 @@ FROZEN_DTYPES = ("auto", "bf16", "fp32")
 # latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,
 # 2 critic updates): 4096 rows are 28 GiB of draws, far past the shipped recipes' 8.
 MAX_BATCH = 4096
+MAX_LORA_RANK = 4096  # above the width of any Qwen-Image transformer (3072): a rank past it is a full matrix
 MAX_THREADS = 1024  # torch's intra-op pool; OpenMP sizes its buffers by it (10**9 threads: 216 GB)
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
@@ -119,7 +120,8 @@ class RolesSection:
         _require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
         _require(self.frozen_dtype in FROZEN_DTYPES, "roles.frozen_dtype", f"must be one of "
                  f"{', '.join(FROZEN_DTYPES)}, got {self.frozen_dtype!r}")
-        _require(self.lora_rank >= 1, "roles.lora_rank", "must be >= 1")
+        _require(1 <= self.lora_rank <= MAX_LORA_RANK, "roles.lora_rank", f"must be in [1, {MAX_LORA_RANK}], got "
+                 f"{self.lora_rank}")
         _require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
 
 
