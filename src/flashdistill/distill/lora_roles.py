@@ -175,9 +175,9 @@ def build_lora_roles(recipe, dist, family):
 
 def keep_activations_bf16(base: FlowModel) -> None:
     """Under bf16 autocast, let the LoRA branches take the bf16 activations as they are. peft casts each LoRA
-    layer's input to its adapter's dtype (fp32 here), which autocast then casts back to bf16 for the matmul: on the
-    20B transformer that was a fifth of the GPU time of an iteration in fp32 copies and multiplies
-    (benchmarks/results/gpu_fullsize_h200.json, profile), for a result rounded to bf16 anyway."""
+    layer's input to its adapter's dtype (fp32 here), which autocast then casts back to bf16 for the matmul: a copy
+    of every LoRA layer's input, for a result rounded to bf16 anyway (dtype copies were 21 % of the GPU time in the
+    profile of a full-size iteration, benchmarks/results/gpu_fullsize_h200_before_bf16_lora.json)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     for module in base.transformer.modules():
