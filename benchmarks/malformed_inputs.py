@@ -340,22 +340,30 @@ def run_subprocess(case: Case) -> dict:
     return _row(case, proc.returncode, proc.stderr, time.perf_counter() - start)
 
 
-def run_in_process(case: Case) -> dict:
-    """The same case through `flashdistill.cli.main` in this process (for tests): a traceback is an exception."""
+def call_cli(argv: list[str]) -> tuple[int, str, str]:
+    """`flashdistill.cli.main(argv)` in this process: (exit code, stdout, stderr), an escaped exception printed as
+    the traceback a user would see (what the sweeps look for). Shared with benchmarks/qwen_sweep_run.py."""
     import traceback
 
     from flashdistill.cli import main
 
-    err, start = io.StringIO(), time.perf_counter()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
-            code = main(list(case.argv))
+            code = main(list(argv))
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
         except Exception:  # noqa: BLE001 - what the sweep looks for
             traceback.print_exc()
             code = 1
-    return _row(case, code, err.getvalue(), time.perf_counter() - start)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_in_process(case: Case) -> dict:
+    """The same case through `flashdistill.cli.main` in this process (for tests): a traceback is an exception."""
+    start = time.perf_counter()
+    code, _, err = call_cli(case.argv)
+    return _row(case, code, err, time.perf_counter() - start)
 
 
 def summarize(rows: list[dict]) -> dict:

@@ -7,9 +7,7 @@ row; `summarize` and `table` give the figures and the summary table.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import os
 import re
 import subprocess
@@ -117,26 +115,15 @@ def _text(data) -> str:
 
 
 def _in_process(case: Case) -> tuple[int, str, str]:
-    import traceback
+    from malformed_inputs import call_cli  # the embedded sweep's in-process runner
 
-    from flashdistill.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
     saved = {k: os.environ.get(k) for k in ENV}
     os.environ.update(ENV)
     try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-            try:
-                code = main(list(case.argv))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            except Exception:  # noqa: BLE001 - what the sweep looks for
-                traceback.print_exc()
-                code = 1
+        return call_cli(case.argv)
     finally:
         for k, v in saved.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    return code, out.getvalue(), err.getvalue()
 
 
 def summarize(rows: list[dict]) -> dict:

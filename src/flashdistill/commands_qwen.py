@@ -30,17 +30,23 @@ def cmd_random_lora(args) -> None:
     print(f"wrote a random rank-{args.rank} LoRA on {args.base} to {out} (diffusers' LoRA format)")
 
 
-def _cache_inputs(args) -> tuple[str, str | None, str | None, str]:
-    """(model folder, prompts file, edits file, out folder) from a recipe and/or the explicit options."""
-    model, prompts, edits, out = args.model, args.prompts, args.edits, args.out
+def _cache_inputs(args) -> tuple[str, list[str], list[str], str]:
+    """(model folder, prompts files, edits files, out folder) from a recipe and/or the explicit options; a recipe's
+    eval.prompts / eval.edits come after its data files (the quick evaluation samples them from the same cache)."""
+    model, out = args.model, args.out
+    prompts, edits = [args.prompts] if args.prompts else [], [args.edits] if args.edits else []
     if args.recipe:
         from flashdistill.distill.recipe import load_recipe
 
         recipe = load_recipe(args.recipe, args.overrides)
+        for note in recipe.notes:
+            print(f"note: {note}", file=sys.stderr)
         model = model or recipe.teachers[recipe.student.init_from]
-        prompts = prompts or recipe.data.prompts
-        edits = edits or recipe.data.edits
+        prompts = prompts or ([recipe.data.prompts] if recipe.data.prompts else [])
+        edits = edits or ([recipe.data.edits] if recipe.data.edits else [])
         out = out or recipe.run.text_cache
+        prompts += [recipe.eval.prompts] if recipe.eval.prompts else []
+        edits += [recipe.eval.edits] if recipe.eval.edits else []
     if not model:
         raise UserError("cache: name the model: a RECIPE (its student.init_from teacher) or --model FOLDER")
     if not prompts and not edits:
@@ -49,18 +55,6 @@ def _cache_inputs(args) -> tuple[str, str | None, str | None, str]:
     if not out:
         raise UserError("cache: where to write: --out DIR (or run.text_cache in the recipe)")
     return model, prompts, edits, out
-
-
-def _eval_files(args) -> tuple[list[str], list[str]]:
-    """The recipe's eval.prompts / eval.edits (encoded with the training files), if a recipe names them."""
-    if not args.recipe:
-        return [], []
-    from flashdistill.distill.recipe import load_recipe
-
-    recipe = load_recipe(args.recipe, args.overrides)
-    for note in recipe.notes:
-        print(f"note: {note}", file=sys.stderr)
-    return [recipe.eval.prompts] if recipe.eval.prompts else [], [recipe.eval.edits] if recipe.eval.edits else []
 
 
 def _cache_command(args, out: str) -> str:
@@ -84,15 +78,10 @@ def cmd_cache(args) -> None:
     from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
     from flashdistill.runfolder import claim_run
 
-    model, prompts_file, edits_file, out = _cache_inputs(args)
+    model, prompts_files, edits_files, out = _cache_inputs(args)
     read_model_index(model)  # a clear error before anything is read or loaded
-    prompts = read_prompts(prompts_file) if prompts_file else []
-    edits = read_edits(edits_file) if edits_file else []
-    extra_prompts, extra_edits = _eval_files(args)  # what the quick evaluation samples is encoded too
-    for path in extra_prompts:
-        prompts += read_prompts(path)
-    for path in extra_edits:
-        edits += read_edits(path)
+    prompts = [item for path in prompts_files for item in read_prompts(path)]
+    edits = [item for path in edits_files for item in read_edits(path)]
     with claim_run(out, "cache"):  # not into another kind of run's folder, and one writer at a time
         family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
         counts = build_cache(out, family, prompts, edits, _cache_command(args, out),

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashdistill.distill.export import STUDENT_FILE, Student, StudentModel, export_student
+from flashdistill.distill.export import STUDENT_FILE, Student, StudentModel
 from flashdistill.errors import UserError
 
 
@@ -77,16 +77,3 @@ class BestTracker:
     def record(self, score: float, iteration: int) -> None:
         """`iteration` is the new best (its export is in `folder`)."""
         self.best, self.best_iteration, self.since_best = score, iteration, 0
-
-    def update(self, score: float, iteration: int, ema, timesteps: list[float], info: dict) -> bool:
-        """Export `ema` to best/ when `score` beats the best so far; returns whether `iteration` is the best."""
-        if iteration == self.best_iteration:  # re-evaluated after a resume: the same weights, the same best
-            self.since_best = 0
-            return True
-        if score > self.best:
-            export_student(ema, self.folder, timesteps, {**info, "iteration": iteration, "weights": "best",
-                                                          "score": score})
-            self.record(score, iteration)
-            return True
-        self.since_best += 1
-        return False

@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.data.cache import pad_rows
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import Cond
 from flashdistill.sampling import few_step_sample
@@ -58,7 +57,7 @@ class FileEval:
                                 f"(or use eval.judge none)")
         self.folder, self.out, self.device, self.judge = family.folder, Path(out), device, judge
         self.timesteps, self.bf16 = recipe.timesteps, recipe.dmd.bf16
-        self.chunk = max(1, recipe.dmd.micro_batch or 1)
+        self.chunk = recipe.dmd.micro_batch or 1
         self.side = family.resolution // 8  # latents: the VAE's factor 8
         self.decoder = None
 
@@ -78,13 +77,12 @@ class FileEval:
 
     # ---- sampling ---------------------------------------------------------------------------------------------
     def _t2i_cond(self, items: list) -> Cond:
-        emb, mask = self.cache.prompts([i.text for i in items])
-        return Cond(*pad_rows([e[m] for e, m in zip(emb, mask)]), category=[i.category for i in items])
+        emb, mask = self.cache.prompts([i.text for i in items])  # padded to the longest, with its mask
+        return Cond(emb, mask, category=[i.category for i in items])
 
     def _edit_cond(self, items: list) -> Cond:
         got = self.cache.edits(items)
-        emb, mask = pad_rows([e[m] for e, m in zip(got["emb"], got["mask"])])
-        return Cond(emb, mask, got["latents"], torch.ones(len(items), dtype=torch.bool),
+        return Cond(got["emb"], got["mask"], got["latents"], torch.ones(len(items), dtype=torch.bool),
                     [i.category for i in items])
 
     @torch.no_grad()
@@ -93,7 +91,7 @@ class FileEval:
         out = []
         for start in range(0, len(items), self.chunk):
             rows = list(range(start, min(start + self.chunk, len(items))))
-            cond = _to(make_cond([items[i] for i in rows]), self.device)
+            cond = make_cond([items[i] for i in rows]).to(self.device)
             noise = torch.stack([_noise(i, 0, self.side) for i in rows]).to(self.device)
             renoise = [torch.stack([_noise(i, k, self.side) for i in rows]).to(self.device)
                        for k in range(1, len(self.timesteps))]
@@ -147,11 +145,6 @@ def _noise(index: int, step: int, side: int) -> torch.Tensor:
     """The fixed noise of eval item `index` at sampling step `step` (0: the start, k: the k-th re-noising)."""
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([index, step, 7]).generate_state(1)[0]))
     return torch.randn(16, side, side, generator=gen)
-
-
-def _to(cond: Cond, device: torch.device) -> Cond:
-    source = None if cond.source is None else cond.source.to(device)
-    return Cond(cond.text.to(device), cond.text_mask.to(device), source, cond.has_source.to(device), cond.category)
 
 
 def write_samples(folder: Path, images: dict[str, list[np.ndarray]], sources: list[np.ndarray]) -> Path:

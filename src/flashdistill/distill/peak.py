@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashdistill.distill.plan import GIB, Counts, role_rows
+from flashdistill.distill.plan import (GIB, SHIPPED, Counts, activation_bytes, count, meta_transformer,
+                                      role_rows)
 
 # Measured peak allocated GiB of `train_iteration` on one H200 (20.43B transformer, rank-64 LoRA roles, 1024²,
 # per-block checkpointing, bf16 frozen base; 120 prompt, 300 VL and 4096 source tokens per row): (layout, rows of the
@@ -68,8 +69,6 @@ class Workload:
 
 def raw_activation_bytes_per_token(c: Counts, checkpointing: bool) -> float:
     """plan.activation_bytes per token: 2 B x (L x D (block inputs) + C_ACT x D (one block)) with checkpointing."""
-    from flashdistill.distill.plan import activation_bytes
-
     return activation_bytes(c, 1, 1, checkpointing)
 
 
@@ -137,8 +136,6 @@ def calibration(c: Counts) -> list[dict]:
 
 def qwen_counts(rank: int = 64) -> Counts:
     """Counts of the shipped 20.43B Qwen-Image transformer (meta device, about a second)."""
-    from flashdistill.distill.plan import SHIPPED, count, meta_transformer
-
     return count(meta_transformer(SHIPPED["qwen-image"]), rank=rank)
 
 

@@ -147,6 +147,11 @@ class Row:
         return self.weights + self.grads + self.optimizer
 
 
+def dtype_name(nbytes: int) -> str:
+    """How the tables name a parameter's bytes: 2 is bf16, 4 fp32."""
+    return {2: "bf16", 4: "fp32"}.get(nbytes, f"{nbytes} B")
+
+
 def _trainable(role: str, n: int, world: int, nbytes: int = 4) -> Row:
     """A trainable role: weights, gradients and AdamW's two moments in `nbytes` each (fp32: 4)."""
     return Row(role, n, nbytes * n / world, nbytes * n / world, 2 * nbytes * n / world)
@@ -157,8 +162,7 @@ def role_rows(c: Counts, mode: str, world: int, teachers: int, frozen_bytes: int
     """Bytes per rank of every role under `mode` (teachers: how many distinct teachers, the base included);
     frozen weights in `frozen_bytes` per parameter (bf16: 2), trainable state and the EMA in `trainable_bytes`."""
     P, A, fb, tb = c.params, c.lora_params, frozen_bytes, trainable_bytes
-    frozen = {2: "bf16", 4: "fp32"}.get(fb, f"{fb} B")
-    ema = {2: "bf16", 4: "fp32"}.get(tb, f"{tb} B")
+    frozen, ema = dtype_name(fb), dtype_name(tb)
     if mode == "full":
         rows = [Row(f"teacher {i + 1} (frozen, {frozen})", P, fb * P / world) for i in range(teachers)]
         rows += [_trainable("student (full)", P, world, tb), _trainable("critic (full)", P, world, tb),
@@ -191,7 +195,7 @@ def gib(x: float) -> str:
 
 def render(spec: str, c: Counts, world: int, rank: int, teachers: int, frozen_bytes: int = 2) -> str:
     """The plan's role tables as Markdown: one table per mode (distill/peak.py adds the peak per GPU)."""
-    frozen = {2: "bf16", 4: "fp32"}[frozen_bytes]
+    frozen = dtype_name(frozen_bytes)
     lines = [f"# Memory plan: {spec}", "",
              f"Transformer: {c.params:,} parameters ({c.params / 1e9:.2f} B), {c.layers} blocks, width {c.width}; "
              f"LoRA rank {rank} on {len(DEFAULT_TARGETS)} targets: {c.lora_params:,} parameters. "

@@ -124,12 +124,7 @@ def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor | None, Cond, Co
     batch = ctx.source.batch(step, d.batch_size, ctx.dist.rows(d.batch_size))
     draws = draw(step_generator(d.seed, step), ctx.recipe, d.batch_size, ctx.source.shape)
     x = None if batch.x is None else batch.x.to(dev)
-    return x, _to(batch.cond, dev), _to(batch.uncond, dev), draws.rows(ctx.dist.rows(d.batch_size), dev)
-
-
-def _to(cond: Cond, dev: torch.device) -> Cond:
-    source = None if cond.source is None else cond.source.to(dev)
-    return Cond(cond.text.to(dev), cond.text_mask.to(dev), source, cond.has_source.to(dev), cond.category)
+    return x, batch.cond.to(dev), batch.uncond.to(dev), draws.rows(ctx.dist.rows(d.batch_size), dev)
 
 
 def micro_batches(rows: int, micro: int) -> list[slice]:

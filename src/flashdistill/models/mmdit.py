@@ -126,6 +126,12 @@ class Cond:
     def batch_size(self) -> int:
         return self.text.shape[0]
 
+    def to(self, device) -> Cond:
+        """This condition's tensors on `device` (categories stay as they are)."""
+        source = None if self.source is None else self.source.to(device)
+        return Cond(self.text.to(device), self.text_mask.to(device), source, self.has_source.to(device),
+                    self.category)
+
     def rows(self, sl: slice) -> Cond:
         """The contiguous rows `sl` of this condition (views, no copy): a micro-batch."""
         cats = None if self.category is None else list(self.category[sl])

@@ -29,6 +29,7 @@ import struct
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.files import file_digest
 
 FORMAT = 1
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
@@ -38,20 +39,12 @@ MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
 ACCEPT_FLAG = "--accept-changed-inputs"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def weight_fingerprint(path: str | Path) -> str:
     """`size:sha256` of a weight file's header, edges and evenly spread samples (see the module docstring)."""
     path = Path(path)
     size = path.stat().st_size
     if size <= FULL_HASH_BYTES:
-        return f"{size}:{_sha256(path)}"
+        return f"{size}:{file_digest(path)}"
     h = hashlib.sha256()
     with open(path, "rb") as f:
         if path.suffix == ".safetensors":
@@ -74,7 +67,7 @@ def _folder_files(folder: Path) -> dict[str, str]:
         if path.suffix in WEIGHT_SUFFIXES:
             files[rel.as_posix()] = weight_fingerprint(path)
         elif path.suffix == ".json":
-            files[rel.as_posix()] = f"{path.stat().st_size}:{_sha256(path)}"
+            files[rel.as_posix()] = f"{path.stat().st_size}:{file_digest(path)}"
     return files
 
 
@@ -87,14 +80,14 @@ def _teacher_entry(path: Path) -> dict:
 
 def _data_entry(key: str, path: Path) -> dict:
     """A data file and, for data.edits, the images it names (relative to its folder when inside it)."""
-    files = {path.name: f"{path.stat().st_size}:{_sha256(path)}"}
+    files = {path.name: f"{path.stat().st_size}:{file_digest(path)}"}
     if key == "data.edits":
         from flashdistill.data.files import read_edits
 
         for item in read_edits(path, check_images=False):
             image = Path(os.path.normpath(item.source))
             name = image.relative_to(path.parent).as_posix() if image.is_relative_to(path.parent) else str(image)
-            files[name] = f"{image.stat().st_size}:{_sha256(image)}" if image.is_file() else "missing"
+            files[name] = f"{image.stat().st_size}:{file_digest(image)}" if image.is_file() else "missing"
     return {"root": str(path.parent), "files": files}
 
 
