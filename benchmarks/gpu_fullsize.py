@@ -199,7 +199,7 @@ def memory_cases(bench: Bench, recipe, roles, flops) -> None:
 
 def sample_time(bench: Bench, recipe, roles) -> None:
     """Seconds of one 4-step sample of the EMA student at batch 1 (what a training-time eval costs per image)."""
-    from flashdistill.models.mmdit import Cond
+    from flashdistill.conditioning import Cond
     from flashdistill.sampling import few_step_sample
 
     side = recipe.data.resolution // 8

@@ -24,7 +24,7 @@ from flashdistill.distill.roles import Dist, build_roles
 from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 from flashdistill.models.text import TextEncoder
 from flashdistill.runfolder import MARKER
 from flashdistill.teacher.train import TrainingDiverged

@@ -16,7 +16,8 @@ from flashdistill.distill.roles import Dist, build_roles
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.lora import add_lora
-from flashdistill.models.mmdit import Cond, FlowModel
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "distill_tiny.yaml"

@@ -5,7 +5,8 @@ import torch
 from diffusers import QwenImageTransformer2DModel
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig, pack, unpack
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig, pack, unpack
 
 B, L, D = 4, 7, 384
 

@@ -10,7 +10,8 @@ from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, x0_from_v
 from flashdistill.imageio import load_png, save_png
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.pipeline import TEACHERS_DIR, FlowPipeline, SamplingSpec, load_teacher
 from flashdistill.sampling import euler_sample, few_step_sample, guided_velocity
 

@@ -213,7 +213,7 @@ def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
         assert {p.dtype for p in roles.ema.parameters()} == {torch.float32}
         frozen = roles.teachers["base"].base if mode == "lora" else roles.teachers["base"]
         assert {p.dtype for n, p in frozen.named_parameters() if "lora_" not in n} == {torch.bfloat16}
-    from flashdistill.models.mmdit import Cond
+    from flashdistill.conditioning import Cond
 
     seen = []
     roles = build_roles(load_recipe(RECIPE, sets), Dist())

@@ -10,7 +10,8 @@ from PIL import Image
 
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, velocity_target
-from flashdistill.models.mmdit import Cond, pack, unpack
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import pack, unpack
 from flashdistill.models.qwen_image import QwenImageFamily
 from flashdistill.models.qwen_tiny import write_tiny_folder
 

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from flashdistill.data.batches import TaskMix, choose_items, make_batch
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond, FlowModel
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import EmbeddingCache, TextEncoder
 from flashdistill.teacher import train as train_mod
 from flashdistill.runtime.checkpoint import flatten, unflatten

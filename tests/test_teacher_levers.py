@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.text import TextEncoder, encoder_for, spell_quoted
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.teacher.config import load_config

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from flashdistill.flow import euler_timesteps, interpolate, x0_from_v
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 
 
 def network_passes(nfe: int, cfg_scale: float) -> int:

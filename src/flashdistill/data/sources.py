@@ -30,7 +30,7 @@ import torch
 from flashdistill.data.batches import TaskMix, choose_items, make_batch
 from flashdistill.data.cache import pad_rows
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 
 Tensor = torch.Tensor
 

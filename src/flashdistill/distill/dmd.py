@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from flashdistill.flow import flow_matching_loss, interpolate, shift_time, x0_from_v
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 from flashdistill.sampling import guided_velocity
 
 

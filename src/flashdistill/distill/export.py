@@ -31,7 +31,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.files import swap_in, read_json_object
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state, restore_latest

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 from flashdistill.sampling import few_step_sample
 
 

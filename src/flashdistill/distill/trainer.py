@@ -54,7 +54,7 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.sampling import guided_velocity
-from flashdistill.models.mmdit import Cond
+from flashdistill.conditioning import Cond
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError, one_line
-from flashdistill.models.mmdit import Cond, FlowModel, MMDiTConfig, pack, unpack
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig, pack, unpack
 from flashdistill.records import read_record, require
 
 Tensor = torch.Tensor

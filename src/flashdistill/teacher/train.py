@@ -43,7 +43,8 @@ from flashdistill.files import remove_stale_tmp, swap_in
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.flow import flow_matching_loss
-from flashdistill.models.mmdit import Cond, FlowModel
+from flashdistill.conditioning import Cond
+from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import open_text_cache
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.logs import RunLogger, hardware
