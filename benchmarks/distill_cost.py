@@ -26,7 +26,7 @@ import torch
 
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
-from flashdistill.distill.trainer import _context, train_iteration
+from flashdistill.distill.iteration import build_context, train_iteration
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
 from flashdistill.speed import summarize_parts
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_teacher": load_recipe(args.recipe, [f"teachers={{base: {base}}}", "guidance=null", *common]),
     }
     encoder = TextEncoder()
-    contexts = {name: _context(r, build_roles(r, Dist()), Dist(), tmp / name, encoder) for name, r in recipes.items()}
+    contexts = {name: build_context(r, build_roles(r, Dist()), Dist(), tmp / name, encoder) for name, r in recipes.items()}
     rows: dict[str, list[dict]] = {name: [] for name in recipes}
     start = time.perf_counter()
     for step in range(args.warmup + args.iterations):

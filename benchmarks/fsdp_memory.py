@@ -60,13 +60,13 @@ def measure_mode(sets: list[str], mode: str, out: Path) -> dict:
     from flashdistill.distill.plan import count, meta_transformer, plan_spec
     from flashdistill.distill.recipe import load_recipe
     from flashdistill.distill.roles import build_roles, setup_distributed
-    from flashdistill.distill.trainer import _context, train_iteration
+    from flashdistill.distill.iteration import build_context, train_iteration
 
     overrides = sets + [f"roles.mode={'full' if mode == 'full' else 'lora'}"] + MODES[mode]
     recipe = load_recipe(RECIPE, overrides)
     dist = setup_distributed("cpu", recipe.dmd.batch_size)
     roles = build_roles(recipe, dist)
-    train_iteration(_context(recipe, roles, dist, out, None), 0)  # gradients and AdamW states as in training
+    train_iteration(build_context(recipe, roles, dist, out, None), 0)  # gradients and AdamW states as in training
     for module in [getattr(m, "base", m) for m in (*roles.teachers.values(), roles.student, roles.ema, roles.critic)]:
         module.reshard()  # FSDP2 keeps a root's own (non-block) parameters gathered after its forward; free them
     live = measure(roles)

@@ -7,7 +7,7 @@ The random stand-ins (weights, condition cache, LoRA teacher, FLOP counter) are 
 
 What runs is the shipped recipe (`configs/qwen-image-flash.yaml`: roles.mode lora, rank 64, base + a specialized
 rank-64 LoRA teacher, per-block checkpointing, bf16 autocast, roles.frozen_dtype auto = bf16 on CUDA) through
-`build_roles`, `FileSource` and `trainer.train_iteration`. Two things are replaced, nothing else:
+`build_roles`, `FileSource` and `iteration.train_iteration`. Two things are replaced, nothing else:
 - the transformer's weights: `QwenImageFolder.read_transformer` builds the shipped 20.43B config (or a tiny one
   with --tiny) with default initialisation straight in the frozen dtype on the device, instead of reading 40 GB;
 - the condition cache: random tensors of the real shapes (prompt 120 x 3584, negative 8, VL 300, source latents
@@ -83,7 +83,7 @@ class Bench:
 
 def build(bench: Bench, work: Path):
     """Recipe, family, roles and the trainer's context, as `flashdistill distill` builds them."""
-    from flashdistill.distill import trainer
+    from flashdistill.distill import iteration
     from flashdistill.distill.recipe import load_recipe
     from flashdistill.distill.roles import build_roles, setup_distributed
 
@@ -114,7 +114,7 @@ def build(bench: Bench, work: Path):
     resident = (bench.counts.params + bench.counts.lora_params) * frozen + 3 * 4 * bench.counts.lora_params
     bench.phase("roles_built", seconds=round(time.perf_counter() - t, 1), adapters=adapters,
                 planned_at_rest_gib=round(resident / GIB, 2))
-    ctx = trainer._context(recipe, roles, dist, work / "run", None)
+    ctx = iteration.build_context(recipe, roles, dist, work / "run", None)
     return recipe, roles, ctx, FlopCounter(base)
 
 
@@ -131,12 +131,12 @@ def planned_peak(bench: Bench, recipe, micro: int, edits: bool) -> float:
 
 
 def iterate(bench: Bench, ctx, flops: FlopCounter, step: int) -> dict:
-    from flashdistill.distill import trainer
+    from flashdistill.distill import iteration
 
     if bench.cuda:
         torch.cuda.reset_peak_memory_stats()
     flops.flops = 0.0
-    m = trainer.train_iteration(ctx, step)
+    m = iteration.train_iteration(ctx, step)
     row = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in m.items()}
     row["model_flop"] = flops.flops
     row["model_tflop"] = round(flops.flops / 1e12, 2)
@@ -179,14 +179,14 @@ def _median(xs: list[float]) -> float | None:
 
 def memory_cases(bench: Bench, recipe, roles, flops) -> None:
     """Each (global batch, micro-batch, task ratio): iterations from fresh peak statistics, beside the plan."""
-    from flashdistill.distill import trainer
+    from flashdistill.distill import iteration
 
     for batch, micro, ratio in bench.args.memory:
         if bench.late():
             bench.result["errors"].append(f"deadline: memory case {batch}/{micro}/{ratio} not run")
             break
         recipe.dmd.batch_size, recipe.dmd.micro_batch, recipe.tasks.ratio = batch, micro, ratio
-        ctx = trainer._context(recipe, roles, bench.ctx.dist, bench.work / "run", None)
+        ctx = iteration.build_context(recipe, roles, bench.ctx.dist, bench.work / "run", None)
         rows = [iterate(bench, ctx, flops, 1000 + i) for i in range(bench.args.memory_iters)]
         case = {"batch": batch, "micro_batch": micro, "ratio": ratio, "iterations": rows,
                 "planned_peak_gib": planned_peak(bench, recipe, micro, recipe.tasks.weights()[1] > 0)}
@@ -254,11 +254,11 @@ def profile(bench: Bench, ctx, flops) -> None:
 
 def timing_without_checkpointing(bench: Bench, recipe, roles, flops) -> None:
     """Batch-1 iterations with per-block checkpointing off: what recomputation costs in time."""
-    from flashdistill.distill import trainer
+    from flashdistill.distill import iteration
 
     roles.student.base.transformer.disable_gradient_checkpointing()
     recipe.dmd.batch_size, recipe.dmd.micro_batch, recipe.tasks.ratio = 1, 0, "5:5"
-    ctx = trainer._context(recipe, roles, bench.ctx.dist, bench.work / "run", None)
+    ctx = iteration.build_context(recipe, roles, bench.ctx.dist, bench.work / "run", None)
     rows = [iterate(bench, ctx, flops, i) for i in range(1, 1 + bench.args.no_checkpointing_iters)]
     roles.student.base.transformer.enable_gradient_checkpointing()
     bench.result["timing_no_checkpointing"] = rows
@@ -312,9 +312,9 @@ def main(argv=None) -> int:
                 save_time(bench, recipe, ctx)
             if args.profile and not bench.late():
                 recipe.dmd.batch_size, recipe.dmd.micro_batch, recipe.tasks.ratio = 1, 0, "1:0"
-                from flashdistill.distill import trainer
+                from flashdistill.distill import iteration
 
-                profile(bench, trainer._context(recipe, roles, ctx.dist, bench.work / "run", None), flops)
+                profile(bench, iteration.build_context(recipe, roles, ctx.dist, bench.work / "run", None), flops)
         except Exception:  # noqa: BLE001 - a benchmark reports what broke, with what it measured before
             import traceback
 

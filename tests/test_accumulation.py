@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import load_file
 
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.trainer import micro_batches, train_distill
+from flashdistill.distill.iteration import micro_batches
+from flashdistill.distill.trainer import train_distill
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "qwen-image-flash.yaml"
@@ -79,18 +80,18 @@ def test_micro_batches_cover_the_rows_once():
 
 def _grads(sets: list[str], micro: int) -> dict:
     """The student's and the critic's gradients of iteration 0's generator update and first critic update."""
-    from flashdistill.distill import trainer
+    from flashdistill.distill import iteration
     from flashdistill.distill.roles import Dist, build_roles
 
     recipe = load_recipe(RECIPE, sets + FAST + [f"dmd.micro_batch={micro}", "critic.updates=1"])
     dist = Dist()
     roles = build_roles(recipe, dist)
-    ctx = trainer._context(recipe, roles, dist, Path("unused"), None)
-    x_data, cond, uncond, draws = trainer.build_inputs(ctx, 0)
-    x, *_ = trainer.generator_update(ctx, x_data, cond, uncond, draws)
+    ctx = iteration.build_context(recipe, roles, dist, Path("unused"), None)
+    x_data, cond, uncond, draws = iteration.build_inputs(ctx, 0)
+    x, *_ = iteration.generator_update(ctx, x_data, cond, uncond, draws)
     grads = {f"student.{n}": p.grad.clone() for n, p in roles.student.named_parameters() if p.grad is not None}
     roles.opt_critic.step = lambda: None  # keep the critic's gradient, not its step
-    trainer.critic_update(ctx, x, cond, draws)
+    iteration.critic_update(ctx, x, cond, draws)
     grads |= {f"critic.{n}": p.grad.clone() for n, p in roles.critic.named_parameters() if p.grad is not None}
     return grads
 

@@ -21,7 +21,8 @@ from flashdistill.distill.export import STUDENT_FILE, StudentModel, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
-from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
+from flashdistill.distill.iteration import build_context, train_iteration
+from flashdistill.distill.trainer import main_distill, train_distill
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
 from flashdistill.conditioning import Cond
@@ -223,7 +224,7 @@ class Spy(torch.nn.Module):
 def test_zero_weight_teacher_is_never_called(teachers, cache_dir, encoder, tmp_path):
     # specialized only for text at k >= 1; the batches hold landscape and text rows, no edits.
     recipe = tiny(teachers, cache_dir, "tasks.ratio=1:0", "data.composition={landscape: 1, text: 1}")
-    ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
+    ctx = build_context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
     ctx.roles.teachers = {name: Spy(m) for name, m in ctx.roles.teachers.items()}
     ks = []
     for step in range(8):
@@ -292,6 +293,27 @@ def test_resume_is_exact(teachers, cache_dir, encoder, tmp_path):
     assert all(r["time_student"] > 0 and r["time_teachers"] > 0 and r["time_critic"] > 0 for r in la)
 
 
+# ---- DMD2's debugging logs -------------------------------------------------------------------------------
+def test_dmd_gradient_norm_and_x0_images_are_logged(teachers, cache_dir, encoder, tmp_path):
+    """The logged DMD-gradient norm is the mean per-row norm of eq. 4's normalised gradient, recomputed here from the
+    peeked x_θ, x0_real and x0_fake (every row is peeked at batch 4); a run writes those three as tensorboard images."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = tiny(teachers, cache_dir, "dmd.iterations=2", "dmd.batch_size=4", "run.log_every=1")
+    ctx = build_context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path / "ctx", encoder)
+    ctx.peek = True
+    metrics = train_iteration(ctx, 0)
+    x, real, fake = (ctx.peeked[k] for k in ("x", "x0_real", "x0_fake"))
+    scale = (x - real).abs().mean(dim=(1, 2, 3), keepdim=True)
+    expected = ((fake - real) / scale).flatten(1).norm(dim=1).mean()
+    assert metrics["dmd_grad_norm"] == pytest.approx(float(expected), rel=1e-4) and float(expected) > 0
+    train_distill(recipe, tmp_path / "run", encoder=encoder)
+    events = EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0}).Reload()
+    assert {"dmd/x_student", "dmd/x0_real", "dmd/x0_fake"} <= set(events.Tags()["images"])
+    assert [e.step for e in events.Images("dmd/x0_real")] == [1, 2]
+    assert "train/dmd_grad_norm" in events.Tags()["scalars"]
+
+
 # ---- NaN handling ------------------------------------------------------------------------------------------
 def test_nan_steps_are_skipped_counted_and_stop_the_run(teachers, cache_dir, encoder, tmp_path, monkeypatch):
     real_loss, calls = dmd.generator_loss, []
@@ -321,7 +343,7 @@ def _roles_state(run: Path, name: str = "checkpoint") -> dict:
 def test_a_bad_critic_update_undoes_the_whole_iteration(teachers, cache_dir, encoder, tmp_path, monkeypatch):
     """Defect: the generator step and EMA were applied before a later critic update came out non-finite."""
     recipe = tiny(teachers, cache_dir, "dmd.iterations=1", "critic.updates=3")
-    ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
+    ctx = build_context(recipe, build_roles(recipe, Dist()), Dist(), tmp_path, encoder)
     before = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in ctx.roles.modules().items()}
     opt_before = [len(ctx.roles.opt_student.state), len(ctx.roles.opt_critic.state)]
     real, calls = dmd.critic_loss, []

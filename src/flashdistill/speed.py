@@ -100,11 +100,11 @@ def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
     from pathlib import Path
 
     from flashdistill.distill.roles import Dist, build_roles
-    from flashdistill.distill.trainer import _context, train_iteration
+    from flashdistill.distill.iteration import build_context, train_iteration
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="iteration-split-") as tmp:
-        ctx = _context(recipe, build_roles(recipe, Dist()), Dist(), Path(tmp), encoder)
+        ctx = build_context(recipe, build_roles(recipe, Dist()), Dist(), Path(tmp), encoder)
         for step in tqdm(range(warmup + iterations), desc="distill iterations", unit="it"):
             metrics = train_iteration(ctx, step)
             if step >= warmup:

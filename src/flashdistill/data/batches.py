@@ -141,10 +141,10 @@ def _probs(table: dict[str, float], order: tuple[str, ...]) -> np.ndarray:
 
 
 def choose_items(step: int, batch_size: int, mix: TaskMix, seed: int) -> list[tuple[str, str, int]]:
-    """(task, category, index) per row: a pure function of (seed, step) and the mix."""
+    """(task, category, index) per row: a pure function of (seed, step) and the mix. The mix is checked once by
+    whoever builds it (`TaskMix.validate`: the teacher config, the recipe), not on every batch."""
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    mix.validate()
     rng = np.random.default_rng([int(seed), int(step)])
     is_edit = rng.random(batch_size) < mix.edit_share()  # (B,)
     t2i_cats, edit_cats = mix.t2i_categories, mix.edit_categories

@@ -24,27 +24,24 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                lora_rank, lora_alpha, gradient_checkpointing, frozen_dtype (auto | bf16 | fp32: what is frozen;
                what trains is fp32)
 
-Strictness as in `flashdistill.teacher.config` (whose `from_dict` / `apply_overrides` this reuses): an unknown key,
+Strictness as in `flashdistill.teacher.config` (both load through `flashdistill.runtime.config`): an unknown key,
 a wrong type or an impossible value raises UserError naming the dotted key. `tasks.ratio=7:3` on the command line
 stays the string "7:3" (plain YAML 1.1 would read it as the base-60 integer 423).
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
 from flashdistill.distill.guidance import parse_guidance
+from flashdistill.distill.recipe_eval import EvalSection
 from flashdistill.errors import UserError
-from flashdistill.files import read_yaml
 from flashdistill.flow import euler_timesteps
-from flashdistill.parsing import StrictLoader
-from flashdistill.runtime.config import apply_overrides, from_dict
+from flashdistill.runtime import config as loader
+from flashdistill.runtime.config import from_dict, require
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 
@@ -65,21 +62,6 @@ MAX_THREADS = 1024  # torch's intra-op pool; OpenMP sizes its buffers by it (10*
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
-# The project's one YAML loader (flashdistill.parsing): `a:b` ratios stay strings instead of YAML 1.1 base-60
-# integers, `1e0` is a number, duplicate keys, deep nesting and alias bombs are refused.
-_RecipeLoader = StrictLoader
-
-
-def _load_yaml(text: str):
-    """A YAML value read by the project's loader; yaml.YAMLError when refused (the caller names the source)."""
-    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def _require(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise UserError(f"{key}: {why}")
-
-
 @dataclass
 class StudentSection:
     init_from: str = "base"
@@ -93,14 +75,14 @@ class StudentSection:
         return [round(float(t), 6) for t in euler_timesteps(self.nfe, self.shift)[:-1]]
 
     def check(self) -> None:
-        _require(self.nfe >= 1, "student.nfe", "must be >= 1")
-        _require(self.shift > 0, "student.shift", "must be > 0")
+        require(self.nfe >= 1, "student.nfe", "must be >= 1")
+        require(self.shift > 0, "student.shift", "must be > 0")
         if self.timesteps is None:
             return
         ts = self.timesteps
-        _require(len(ts) == self.nfe, "student.timesteps", f"has {len(ts)} entries, student.nfe is {self.nfe}")
-        _require(ts[0] == 1.0, "student.timesteps", f"must start at 1.0 (pure noise), got {ts[0]}")
-        _require(all(0 < b < a for a, b in zip(ts, ts[1:])), "student.timesteps",
+        require(len(ts) == self.nfe, "student.timesteps", f"has {len(ts)} entries, student.nfe is {self.nfe}")
+        require(ts[0] == 1.0, "student.timesteps", f"must start at 1.0 (pure noise), got {ts[0]}")
+        require(all(0 < b < a for a, b in zip(ts, ts[1:])), "student.timesteps",
                  f"must decrease strictly and stay > 0, got {ts}")
 
 
@@ -117,12 +99,12 @@ class RolesSection:
     frozen_dtype: str = "auto"
 
     def check(self) -> None:
-        _require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
-        _require(self.frozen_dtype in FROZEN_DTYPES, "roles.frozen_dtype", f"must be one of "
+        require(self.mode in ("full", "lora"), "roles.mode", f"must be full or lora, got {self.mode!r}")
+        require(self.frozen_dtype in FROZEN_DTYPES, "roles.frozen_dtype", f"must be one of "
                  f"{', '.join(FROZEN_DTYPES)}, got {self.frozen_dtype!r}")
-        _require(1 <= self.lora_rank <= MAX_LORA_RANK, "roles.lora_rank", f"must be in [1, {MAX_LORA_RANK}], got "
+        require(1 <= self.lora_rank <= MAX_LORA_RANK, "roles.lora_rank", f"must be in [1, {MAX_LORA_RANK}], got "
                  f"{self.lora_rank}")
-        _require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
+        require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
 
 
 @dataclass
@@ -134,9 +116,9 @@ class CriticSection:
     lora: bool = True  # with roles.mode lora: the critic is an adapter (true) or a full-parameter copy (false)
 
     def check(self) -> None:
-        _require(self.lr > 0, "critic.lr", "must be > 0")
-        _require(self.updates >= 1, "critic.updates", "must be >= 1")
-        _require(self.weight_decay >= 0, "critic.weight_decay", "must be >= 0")
+        require(self.lr > 0, "critic.lr", "must be > 0")
+        require(self.updates >= 1, "critic.updates", "must be >= 1")
+        require(self.weight_decay >= 0, "critic.weight_decay", "must be >= 0")
 
 
 @dataclass
@@ -159,21 +141,21 @@ class DMDSection:
     max_bad_steps: int = 5  # stop after this many non-finite iterations in a row
 
     def check(self) -> None:
-        _require(self.cfg_scale >= 1, "dmd.cfg_scale", "must be >= 1 (1 = no guidance)")
-        _require(0 < self.t_min < self.t_max <= 1, "dmd.t_min, dmd.t_max", "need 0 < t_min < t_max <= 1")
-        _require(self.t_shift > 0, "dmd.t_shift", "must be > 0")
+        require(self.cfg_scale >= 1, "dmd.cfg_scale", "must be >= 1 (1 = no guidance)")
+        require(0 < self.t_min < self.t_max <= 1, "dmd.t_min, dmd.t_max", "need 0 < t_min < t_max <= 1")
+        require(self.t_shift > 0, "dmd.t_shift", "must be > 0")
         for name in ("lr",):
-            _require(getattr(self, name) > 0, f"dmd.{name}", "must be > 0")
-        _require(self.weight_decay >= 0, "dmd.weight_decay", "must be >= 0")
-        _require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
-        _require(1 <= self.batch_size <= MAX_BATCH, "dmd.batch_size", f"must be in [1, {MAX_BATCH}] (the global "
+            require(getattr(self, name) > 0, f"dmd.{name}", "must be > 0")
+        require(self.weight_decay >= 0, "dmd.weight_decay", "must be >= 0")
+        require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
+        require(1 <= self.batch_size <= MAX_BATCH, "dmd.batch_size", f"must be in [1, {MAX_BATCH}] (the global "
                  f"batch of one iteration), got {self.batch_size}")
-        _require(self.micro_batch >= 0, "dmd.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
-        _require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
-        _require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
-        _require(self.seed >= 0, "dmd.seed", "must be >= 0")
-        _require(self.first_step_fm >= 0, "dmd.first_step_fm", "must be >= 0 (0 = off)")
-        _require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
+        require(self.micro_batch >= 0, "dmd.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
+        require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
+        require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
+        require(self.seed >= 0, "dmd.seed", "must be >= 0")
+        require(self.first_step_fm >= 0, "dmd.first_step_fm", "must be >= 0 (0 = off)")
+        require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
 
 
 @dataclass
@@ -206,19 +188,19 @@ class DataSection:
         return dict(t2i), dict(edit)
 
     def check(self, t2i_known: dict[str, int]) -> None:
-        _require(self.composition is None or self.counts is None, "data",
+        require(self.composition is None or self.counts is None, "data",
                  "give data.composition (weights) or data.counts (numbers of prompts), not both")
         where = f"the categories of {self.prompts}" if self.uses_files() else "the world's categories"
         for name, table in (("composition", self.composition), ("counts", self.counts)):
             for cat, w in (table or {}).items():
-                _require(cat in t2i_known, f"data.{name}.{cat}", f"unknown category; known ({where}): "
+                require(cat in t2i_known, f"data.{name}.{cat}", f"unknown category; known ({where}): "
                          f"{', '.join(t2i_known) or 'none'}")
-                _require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
+                require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
         for cat, n in (self.counts or {}).items():
-            _require(n <= t2i_known[cat], f"data.counts.{cat}", f"at most {t2i_known[cat]} prompts exist")
-        _require(self.resolution is None or (self.resolution >= 16 and self.resolution % 16 == 0), "data.resolution",
+            require(n <= t2i_known[cat], f"data.counts.{cat}", f"at most {t2i_known[cat]} prompts exist")
+        require(self.resolution is None or (self.resolution >= 16 and self.resolution % 16 == 0), "data.resolution",
                  f"must be a multiple of 16 (VAE factor 8, 2x2 patches), got {self.resolution}")
-        _require(self.resolution is None or self.uses_files(), "data.resolution",
+        require(self.resolution is None or self.uses_files(), "data.resolution",
                  "applies to data files only (the world renders at the teachers' resolution)")
 
 
@@ -232,48 +214,8 @@ class TasksSection:
         if not match:
             raise UserError(f"tasks.ratio: must look like 5:5 (T2I:Edit), got {self.ratio!r}")
         a, b = float(match.group(1)), float(match.group(2))
-        _require(a + b > 0, "tasks.ratio", "at least one side must be > 0")
+        require(a + b > 0, "tasks.ratio", "at least one side must be > 0")
         return a, b
-
-
-@dataclass
-class EvalSection:
-    """The quick evaluation: the world's val slice (embedded), or samples of eval files (data files, file_eval.py)."""
-
-    every: int = 0  # iterations between quick evaluations; 0 = off
-    limit: int = 2  # world: bench cases per category in the slice
-    patience: int = 0  # stop after this many evaluations without a new best; 0 = never stop early
-    prompts: str | None = None  # data files: eval prompts (the data.prompts format), encoded by `flashdistill cache`
-    edits: str | None = None  # data files: eval edits (the data.edits format)
-    judge: str = "auto"  # world | vlm | none; auto: world for the embedded world, none (samples only) for data files
-    vlm_base_url: str | None = None  # eval.judge vlm: an OpenAI-compatible endpoint
-    vlm_model: str | None = None
-    vlm_api_key_env: str = "OPENAI_API_KEY"  # the environment variable holding the key (never the key itself)
-    vlm_concurrency: int = 4
-
-    def check(self, files: bool) -> None:
-        _require(self.every >= 0, "eval.every", "must be >= 0 (0 = off)")
-        _require(self.limit >= 1, "eval.limit", "must be >= 1")
-        _require(self.patience >= 0, "eval.patience", "must be >= 0 (0 = off)")
-        _require(self.judge in ("auto", "world", "vlm", "none"), "eval.judge",
-                 f"must be auto, world, vlm or none, got {self.judge!r}")
-        _require(1 <= self.vlm_concurrency <= 256, "eval.vlm_concurrency", "must be in [1, 256]")
-        _require(files or not (self.prompts or self.edits), "eval.prompts / eval.edits",
-                 "eval files go with data files (data.prompts / data.edits); the world evaluates on its val split")
-        judge = self.resolved_judge(files)
-        _require(not files or judge != "world", "eval.judge", "the world judge scores the world's val split; "
-                 "with data files use eval.judge vlm (scores) or none (samples only)")
-        _require(files or judge == "world", "eval.judge", "the embedded world is judged by the world judge")
-        _require(not (files and self.every) or bool(self.prompts or self.edits), "eval.every",
-                 "with data files name what to sample: eval.prompts and/or eval.edits")
-        _require(judge != "vlm" or bool(self.vlm_base_url and self.vlm_model), "eval.judge",
-                 "vlm needs eval.vlm_base_url and eval.vlm_model")
-        _require(not self.patience or judge != "none", "eval.patience", "needs scores: eval.judge vlm")
-
-    def resolved_judge(self, files: bool) -> str:
-        if self.judge != "auto":
-            return self.judge
-        return "none" if files else "world"
 
 
 @dataclass
@@ -287,13 +229,13 @@ class RunSection:
     fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
 
     def check(self) -> None:
-        _require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
-        _require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
-        _require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
+        require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
+        require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
+        require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
                  f"default), got {self.threads}")
-        _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
-        _require(self.log_every >= 1, "run.log_every", "must be >= 1")
-        _require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "
+        require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        require(self.log_every >= 1, "run.log_every", "must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "
                  f"got {self.device!r}")
 
 
@@ -311,17 +253,17 @@ class Recipe:
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
-        _require(bool(self.teachers), "teachers", "name at least one teacher, e.g. teachers: {base: teacher:base}")
+        require(bool(self.teachers), "teachers", "name at least one teacher, e.g. teachers: {base: teacher:base}")
         for role in ("student", "critic"):
             name = getattr(self, role).init_from
-            _require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
+            require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
                      f"{', '.join(self.teachers)}")
         t2i_known, edit_known = self.data.categories()
         self.data.check(t2i_known)
         for section in (self.student, self.critic, self.dmd, self.run, self.roles):
             section.check()
         self.eval.check(self.data.uses_files())
-        _require(self.run.parallel == "ddp" or self.eval.every == 0 or self.data.uses_files(), "eval.every",
+        require(self.run.parallel == "ddp" or self.eval.every == 0 or self.data.uses_files(), "eval.every",
                  "the world's quick evaluation runs on rank 0 alone; with run.parallel fsdp set it to 0 and "
                  "evaluate the exported student")
         if self.data.uses_files():
@@ -335,9 +277,9 @@ class Recipe:
         """Before training: both sides of tasks.ratio have items (a prompts-only recipe may still build a cache)."""
         t2i_known, edit_known = self.data.categories()
         t2i, edit = self.tasks.weights()
-        _require(t2i == 0 or bool(t2i_known), "tasks.ratio", f"{self.tasks.ratio} asks for T2I rows but data.prompts "
+        require(t2i == 0 or bool(t2i_known), "tasks.ratio", f"{self.tasks.ratio} asks for T2I rows but data.prompts "
                  f"is not set")
-        _require(edit == 0 or bool(edit_known), "tasks.ratio", f"{self.tasks.ratio} asks for edit rows but "
+        require(edit == 0 or bool(edit_known), "tasks.ratio", f"{self.tasks.ratio} asks for edit rows but "
                  f"data.edits is not set")
         self.task_mix()
 
@@ -345,7 +287,7 @@ class Recipe:
         """Data files: the levers name the files' categories; what needs the world's images is refused."""
         if self.tasks.edit_mix == TasksSection().edit_mix:  # the default: every category the edits file names
             self.tasks.edit_mix = {c: 1.0 for c in edit_known}
-        _require(self.dmd.first_step_fm == 0, "dmd.first_step_fm", "needs the world's target images; data files "
+        require(self.dmd.first_step_fm == 0, "dmd.first_step_fm", "needs the world's target images; data files "
                  "hold prompts and edit sources only (set it to 0)")
 
     def categories(self) -> list[str]:
@@ -384,10 +326,10 @@ class Recipe:
 
 
 def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Recipe:
-    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []), load=_load_yaml)
+    raw = loader.with_overrides(raw, overrides)
     guidance = raw.pop("guidance", None)
     for name, spec in (raw.get("teachers") or {}).items() if isinstance(raw.get("teachers"), dict) else ():
-        _require(spec is not None, f"teachers.{name}", f"not set: pass --set teachers.{name}=PATH")
+        require(spec is not None, f"teachers.{name}", f"not set: pass --set teachers.{name}=PATH")
     recipe = from_dict(Recipe, raw)
     recipe.notes = []  # one-line notes for the user (not part of the recipe's identity)
     recipe.check()
@@ -417,22 +359,15 @@ def _rows_the_files_hold(guidance, recipe: Recipe, overrides: list[str]):
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply dotted overrides, validate. Bad input -> UserError naming the key."""
-    path = Path(path)
-    raw = read_yaml(path, "recipe")  # missing, not UTF-8, invalid YAML, a duplicate key: one line naming the file
-    if raw is not None and not isinstance(raw, dict):
-        raise UserError(f"recipe {path}: the top level must be a mapping")
-    return recipe_from_raw(raw, overrides)
+    """Read a YAML recipe, apply dotted overrides, validate. Bad input -> UserError naming the file or the key."""
+    return recipe_from_raw(loader.read_config_file(path, "recipe"), overrides)
+
+
+# Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
+# run.parallel (ddp was every checkpoint's layout) and roles.frozen_dtype (auto is fp32 on a CPU).
+LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"))
 
 
 def resume_fingerprint(recipe: Recipe) -> dict:
     """The recipe minus RESUMABLE_KEYS: a resume is refused when this differs from the checkpoint's."""
-    data = recipe.to_dict()
-    for key in RESUMABLE_KEYS:
-        group, name = key.split(".")
-        data[group].pop(name)
-    if data["run"]["parallel"] == "ddp":  # the layout of every checkpoint written before run.parallel existed
-        data["run"].pop("parallel")
-    if data["roles"]["frozen_dtype"] == "auto":  # likewise for roles.frozen_dtype (auto is fp32 on a CPU)
-        data["roles"].pop("frozen_dtype")
-    return data
+    return loader.resume_fingerprint(recipe, RESUMABLE_KEYS, LEGACY_DEFAULTS)

@@ -5,18 +5,24 @@
 UserError naming the dotted key. `apply_overrides(raw, ["a.b=value"])` sets dotted `--set` overrides, each value
 parsed by the loader that reads the files (flashdistill.parsing: `1e0` is a number, `7:3` a string, a duplicate key
 refused), before validation, so a value on the command line is checked exactly like the file.
+`read_config_file`, `with_overrides`, `require` and `resume_fingerprint` are the rest of the one loader both
+`distill/recipe.py` and `teacher/config.py` use.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import types
 import typing
 from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Callable
 
 import yaml
 
 from flashdistill.errors import UserError
+from flashdistill.files import read_yaml
 from flashdistill.parsing import StrictLoader, yaml_problem
 
 
@@ -108,3 +114,42 @@ def apply_overrides(raw: dict, overrides: list[str], load=None) -> dict:
 
 def _parse_value(text: str):
     return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def require(ok: bool, key: str, why: str) -> None:
+    """The one-line refusal of a config value: UserError `key: why` unless `ok`."""
+    if not ok:
+        raise UserError(f"{key}: {why}")
+
+
+def read_config_file(path: str | Path, what: str) -> dict | None:
+    """The top-level mapping of a YAML config file (None when the file is empty). A missing file, bad UTF-8, invalid
+    YAML or a duplicate key is one UserError naming the file (flashdistill.files.read_yaml); so is a top level that
+    is not a mapping. `what` names the kind of file in the message ("recipe", "config")."""
+    path = Path(path)
+    raw = read_yaml(path, what)
+    if raw is not None and not isinstance(raw, dict):
+        raise UserError(f"{what} {path}: the top level must be a mapping")
+    return raw
+
+
+def with_overrides(raw: dict | None, overrides: list[str] | None) -> dict:
+    """A copy of `raw` with the dotted `--set` overrides applied (the file's own mapping is left as it was)."""
+    return apply_overrides(copy.deepcopy(raw or {}), list(overrides or []))
+
+
+def resume_fingerprint(config, resumable: tuple[str, ...],
+                       legacy_defaults: tuple[tuple[str, Callable[[object], bool]], ...] = ()) -> dict:
+    """`config.to_dict()` minus the `resumable` keys ("group.key"): a resume is refused when this differs from the
+    checkpoint's. A key added after checkpoints were written ("group" or "group.key" in `legacy_defaults`) is left out
+    too while its test says it holds the default, so those older checkpoints still resume."""
+    data = config.to_dict()
+    for key in resumable:
+        group, name = key.split(".")
+        data[group].pop(name)
+    for key, is_default in legacy_defaults:
+        group, _, name = key.partition(".")
+        holder, leaf = (data[group], name) if name else (data, group)
+        if leaf in holder and is_default(holder[leaf]):
+            holder.pop(leaf)
+    return data

@@ -1,4 +1,4 @@
-"""Training logs of a teacher run: tensorboard scalars in `<out>/tb` and one JSON line per log in `<out>/log.jsonl`.
+"""Training logs of a run: tensorboard scalars (and images) in `<out>/tb` and one JSON line per log in `log.jsonl`.
 
 The distillation engine uses the same logger with its own scalar names (`scalars=`) and `log_eval` for its
 periodic quick evaluation. A non-finite loss (a skipped step) is logged as is but kept out of the smoothed loss
@@ -52,6 +52,10 @@ class RunLogger:
         self.path.write_text("".join(line + "\n" for line in keep))
 
     def add(self, metrics: dict, log_now: bool) -> None:
+        """One step's metrics; on a log step the window's means, the scalars and any `metrics["images"]` ({tag:
+        (N, 3, H, W) in [-1, 1]}, shown side by side) go out. The images stay out of log.jsonl."""
+        metrics = dict(metrics)
+        images = metrics.pop("images", None) or {}
         loss = metrics["loss"]
         if math.isfinite(loss):
             # A short EMA of the loss for the progress bar: single-batch losses jump with t.
@@ -68,6 +72,9 @@ class RunLogger:
         for name in self.scalars:
             if metrics.get(name) is not None:
                 self.writer.add_scalar(f"train/{name}", metrics[name], step)
+        for tag, rows in images.items():
+            strip = torch.cat(list(rows.nan_to_num(0).clamp(-1, 1).add(1).div(2)), dim=2)  # (3, H, N*W)
+            self.writer.add_image(tag, strip, step, dataformats="CHW")
         with self.path.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
         self._window = []

@@ -20,7 +20,6 @@ work, and are validated exactly like the file. Load one with `load_config(path, 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from pathlib import Path
 from flashdistill.data.batches import TaskMix
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import MMDiTConfig
-from flashdistill.runtime.config import apply_overrides, from_dict  # noqa: F401  (re-exported)
+from flashdistill.runtime import config as loader
+from flashdistill.runtime.config import from_dict, require
 from flashdistill.world.render import check_resolution
 
 PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
@@ -57,7 +57,7 @@ class ModelSection:
         except UserError as err:
             raise UserError(f"model.resolution: {err}") from None
         for name in ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size"):
-            _require(getattr(self, name) is None or getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+            require(getattr(self, name) is None or getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
         try:
             self.mmdit()
         except UserError as err:
@@ -86,17 +86,17 @@ class TrainSection:
     seed: int = 0
 
     def check(self) -> None:
-        _require(self.steps >= 1, "train.steps", "must be >= 1")
-        _require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        _require(self.lr > 0, "train.lr", "must be > 0")
-        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
-        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
-        _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
-        _require(0 <= self.text_dropout < 1, "train.text_dropout", "must be in [0, 1)")
-        _require(0 <= self.source_dropout <= 1, "train.source_dropout", "must be in [0, 1]")
-        _require(self.seed >= 0, "train.seed", "must be >= 0")
+        require(self.steps >= 1, "train.steps", "must be >= 1")
+        require(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        require(self.lr > 0, "train.lr", "must be > 0")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        require(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables clipping)")
+        require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)")
+        require(0 <= self.text_dropout < 1, "train.text_dropout", "must be in [0, 1)")
+        require(0 <= self.source_dropout <= 1, "train.source_dropout", "must be in [0, 1]")
+        require(self.seed >= 0, "train.seed", "must be >= 0")
 
 
 @dataclass
@@ -108,8 +108,8 @@ class TimestepSection:
     logit_std: float = 1.0
 
     def check(self) -> None:
-        _require(self.shift > 0, "timesteps.shift", "must be > 0")
-        _require(self.logit_std > 0, "timesteps.logit_std", "must be > 0")
+        require(self.shift > 0, "timesteps.shift", "must be > 0")
+        require(self.logit_std > 0, "timesteps.logit_std", "must be > 0")
 
 
 @dataclass
@@ -120,8 +120,8 @@ class RunSection:
     text_cache: str | None = None  # embedding cache folder; default: <out>/../text-cache, shared by runs
 
     def check(self) -> None:
-        _require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
-        _require(self.log_every >= 1, "run.log_every", "must be >= 1")
+        require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        require(self.log_every >= 1, "run.log_every", "must be >= 1")
 
 
 @dataclass
@@ -133,9 +133,9 @@ class LoraSection:
     targets: list[str] | None = None  # module name suffixes; default models.lora.DEFAULT_TARGETS
 
     def check(self) -> None:
-        _require(self.rank >= 0, "lora.rank", "must be >= 0 (0 = no LoRA)")
-        _require(self.alpha is None or self.alpha > 0, "lora.alpha", "must be > 0")
-        _require(self.targets is None or len(self.targets) > 0, "lora.targets", "must name at least one layer")
+        require(self.rank >= 0, "lora.rank", "must be >= 0 (0 = no LoRA)")
+        require(self.alpha is None or self.alpha > 0, "lora.alpha", "must be > 0")
+        require(self.targets is None or len(self.targets) > 0, "lora.targets", "must name at least one layer")
 
 
 @dataclass
@@ -149,9 +149,9 @@ class RepaSection:
     head_dim: int = 384  # hidden width of the projection MLP
 
     def check(self) -> None:
-        _require(self.weight >= 0, "repa.weight", "must be >= 0 (0 = off)")
-        _require(self.layer >= 1, "repa.layer", "must be >= 1")
-        _require(self.head_dim >= 1, "repa.head_dim", "must be >= 1")
+        require(self.weight >= 0, "repa.weight", "must be >= 0 (0 = off)")
+        require(self.layer >= 1, "repa.layer", "must be >= 1")
+        require(self.head_dim >= 1, "repa.head_dim", "must be >= 1")
 
 
 @dataclass
@@ -167,9 +167,9 @@ class TeacherConfig:
     def check(self) -> TeacherConfig:
         for section in (self.model, self.train, self.timesteps, self.run, self.lora, self.repa):
             section.check()
-        _require(not self.repa.weight or self.repa.layer <= self.model.mmdit().num_layers, "repa.layer",
+        require(not self.repa.weight or self.repa.layer <= self.model.mmdit().num_layers, "repa.layer",
                  f"must be at most the model's {self.model.mmdit().num_layers} blocks")
-        _require(not self.lora.rank or bool(self.run.init_from), "lora.rank",
+        require(not self.lora.rank or bool(self.run.init_from), "lora.rank",
                  "a LoRA fine-tune needs run.init_from (the base teacher it adapts)")
         self.mix.validate("mix")
         return self
@@ -178,40 +178,22 @@ class TeacherConfig:
         return asdict(self)
 
 
-def _require(ok: bool, key: str, why: str) -> None:
-    if not ok:
-        raise UserError(f"{key}: {why}")
-
-
 def config_from_raw(raw: dict | None, overrides: list[str] | None = None) -> TeacherConfig:
-    raw = apply_overrides(copy.deepcopy(raw or {}), list(overrides or []))
-    return from_dict(TeacherConfig, raw).check()
+    return from_dict(TeacherConfig, loader.with_overrides(raw, overrides)).check()
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TeacherConfig:
     """Read a YAML teacher config, apply dotted overrides, validate. Bad input -> UserError."""
-    from flashdistill.files import read_yaml
+    return config_from_raw(loader.read_config_file(path, "config"), overrides)
 
-    path = Path(path)
-    raw = read_yaml(path, "config")  # missing, not UTF-8, invalid YAML, a duplicate key: one line naming the file
-    if raw is not None and not isinstance(raw, dict):
-        raise UserError(f"config {path}: the top level must be a mapping")
-    return config_from_raw(raw, overrides)
+
+# Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
+# lora (off = a full fine-tune), repa (off), model.patch_size / model.spell_quoted, mix.t2i_pool (the full pools).
+LEGACY_DEFAULTS = (("lora", lambda g: not g["rank"]), ("repa", lambda g: not g["weight"]),
+                   ("model.patch_size", lambda v: v in (None, False)),
+                   ("model.spell_quoted", lambda v: v in (None, False)), ("mix.t2i_pool", lambda v: not v))
 
 
 def resume_fingerprint(config: TeacherConfig) -> dict:
     """The config minus RESUMABLE_KEYS: a resume is refused when this differs from the checkpoint's."""
-    data = config.to_dict()
-    for key in RESUMABLE_KEYS:
-        group, name = key.split(".")
-        data[group].pop(name)
-    if not data["lora"]["rank"]:  # full fine-tune: absent from checkpoints made before the key
-        data.pop("lora")
-    if not data["repa"]["weight"]:  # off: absent from checkpoints made before the key
-        data.pop("repa")
-    for key in ("patch_size", "spell_quoted"):  # defaults: absent from checkpoints made before the keys
-        if data["model"][key] in (None, False):
-            data["model"].pop(key)
-    if not data["mix"].get("t2i_pool"):  # the default (full pools): absent from checkpoints made before the key
-        data["mix"].pop("t2i_pool", None)
-    return data
+    return loader.resume_fingerprint(config, RESUMABLE_KEYS, LEGACY_DEFAULTS)

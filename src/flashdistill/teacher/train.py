@@ -34,21 +34,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
 from flashdistill.errors import UserError, one_line
-from flashdistill.files import remove_stale_tmp, swap_in
+from flashdistill.files import swap_in
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
 from flashdistill.flow import flow_matching_loss
 from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import open_text_cache
-from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
-from flashdistill.runtime.logs import RunLogger, hardware
-from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runtime.checkpoint import load_state, save_state
+from flashdistill.runtime.logs import hardware
+from flashdistill.runtime.loop import Cadence, checked_load, restore, run
+from flashdistill.runtime.resume import TrainingDiverged, retune
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
@@ -179,33 +179,6 @@ def open_cache(config: TeacherConfig, out: Path, encoder=None, spell_quoted: boo
     return open_text_cache(config.run.text_cache, out, encoder, spell_quoted)
 
 
-def restore(state: TrainState, config: TeacherConfig, out: Path, resume: bool) -> tuple[int, dict]:
-    """(first step, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous checkpoint
-    when the newest does not read back). Changed resumable keys (train.lr, ...) are applied and reported."""
-    remove_stale_tmp(out)  # left by a kill during a checkpoint or export write
-    folder = find_checkpoint(out)
-    if folder is None:
-        if resume:
-            print(f"no checkpoint in {out}: starting from step 0", file=sys.stderr)
-        return 0, {}
-    if not resume:
-        step = read_state(folder)["step"] if (folder / "state.json").is_file() else "?"
-        raise UserError(f"{out} already holds a checkpoint at step {step}: pass --resume to continue it, "
-                        f"or choose another --out")
-
-    def load(folder: Path) -> dict:
-        meta = read_state(folder)["meta"]
-        changed = check_resume(meta, resume_fingerprint(config), config.to_dict(), "config", RESUMABLE_KEYS, "config")
-        saved = load_state(folder, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler})
-        if changed:
-            print(f"resuming with changed {', '.join(changed)}", file=sys.stderr)
-        return saved
-
-    saved = restore_latest(out, checkpoint_files(state), load)
-    retune(state.optimizer, config.train.lr, config.train.weight_decay, state.scheduler)
-    return int(saved["step"]), saved["meta"]
-
-
 def export_teacher(ema: FlowModel, out: Path, info: dict) -> Path:
     """Write `<out>/teacher/` (EMA weights + teacher.json) atomically; returns its path."""
     final = out / "teacher"
@@ -229,48 +202,68 @@ def train_teacher(config: TeacherConfig, out: Path, resume: bool = False, encode
         return _train(config, out, resume, encoder, command, stop_after)
 
 
+class TeacherJob:
+    """Teacher training as a job of the one training loop (flashdistill.runtime.loop)."""
+
+    name, unit, bar_unit = "teacher", "step", "step"
+
+    def __init__(self, state: TrainState, config: TeacherConfig, cache, out: Path):
+        self.state, self.config, self.cache, self.out = state, config, cache, out
+        self.checkpoint_files = checkpoint_files(state)
+
+    def step(self, index: int) -> dict:
+        return train_step(self.state, self.config, self.cache, index)
+
+    def advice(self, metrics: dict) -> str:  # a teacher stops on its first bad step (train_step raises)
+        return f"loss {metrics['loss']:.4g}). Lower train.lr or set train.grad_clip, then --resume"
+
+    def postfix(self, metrics: dict, smoothed: float) -> dict:
+        return {"loss": f"{smoothed:.4f}", "lr": f"{metrics['lr']:.2e}"}
+
+    def evaluate(self, done: int, logger) -> bool:
+        return False  # teachers are judged by the benches after training
+
+    def objects(self) -> dict:
+        return {"optimizer": self.state.optimizer, "scheduler": self.state.scheduler}
+
+    def save(self, done: int, meta: dict) -> None:
+        self.cache.flush()  # so a resumed run finds this run's embeddings on disk
+        config = self.config
+        meta = {"fingerprint": resume_fingerprint(config), "config": config.to_dict(), **meta}
+        save_state(self.out, self.state.modules(), self.objects(), done, meta)
+
+    def restore(self, resume: bool) -> tuple[int, dict]:
+        """(first step, saved meta); changed resumable keys (train.lr, ...) are applied and reported."""
+        config, state = self.config, self.state
+        load = checked_load(config.to_dict(), resume_fingerprint(config), "config", RESUMABLE_KEYS,
+                            lambda folder: load_state(folder, state.modules(), self.objects()))
+        start, meta = restore(self.out, self.checkpoint_files, resume, load, self.unit)
+        if start or meta:
+            retune(state.optimizer, config.train.lr, config.train.weight_decay, state.scheduler)
+        return start, meta
+
+
 def _train(config: TeacherConfig, out: Path, resume: bool, encoder, command: str | None,
            stop_after: int | None) -> dict:
-    state = build_state(config)
-    start, saved_meta = restore(state, config, out, resume)
-    wall_before = float(saved_meta.get("wall_time_s", 0.0))
-    if start > config.train.steps:
-        raise UserError(f"train.steps: {config.train.steps} is fewer than the {start} steps the checkpoint has done")
-    cache = open_cache(config, out, encoder, config.model.spell_quoted)
-    steps, t0, metrics = config.train.steps, time.perf_counter(), {}
+    job = TeacherJob(build_state(config), config, None, out)
+    start, saved_meta = job.restore(resume)
+    steps = config.train.steps
+    if start > steps:
+        raise UserError(f"train.steps: {steps} is fewer than the {start} steps the checkpoint has done")
+    job.cache = open_cache(config, out, encoder, config.model.spell_quoted)
     end = steps if stop_after is None else max(start, min(steps, stop_after))
-    meta = {"fingerprint": resume_fingerprint(config), "config": config.to_dict()}
-    with RunLogger(out, start) as logger:
-        bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", dynamic_ncols=True)
-        for step in range(start, end):
-            try:
-                metrics = train_step(state, config, cache, step)
-            except TrainingDiverged as err:
-                raise diverged(err, out, step - 1, "step", checkpoint_files(state)) from None
-            meta["last_loss"] = metrics["loss"]
-            done = step + 1
-            logger.add(metrics, log_now=done % config.run.log_every == 0 or done in (1, end))
-            bar.update(1)
-            bar.set_postfix(loss=f"{logger.smoothed:.4f}", lr=f"{metrics['lr']:.2e}")
-            if done % config.run.checkpoint_every == 0 or done == end:
-                cache.flush()  # so a resumed run finds this run's embeddings on disk
-                meta["wall_time_s"] = wall_before + time.perf_counter() - t0
-                save_state(out, state.modules(), {"optimizer": state.optimizer, "scheduler": state.scheduler}, done,
-                           meta)
-        bar.close()
-    wall = wall_before + time.perf_counter() - t0
-    final_loss = metrics.get("loss", saved_meta.get("last_loss"))  # a resume with no step left ran none
+    cadence = Cadence(config.run.log_every, config.run.checkpoint_every)
+    ran = run(job, out, start, end, steps, saved_meta, cadence)
+    final_loss = ran.metrics.get("loss", saved_meta.get("last_loss"))  # a resume with no step left ran none
+    summary = {"steps": end, "resumed_from": start, "final_loss": final_loss, "wall_time_s": ran.wall_time_s,
+               "teacher": None, "checkpoint": str(out / "checkpoint")}
     if end < steps or (start == steps and (out / "teacher").is_dir()):  # interrupted on purpose, or nothing to do
-        teacher = str(out / "teacher") if end == steps else None
-        return {"steps": end, "resumed_from": start, "final_loss": final_loss, "wall_time_s": wall,
-                "teacher": teacher, "checkpoint": str(out / "checkpoint")}
-    info = {"format": 1, "config": config.to_dict(), "steps": steps, "wall_time_s": round(wall, 1),
+        return {**summary, "teacher": str(out / "teacher") if end == steps else None}
+    info = {"format": 1, "config": config.to_dict(), "steps": steps, "wall_time_s": round(ran.wall_time_s, 1),
             "final_loss": final_loss, "hardware": hardware(), "command": command,
-            "text_encoder": getattr(cache.encoder, "id", None), "sampling": {"shift": config.timesteps.shift},
+            "text_encoder": getattr(job.cache.encoder, "id", None), "sampling": {"shift": config.timesteps.shift},
             "weights": "EMA", "ema_decay": config.train.ema_decay}
-    teacher = export_teacher(state.ema, out, info)
-    return {"steps": steps, "resumed_from": start, "final_loss": final_loss, "wall_time_s": wall,
-            "teacher": str(teacher), "checkpoint": str(out / "checkpoint")}
+    return {**summary, "teacher": str(export_teacher(job.state.ema, out, info))}
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

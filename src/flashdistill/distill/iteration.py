@@ -1,0 +1,266 @@
+"""One DMD iteration (paper §2.2 and §4.3; DMD2 conventions), the engine's inner loop.
+
+1. Batch `i` from the family's batch source (data/sources.py: the world, or the data files through the
+   condition cache; T2I and edit rows at the recipe's ratio and composition); every random draw of
+   the iteration (student step k, noises, DMD times) comes from `step_generator(seed, i)` for the global batch.
+2. Generator: backward simulation to step k (`dmd.simulate`) gives x_θ; x_t = (1-t)·x_θ + t·ξ; x0_real from the
+   λ_k-weighted teachers with CFG (eq. 5-7), x0_fake from the critic; loss 0.5·||x_θ - sg(x_θ - grad)||² with the
+   normalised DMD gradient (eq. 4), plus the optional first-step flow matching (§6.1); AdamW, clipping, EMA.
+3. Critic: `critic.updates` flow-matching updates (eq. 2) on the detached x_θ, each with fresh (t, noise).
+Edit rows carry their source tokens through student, teachers and critic alike (`Cond.source`).
+
+An iteration is all or nothing: the generator's step waits until its gradient and every critic update are known
+finite; a non-finite loss or gradient norm anywhere skips the whole iteration (student, critic, both optimizers
+and the EMA as they were before it; the critic is restored from a copy taken before its updates) and the metrics
+say so (`skipped`); the training loop counts the streak (flashdistill.runtime.loop).
+
+What a user debugging a collapse wants to see (DMD2's logs): `dmd_grad_norm`, the mean per-row norm of the DMD
+gradient the student is pushed along, beside the losses; and on the iterations the loop logs (`Context.peek`), the
+student's samples x_θ with the teachers' x0_real and the critic's x0_fake for the same noised rows, as images for
+tensorboard (pixel-space models; a latent model's x0 are not images until decoded, so they are left out).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from flashdistill.conditioning import Cond
+from flashdistill.distill import dmd, sharding
+from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
+from flashdistill.distill.guidance import Guidance
+from flashdistill.distill.recipe import Recipe
+from flashdistill.distill.roles import Dist, Roles
+from flashdistill.errors import UserError
+from flashdistill.flow import interpolate
+from flashdistill.runtime.steps import ema_update, step_generator
+from flashdistill.sampling import guided_velocity
+
+SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "k", "skipped", "time_data",
+           "time_student", "time_teachers", "time_critic", "step_time")
+PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
+
+
+@dataclass
+class Draws:
+    """Every random draw of one iteration: student step k, backward-simulation noises, DMD and critic times."""
+
+    k: int
+    noises: torch.Tensor  # (K, B, C, H, W): z at t=1, then the re-noising draws
+    t: torch.Tensor  # (B,) DMD perturbation times
+    xi: torch.Tensor  # (B, C, H, W) DMD perturbation noise
+    critic_t: torch.Tensor  # (U, B)
+    critic_eps: torch.Tensor  # (U, B, C, H, W)
+
+    def rows(self, sl: slice, device) -> Draws:
+        return Draws(self.k, self.noises[:, sl].to(device), self.t[sl].to(device), self.xi[sl].to(device),
+                     self.critic_t[:, sl].to(device), self.critic_eps[:, sl].to(device))
+
+
+def draw(gen: torch.Generator, recipe: Recipe, batch_size: int, shape: tuple[int, ...]) -> Draws:
+    """All draws for the global batch, in a fixed order: any rank slices the same numbers."""
+    times, nfe, u = recipe.dmd, len(recipe.timesteps), recipe.critic.updates
+    k = int(torch.randint(nfe, (1,), generator=gen))
+    noises = torch.randn((nfe, batch_size, *shape), generator=gen)
+    t = dmd.sample_dmd_t(batch_size, gen, times.t_min, times.t_max, times.t_shift)
+    xi = torch.randn((batch_size, *shape), generator=gen)
+    critic_t = torch.stack([dmd.sample_dmd_t(batch_size, gen, times.t_min, times.t_max, times.t_shift)
+                            for _ in range(u)])
+    critic_eps = torch.randn((u, batch_size, *shape), generator=gen)
+    return Draws(k, noises, t, xi, critic_t, critic_eps)
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    roles: Roles
+    guidance: Guidance
+    source: object  # flashdistill.data.sources: WorldSource | FileSource
+    dist: Dist
+    timers: dict[str, float]
+    family: object = None  # distill/families.py: the teachers' CFG rule and the export
+    snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
+    peek: bool = False  # keep this iteration's first rows of x_θ, x0_real, x0_fake in `peeked` (for the logs)
+    peeked: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, part: str):
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        yield
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.timers[part] = self.timers.get(part, 0.0) + time.perf_counter() - start
+
+
+def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor | None, Cond, Cond, Draws]:
+    """This rank's rows of batch `step`: real images (for §6.1 only; None from data files), cond, uncond, draws."""
+    size, dev = ctx.recipe.dmd.batch_size, ctx.dist.device
+    batch = ctx.source.batch(step, size, ctx.dist.rows(size))
+    draws = draw(step_generator(ctx.recipe.dmd.seed, step), ctx.recipe, size, ctx.source.shape)
+    x = None if batch.x is None else batch.x.to(dev)
+    return x, batch.cond.to(dev), batch.uncond.to(dev), draws.rows(ctx.dist.rows(size), dev)
+
+
+def micro_batches(rows: int, micro: int) -> list[slice]:
+    """This rank's `rows` in passes of at most `micro` rows (`dmd.micro_batch`; 0 = one pass)."""
+    size = micro or rows
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
+
+
+def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, draws: Draws) -> tuple:
+    """Eq. 4/7 with backward simulation, up to the gradient: (x_θ detached, loss, grad norm, finite, teachers that
+    ran, mean DMD-gradient norm per row). The rows run in micro-batches whose gradients add up to the whole batch's (each loss weighted by its share
+    of the rows); `apply_generator` takes the step once the critic's updates have been finite too."""
+    r, rc = ctx.roles, ctx.recipe
+    r.opt_student.zero_grad(set_to_none=True)
+    n = cond.batch_size
+    parts = micro_batches(n, rc.dmd.micro_batch)
+    xs, loss_sum, ran, dmd_norm = [], 0.0, [], 0.0
+    for j, sl in enumerate(parts):
+        with grad_sync(r.student_train, j == len(parts) - 1):
+            x, loss, names, norms = generator_rows(ctx, None if x_data is None else x_data[sl], cond.rows(sl),
+                                                   uncond.rows(sl), draws.rows(sl, draws.t.device), j == 0)
+            with ctx.timed("student"):
+                (loss * ((sl.stop - sl.start) / n)).backward()  # under DDP the last one all-reduces
+        xs.append(x)
+        loss_sum += loss.item() * (sl.stop - sl.start) / n
+        dmd_norm += float(norms.sum()) / n
+        ran += [m for m in names if m not in ran]
+    with ctx.timed("student"):
+        ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, rc.dmd.grad_clip, ctx.dist)
+    return torch.cat(xs), loss_sum, norm, ok, ran, dmd_norm
+
+
+def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond: Cond, draws: Draws,
+                   first: bool) -> tuple:
+    """One micro-batch of the generator update: (x_θ detached, its loss with a graph, teachers that ran, the DMD
+    gradient's norm per row). The `first` micro-batch fills `ctx.peeked` when `ctx.peek` asks for it."""
+    r, rc = ctx.roles, ctx.recipe
+    with ctx.timed("student"):
+        x, v, _ = dmd.simulate(r.student_train, draws.noises, rc.timesteps, draws.k, cond, rc.dmd.bf16, r.student)
+    x_t = interpolate(x.detach(), draws.xi, draws.t)
+    with ctx.timed("teachers"):
+        weights = ctx.guidance.weights(draws.k, cond.category)  # (b, M)
+        any_rank = ctx.dist.any if sharding.active(rc, ctx.dist) else None  # same teacher calls on every rank
+        bad: list[str] = []
+        x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, draws.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
+                                   ctx.family.cfg_rule, any_rank, bad)
+        if ctx.dist.any(bool(bad))[0]:
+            check_teachers(ctx, ran, cond, uncond)
+    with ctx.timed("critic"):
+        x0_fake = dmd.fake_x0(r.critic, x_t, draws.t, cond, rc.dmd.bf16)
+    with ctx.timed("student"):
+        grad = dmd.dmd_gradient(x, x0_real, x0_fake, rc.dmd.normalize)
+        loss = dmd.generator_loss(x, grad)
+        if rc.dmd.first_step_fm > 0 and draws.k == 0:  # same k on every rank: the graphs agree under DDP
+            loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
+    if first and ctx.peek:
+        ctx.peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
+                      for name, value in (("x", x), ("x0_real", x0_real), ("x0_fake", x0_fake))}
+    return x.detach(), loss, ran, grad.float().flatten(1).norm(dim=1)
+
+
+@torch.no_grad()
+def check_teachers(ctx: Context, names: list[str], cond: Cond, uncond: Cond) -> None:
+    """A teacher's output held NaN or Inf (the DMD gradient's nan_to_num would hide it). On a diverged student's
+    samples that is the student's fault, which the iteration guard handles; so each teacher that ran is run again on
+    pure noise at t = 1 with the same conditions, and one whose output is still not finite stops the run, naming it
+    (every rank makes the same calls)."""
+    rc = ctx.recipe
+    z = torch.randn((cond.batch_size, *ctx.source.shape), generator=torch.Generator().manual_seed(0)).to(
+        ctx.dist.device)
+    t = torch.ones(cond.batch_size, device=ctx.dist.device)
+    broken = []
+    for name in names:
+        with dmd.autocast(z.device, rc.dmd.bf16):
+            v = guided_velocity(ctx.roles.teachers[name], z, t, cond, uncond, rc.dmd.cfg_scale, ctx.family.cfg_rule)
+        broken.append(not bool(torch.isfinite(v).all()))
+    flags = ctx.dist.any(*broken) if names else ()
+    culprits = [name for name, flag in zip(names, flags) if flag]
+    if culprits:
+        raise UserError(f"teachers.{culprits[0]}: its output holds NaN or Inf even on pure noise; its weights are "
+                        f"broken. Stopped before any update that used it")
+
+
+def apply_generator(ctx: Context) -> None:
+    """The generator's step (its gradient is in place) and the EMA after it."""
+    r = ctx.roles
+    with ctx.timed("student"):
+        r.opt_student.step()
+        ema_update(r.ema, r.student, ctx.recipe.dmd.ema_decay)
+
+
+def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws) -> tuple[float, float, bool, float]:
+    """`critic.updates` flow-matching steps on the detached student samples, each over the batch's micro-batches:
+    (mean loss, last norm, all finite, first loss). A non-finite update stops them and puts the critic and its
+    optimizer back as before the first."""
+    r, rc = ctx.roles, ctx.recipe
+    losses, norm = [], float("nan")
+    before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
+    parts = micro_batches(cond.batch_size, rc.dmd.micro_batch)
+    with ctx.timed("critic"):
+        for u in range(rc.critic.updates):
+            r.opt_critic.zero_grad(set_to_none=True)
+            loss = 0.0
+            for j, sl in enumerate(parts):
+                with grad_sync(r.critic_train, j == len(parts) - 1):
+                    part = dmd.critic_loss(r.critic_train, x[sl], draws.critic_eps[u, sl], draws.critic_t[u, sl],
+                                           cond.rows(sl), rc.dmd.bf16) * ((sl.stop - sl.start) / cond.batch_size)
+                    part.backward()
+                loss += part.item()
+            ok, norm = finish_backward(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
+            losses.append(loss)
+            if ok:
+                r.opt_critic.step()
+            else:
+                if before is not None and u > 0:
+                    before.restore(r.critic, r.opt_critic)
+                return sum(losses) / len(losses), norm, False, losses[0]
+    return sum(losses) / len(losses), norm, True, losses[0]
+
+
+def train_iteration(ctx: Context, step: int) -> dict:
+    """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
+    start = time.perf_counter()
+    ctx.timers.clear()
+    ctx.peeked = {}
+    with ctx.timed("data"):
+        x_data, cond, uncond, draws = build_inputs(ctx, step)
+    x, loss_g, norm_g, ok_g, ran, dmd_norm = generator_update(ctx, x_data, cond, uncond, draws)
+    nan = float("nan")
+    loss_c, norm_c, ok_c, first_c = critic_update(ctx, x, cond, draws) if ok_g else (nan, nan, False, nan)
+    if ok_g and ok_c:
+        apply_generator(ctx)
+    else:
+        ctx.roles.opt_student.zero_grad(set_to_none=True)
+    dist = ctx.dist
+    metrics = {"step": step + 1, "loss": dist.mean(loss_g), "loss_critic": dist.mean(loss_c), "grad_norm": norm_g,
+               "grad_norm_critic": norm_c, "dmd_grad_norm": dmd_norm, "k": draws.k, "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
+               # the weights this iteration started from gave finite losses (its updates may still have failed)
+               "weights_ok": bool(math.isfinite(dist.mean(loss_g)) and math.isfinite(dist.mean(first_c))),
+               "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
+    metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
+    metrics["step_time"] = time.perf_counter() - start
+    return metrics
+
+
+def build_context(recipe: Recipe, roles: Roles, dist: Dist, out, encoder=None) -> Context:
+    """The iteration's context: the family's batch source (its text cache in `out`), the guidance table."""
+    family = roles.family
+    if family is None:
+        from flashdistill.distill.families import family_for
+
+        family = family_for(recipe)
+    source = family.source(recipe, out, encoder, roles.student.config)
+    if hasattr(source, "check_rows"):  # before the first iteration: can a rank's batch stack its edit sources?
+        source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
+    guidance = Guidance(recipe.guidance, list(recipe.teachers))
+    return Context(recipe, roles, guidance, source, dist, {}, family)
+
+
