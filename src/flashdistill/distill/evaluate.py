@@ -28,7 +28,7 @@ class BenchScorer:
 
     def __init__(self, out: Path, limit: int, resolution: int = 32, encoder=None, benches=("t2i", "edit")):
         from flashdistill.bench.world_judge import WorldJudge
-        from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
+        from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases
 
         self.out, self.resolution, self.encoder = Path(out), resolution, encoder
         # The val split: choosing the best checkpoint on the bench itself would flatter the reported scores.
