@@ -139,10 +139,7 @@ def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> N
 
 
 def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
-    from flashdistill.bench.cases import load_cases
-    from flashdistill.bench.runner import run_bench
-    from flashdistill.bench.world_judge import WorldJudge
-    from flashdistill.bench.cases import BUILTIN_CASES
+    from flashdistill.bench.quick import WorldSlice
     from flashdistill.distill.export import load_student_model
     from flashdistill.pipeline import load_teacher
 
@@ -150,16 +147,12 @@ def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
     teacher_spec = recipe.teachers[recipe.student.init_from]
     teacher = load_teacher(teacher_spec, encoder=encoder)
     student = load_student_model(out / "distill", name="student", encoder=encoder)
-    judge = WorldJudge(teacher.resolution)
-    limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    bench_slice = WorldSlice({"t2i": preset.t2i_limit, "edit": preset.edit_limit}, teacher.resolution)
     for bench in ("t2i", "edit"):
-        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
-        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
         for row in bench_rows(preset, teacher_spec, out / "distill"):
             model = student if row.label.startswith("student") else teacher
             model.name = row.label
-            run_bench(bench, model, judge, cases, out / "bench" / row.folder(bench), row.nfe, label,
-                      teacher.resolution)
+            bench_slice.run(bench, model, out / "bench" / row.folder(bench), row.nfe)
 
 
 def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> None:

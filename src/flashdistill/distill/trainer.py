@@ -40,10 +40,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from flashdistill.bench.quick import BenchScorer
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix
 from flashdistill.distill import dmd, sharding
-from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.distill.guidance import Guidance
@@ -56,6 +56,7 @@ from flashdistill.flow import interpolate
 from flashdistill.sampling import guided_velocity
 from flashdistill.conditioning import Cond
 from flashdistill.runfolder import claim_run
+from flashdistill.runtime.best import BestTracker
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint
 from flashdistill.runtime.logs import RunLogger, hardware

@@ -160,21 +160,16 @@ def train_run(recipe, run: Path, encoder, command: str) -> dict:
 
 def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) -> dict:
     """The final student of `run` on each of the study's benches (slices of the mini benches, world judge)."""
-    from flashdistill.bench.cases import BUILTIN_CASES, load_cases
-    from flashdistill.bench.runner import run_bench
-    from flashdistill.bench.world_judge import WorldJudge
+    from flashdistill.bench.quick import WorldSlice
     from flashdistill.distill.export import load_student_model
 
     model = load_student_model(run / "student", name=f"{run.parent.parent.name}/{run.parent.name}",
                                encoder=encoder)
-    resolution = model.resolution
-    judge = WorldJudge(resolution)
     limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    bench_slice = WorldSlice({bench: limits[bench] for bench in study.benches}, model.resolution)
     results = {}
     for bench in study.benches:
-        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
-        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
-        res = run_bench(bench, model, judge, cases, folder / bench, model.default_nfe, label, resolution)
+        res = bench_slice.run(bench, model, folder / bench, model.default_nfe)
         results[bench] = {"average": res["average"], "per_category": res["per_category"], "n_cases": res["n_cases"],
                           "n_failed": res["n_failed"]}
     return results
