@@ -11,7 +11,8 @@ A scorer is any callable `scorer(student: Student, iteration: int) -> dict` with
 better); tests inject a cheap fake. `BenchScorer` is the real one: `run_bench` on `limit` cases per category of the
 `val` split (bench-like cases from seeds disjoint from the bench and from training), score = mean of the T2I and
 edit averages (1-5). `WorldSlice` is a bench slice judged by the world judge (the scorer's, the quickstart's and
-the studies' benches).
+the studies' benches). On data files the quick evaluation is `flashdistill.bench.file_eval.FileEval`;
+`quick_scorer` picks the one a recipe asks for.
 """
 
 from __future__ import annotations
@@ -65,3 +66,22 @@ class BenchScorer:
             result[bench] = res["average"]
         result["score"] = float(np.mean([result[b] for b in self.slice.cases]))
         return result
+
+
+def quick_scorer(recipe, ctx, out: Path, dist):
+    """The quick evaluation of this run: the world's val slice (rank 0), or samples of the eval files (every rank,
+    judged on rank 0 by the VLM judge when eval.judge is vlm). `ctx`: the trainer's context (student config,
+    batch source, family), `dist`: its Dist."""
+    if not recipe.data.uses_files():
+        if not dist.main:
+            return None
+        return BenchScorer(out / "eval", recipe.eval.limit, ctx.roles.student.config.resolution, ctx.source.encoder)
+    from flashdistill.bench.file_eval import FileEval
+
+    judge = None
+    e = recipe.eval
+    if e.resolved_judge(True) == "vlm" and dist.main:
+        from flashdistill.bench.vlm import VLMJudge
+
+        judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
+    return FileEval(recipe, ctx.family, out / "eval", dist.device, judge)

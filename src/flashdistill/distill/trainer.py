@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flashdistill.bench.quick import BenchScorer
+from flashdistill.bench.quick import quick_scorer
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix
 from flashdistill.distill import dmd, sharding
@@ -392,19 +392,7 @@ def _meta(ctx: Context, health: dict, tracker: BestTracker, wall: float) -> dict
 def _scorer(recipe: Recipe, ctx: Context, out: Path, dist: Dist):
     """The quick evaluation of this run: the world's val slice (rank 0), or samples of the eval files (every rank,
     judged on rank 0 by the VLM judge when eval.judge is vlm)."""
-    if not recipe.data.uses_files():
-        if not dist.main:
-            return None
-        return BenchScorer(out / "eval", recipe.eval.limit, ctx.roles.student.config.resolution, ctx.source.encoder)
-    from flashdistill.distill.file_eval import FileEval
-
-    judge = None
-    e = recipe.eval
-    if e.resolved_judge(True) == "vlm" and dist.main:
-        from flashdistill.bench.vlm import VLMJudge
-
-        judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
-    return FileEval(recipe, ctx.family, out / "eval", dist.device, judge)
+    return quick_scorer(recipe, ctx, out, dist)
 
 
 def _context(recipe: Recipe, roles: Roles, dist: Dist, out: Path, encoder) -> Context:
