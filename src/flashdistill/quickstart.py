@@ -179,7 +179,9 @@ def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> No
     from flashdistill.report import write_report
 
     recipe = load_quickstart_recipe(preset, overrides)
-    write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"))
+    rows = bench_rows(preset, recipe.teachers[recipe.student.init_from], out / "distill")
+    write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"), rows,
+                 recipe_path(preset))
 
 
 RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}

@@ -31,9 +31,9 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import hash_file, write_json_atomic
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.resume import TrainingDiverged
+from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
-DONE_FILE = "done.json"
 STATE_FILE = "study-state.json"
 RESERVED = ("dmd.seed",)  # the runner sets it per run
 MAX_SEEDS = 100  # each seed is a training run per arm; the paper's tables use 3 to 5
@@ -140,10 +140,6 @@ class StudyState:
             write_json_atomic(self.path, {"identity": identity})
 
 
-def seed_dir(out: Path, arm: str, seed: int) -> Path:
-    return out / "arms" / arm / f"seed{seed}"
-
-
 def is_done(out: Path, arm: str, seed: int) -> bool:
     return (seed_dir(out, arm, seed) / DONE_FILE).is_file()
 
@@ -227,8 +223,6 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
                          "teachers": teacher_digests(list(loaded.values()))})
         _run_arms(study, size, out, chosen, seeds, recipes, overrides, encoder)
-        from flashdistill.studies.report import write_study_report
-
         return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
 
 
