@@ -269,7 +269,8 @@ def cmd_judge_train_reader(args) -> None:
 
 
 def cmd_judge_eval_reader(args) -> None:
-    from flashdistill.bench.reader import accuracy_table, load_reader
+    from flashdistill.bench.reader import accuracy_table
+    from flashdistill.models.reader import load_reader
 
     if args.json:
         out_file(args.json, "--json")
