@@ -133,7 +133,7 @@ def run_design(name: str, args, judge) -> list[dict]:
 
 def evaluate_finished(folder: str, args, judge) -> dict:
     """A finished teacher (e.g. the shipped one) on the same evaluation, at the wall time its teacher.json records."""
-    from flashdistill.pipeline import teacher_folder
+    from flashdistill.models.shipped import teacher_folder
 
     path = teacher_folder(folder)
     info = json.loads((path / "teacher.json").read_text())

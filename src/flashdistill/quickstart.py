@@ -140,8 +140,7 @@ def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> N
 
 def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
     from flashdistill.bench.quick import WorldSlice
-    from flashdistill.distill.export import load_student_model
-    from flashdistill.pipeline import load_teacher
+    from flashdistill.pipeline import load_student_model, load_teacher
 
     recipe = load_quickstart_recipe(preset, overrides)
     teacher_spec = recipe.teachers[recipe.student.init_from]
@@ -156,8 +155,7 @@ def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
 
 
 def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
-    from flashdistill.distill.export import load_student_model
-    from flashdistill.pipeline import load_teacher
+    from flashdistill.pipeline import load_student_model, load_teacher
     from flashdistill.speed import compare
     from flashdistill.runtime.logs import hardware
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flashdistill.distill.export import Student, StudentModel
+from flashdistill.distill.export import Student
+from flashdistill.pipeline import StudentModel
 
 
 class WorldSlice:

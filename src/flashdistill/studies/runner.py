@@ -157,7 +157,7 @@ def train_run(recipe, run: Path, encoder, command: str) -> dict:
 def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) -> dict:
     """The final student of `run` on each of the study's benches (slices of the mini benches, world judge)."""
     from flashdistill.bench.quick import WorldSlice
-    from flashdistill.distill.export import load_student_model
+    from flashdistill.pipeline import load_student_model
 
     model = load_student_model(run / "student", name=f"{run.parent.parent.name}/{run.parent.name}",
                                encoder=encoder)
