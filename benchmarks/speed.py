@@ -19,10 +19,9 @@ import json
 import sys
 from pathlib import Path
 
-from flashdistill.distill.export import load_student_model
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.models.text import TextEncoder
-from flashdistill.pipeline import load_teacher
+from flashdistill.pipeline import load_student_model, load_teacher
 from flashdistill.speed import compare, iteration_split
 from flashdistill.runtime.logs import hardware
 

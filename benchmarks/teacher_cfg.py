@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases
 from flashdistill.bench.models import load_model
 from flashdistill.bench.runner import run_bench
 from flashdistill.bench.world_judge import WorldJudge
-from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 
 
 def sweep(model_spec: str, scales: list[float], n: int, nfe: int) -> dict:

@@ -31,6 +31,7 @@ import torch
 
 from safetensors.torch import load_file
 
+from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases
 from flashdistill.bench.runner import run_bench
 from flashdistill.bench.world_judge import WorldJudge
 from flashdistill.data.batches import make_batch
@@ -39,7 +40,6 @@ from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state
 from flashdistill.teacher.config import load_config
 from flashdistill.teacher.train import build_state, hardware, open_cache, train_step, train_teacher
-from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
 
 BASE_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "teacher_base.yaml"
 DESIGNS = {  # every lever set explicitly, so the designs stay what they are whatever the base config says
@@ -133,7 +133,7 @@ def run_design(name: str, args, judge) -> list[dict]:
 
 def evaluate_finished(folder: str, args, judge) -> dict:
     """A finished teacher (e.g. the shipped one) on the same evaluation, at the wall time its teacher.json records."""
-    from flashdistill.pipeline import teacher_folder
+    from flashdistill.models.shipped import teacher_folder
 
     path = teacher_folder(folder)
     info = json.loads((path / "teacher.json").read_text())

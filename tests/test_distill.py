@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from flashdistill.data.batches import choose_items, make_batch
 from flashdistill.distill import dmd
-from flashdistill.distill.export import STUDENT_FILE, StudentModel, load_student
+from flashdistill.distill.export import STUDENT_FILE, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
@@ -27,6 +27,7 @@ from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
 from flashdistill.conditioning import Cond
 from flashdistill.models.text import TextEncoder
+from flashdistill.pipeline import StudentModel
 from flashdistill.runfolder import MARKER
 from flashdistill.teacher.train import TrainingDiverged
 

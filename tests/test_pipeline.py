@@ -12,7 +12,8 @@ from flashdistill.flow import interpolate, x0_from_v
 from flashdistill.imageio import load_png, save_png
 from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
-from flashdistill.pipeline import TEACHERS_DIR, FlowPipeline, SamplingSpec, load_teacher
+from flashdistill.models.shipped import TEACHERS_DIR
+from flashdistill.pipeline import FlowPipeline, SamplingSpec, load_teacher
 from flashdistill.sampling import euler_sample, few_step_sample, guided_velocity
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flashdistill.bench.reader import (DEFAULT_PATH, Reader, ReaderNet, evaluate_reader, load_reader,
-                                       train_reader)
+from flashdistill.bench.reader import evaluate_reader, train_reader
 from flashdistill.errors import UserError
+from flashdistill.models.reader import DEFAULT_PATH, Reader, ReaderNet, load_reader
 from flashdistill.world.render import render
 from flashdistill.world.schema import SCHEMA, sample_record
 

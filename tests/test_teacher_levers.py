@@ -81,7 +81,7 @@ def test_hidden_capture_leaves_v_unchanged_and_keeps_batch_order(patch):
 
 
 def test_reader_features_match_the_trunk_stage_of_the_token_grid():
-    from flashdistill.bench.reader import load_reader
+    from flashdistill.models.reader import load_reader
 
     net = load_reader().net
     x = torch.rand(2, 3, 32, 32) * 2 - 1  # model space

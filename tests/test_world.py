@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
+from flashdistill.bench.cases import t2i_bench_cases
 from flashdistill.errors import UserError
 from flashdistill.world import ops
 from flashdistill.world.captions import PHRASES, caption
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image, target_record, validate_edit
 from flashdistill.world.font import WORDS
-from flashdistill.world.pools import edit_item, t2i_bench_cases, t2i_item, t2i_pool
+from flashdistill.world.pools import edit_item, t2i_item, t2i_pool
 from flashdistill.world.render import render
 from flashdistill.world.schema import IDENTITY_ATTRS, SCHEMA, is_held_out, sample_record, validate_record
 

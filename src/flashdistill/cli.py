@@ -98,8 +98,7 @@ def cmd_bench_table(args) -> None:
 
 
 def cmd_bench_make_cases(args) -> None:
-    from flashdistill.bench.cases import write_cases
-    from flashdistill.world.pools import edit_bench_cases, t2i_bench_cases
+    from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases, write_cases
 
     out_file(args.out)
     n = args.n or MINI_SIZES[args.bench]
@@ -270,7 +269,8 @@ def cmd_judge_train_reader(args) -> None:
 
 
 def cmd_judge_eval_reader(args) -> None:
-    from flashdistill.bench.reader import accuracy_table, load_reader
+    from flashdistill.bench.reader import accuracy_table
+    from flashdistill.models.reader import load_reader
 
     if args.json:
         out_file(args.json, "--json")

@@ -7,7 +7,8 @@
 - Teachers sample with the Euler ODE sampler and classifier-free guidance (`sampling.euler_sample`): each step costs
   two network passes when `cfg_scale != 1`; `network_passes` reports that honestly.
 - Distilled students sample with their own few timesteps (`sampling.few_step_sample`), no guidance; `--nfe` below
-  their step count takes a `sampling.sub_schedule` of those timesteps.
+  their step count takes a `sampling.sub_schedule` of those timesteps. `StudentModel` is a `FlowPipeline` with the
+  student's schedule (`load_student_model(run or export folder)`).
 - Noise is drawn per item from `torch.Generator().manual_seed(seed)`: an image depends on its seed only, never on
   the batch it was generated in, so a resumed or re-batched bench run reproduces every image.
 - A model whose output holds NaN or Inf (broken weights, e.g. from a diverged run) is an error naming the model,
@@ -31,8 +32,9 @@ from flashdistill.errors import UserError
 from flashdistill.files import read_json_object
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.conditioning import Cond
-from flashdistill.models.mmdit import CONFIG_FILE, FlowModel
-from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR, teacher_folder  # noqa: F401  (re-exported)
+from flashdistill.distill.export import Student, load_student
+from flashdistill.models.mmdit import FlowModel
+from flashdistill.models.shipped import teacher_folder
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
 
 DEFAULT_TEACHER_NFE = 50
@@ -172,3 +174,17 @@ def load_teacher(spec: str, cfg_scale: float | None = None, encoder=None, batch_
     name = spec if cfg_scale is None else f"{spec}@cfg{cfg_scale:g}"
     model = FlowModel.from_pretrained(folder, torch_dtype=torch.float32)  # shipped teachers are stored in float16
     return FlowPipeline(model, spec_, name, encoder, batch_size)
+
+
+class StudentModel(FlowPipeline):
+    """A student as a bench / generate model: the few-step sampler at its own timesteps, no guidance."""
+
+    def __init__(self, student: Student, name: str = "student", encoder=None, batch_size: int = 32):
+        spec = SamplingSpec(nfe=len(student.timesteps), timesteps=tuple(student.timesteps), cfg_scale=1.0)
+        super().__init__(student.model, spec, name, encoder, batch_size)
+        self.student = student
+
+
+def load_student_model(path: str | Path, name: str | None = None, encoder=None, batch_size: int = 32):
+    """`load_student` wrapped as a bench / generate model named after the folder."""
+    return StudentModel(load_student(path), name or str(path), encoder, batch_size)

@@ -127,6 +127,7 @@ def load_quickstart_recipe(preset: Preset, overrides: list[str]):
 
 def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
     from flashdistill.distill.export import CHECKPOINT_FILES
+    from flashdistill.bench.quick import make_scorer
     from flashdistill.distill.trainer import train_distill
     from flashdistill.runtime.checkpoint import find_checkpoint
 
@@ -135,36 +136,27 @@ def stage_distill(out: Path, preset: Preset, overrides: list[str], encoder) -> N
     resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
     command = f"flashdistill distill {recipe_path(preset)} --out {run}" + \
         (" --set " + " ".join(overrides) if overrides else "")
-    train_distill(recipe, run, resume=resume, encoder=encoder, command=command)
+    train_distill(recipe, run, resume=resume, encoder=encoder, command=command, make_scorer=make_scorer)
 
 
 def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
-    from flashdistill.bench.cases import load_cases
-    from flashdistill.bench.runner import run_bench
-    from flashdistill.bench.world_judge import WorldJudge
-    from flashdistill.bench.cases import BUILTIN_CASES
-    from flashdistill.distill.export import load_student_model
-    from flashdistill.pipeline import load_teacher
+    from flashdistill.bench.quick import WorldSlice
+    from flashdistill.pipeline import load_student_model, load_teacher
 
     recipe = load_quickstart_recipe(preset, overrides)
     teacher_spec = recipe.teachers[recipe.student.init_from]
     teacher = load_teacher(teacher_spec, encoder=encoder)
     student = load_student_model(out / "distill", name="student", encoder=encoder)
-    judge = WorldJudge(teacher.resolution)
-    limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    bench_slice = WorldSlice({"t2i": preset.t2i_limit, "edit": preset.edit_limit}, teacher.resolution)
     for bench in ("t2i", "edit"):
-        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
-        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
         for row in bench_rows(preset, teacher_spec, out / "distill"):
             model = student if row.label.startswith("student") else teacher
             model.name = row.label
-            run_bench(bench, model, judge, cases, out / "bench" / row.folder(bench), row.nfe, label,
-                      teacher.resolution)
+            bench_slice.run(bench, model, out / "bench" / row.folder(bench), row.nfe)
 
 
 def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> None:
-    from flashdistill.distill.export import load_student_model
-    from flashdistill.pipeline import load_teacher
+    from flashdistill.pipeline import load_student_model, load_teacher
     from flashdistill.speed import compare
     from flashdistill.runtime.logs import hardware
 
@@ -186,7 +178,9 @@ def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> No
     from flashdistill.report import write_report
 
     recipe = load_quickstart_recipe(preset, overrides)
-    write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"))
+    rows = bench_rows(preset, recipe.teachers[recipe.student.init_from], out / "distill")
+    write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"), rows,
+                 recipe_path(preset))
 
 
 RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}

@@ -22,7 +22,7 @@ from flashdistill.bench.table import markdown as table_markdown
 from flashdistill.bench.table import rank_rows
 from flashdistill.imageio import load_png, save_grid
 from flashdistill.speed import ITERATION_PARTS
-from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES, T2I_TITLES
+from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image
 
 def _cases(bench: str, limit: int):
@@ -144,16 +144,16 @@ def distill_section(out: Path, command: str) -> list[str]:
     return lines + [f"Reproduce: `{command}`"]
 
 
-def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -> Path:
+def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, rows: list,
+                 recipe_file: Path) -> Path:
+    """`rows`: the benchmarked configurations (quickstart.bench_rows), `recipe_file`: the preset's recipe as the
+    commands name it (quickstart.recipe_path)."""
     from flashdistill.bench.cases import MINI_SIZES
-    from flashdistill.quickstart import bench_rows, recipe_path
 
-    teacher_spec = recipe.teachers[recipe.student.init_from]
-    rows = bench_rows(preset, teacher_spec, out / "distill")
     ranked = rank_rows(_results(out, rows, "t2i") + _results(out, rows, "edit"))
     speed = json.loads((out / "speed.json").read_text())
     prompts, instructions = t2i_grid(out, preset, rows), edit_grid(out, preset, rows)
-    distill_cmd = f"flashdistill distill {recipe_path(preset)} --out {out / 'distill'}" + \
+    distill_cmd = f"flashdistill distill {recipe_file} --out {out / 'distill'}" + \
         (" --set " + " ".join(overrides) if overrides else "")
     limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
     seconds = state.get("seconds", {})
@@ -175,7 +175,7 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -
         *[f"- {r.label}, {bench}: `{_bench_command(bench, r, limits[bench], out)}`" for bench in ("t2i", "edit")
           for r in rows], "",
         "## Side by side", "",
-        f"Text-to-image, same prompt and seed in each row; the world judge's score under each image.", "",
+        "Text-to-image, same prompt and seed in each row; the world judge's score under each image.", "",
         f"![T2I: teacher@{preset.teacher_nfe} | teacher@{preset.few_nfe} | student@{preset.few_nfe}](grids/t2i.png)",
         "",
         *[f"- {p}" for p in prompts], "",
@@ -188,7 +188,7 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict) -
         "## Distillation", "",
         *distill_section(out, distill_cmd), "",
         "## Recipe", "",
-        f"`{recipe_path(preset)}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "") +
+        f"`{recipe_file}`" + (f" with `--set {' '.join(overrides)}`" if overrides else "") +
         ", as resolved:", "",
         "```yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False, width=110).rstrip(), "```", "",
         f"Whole run: `flashdistill quickstart --out {out}`" + (f" --preset {preset.name}" if preset.name !=

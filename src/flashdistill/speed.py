@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 from tqdm import tqdm
 
-from flashdistill.world.pools import t2i_bench_cases
+from flashdistill.bench.cases import t2i_bench_cases
 
 
 @dataclass

@@ -32,6 +32,7 @@ from flashdistill.files import parse_json, read_text
 from flashdistill.imageio import image_size
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import validate_edit
+from flashdistill.world.pools import edit_item, t2i_item
 from flashdistill.world.schema import validate_record
 
 DATA = Path(__file__).parent / "data"
@@ -64,6 +65,26 @@ class EditCase:
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def t2i_bench_cases(n_per_category: int, split: str = "bench") -> list[T2ICase]:
+    cases = []
+    for category in T2I_CATEGORIES:
+        for i in range(n_per_category):
+            item = t2i_item(category, i, split)
+            cases.append(T2ICase(id=f"{category}-{i:04d}", category=category, prompt=item.prompt, seed=i,
+                                 record=item.record, attributes=item.attributes))
+    return cases
+
+
+def edit_bench_cases(n_per_category: int, split: str = "bench") -> list[EditCase]:
+    cases = []
+    for category in EDIT_CATEGORIES:
+        for i in range(n_per_category):
+            item = edit_item(category, i, split)
+            cases.append(EditCase(id=f"{category}-{i:04d}", category=category, instruction=item.instruction,
+                                  seed=i, source=item.source, edit=item.edit))
+    return cases
 
 
 _T2I_KEYS = {"id": str, "category": str, "prompt": str, "seed": int, "record": dict, "attributes": dict}

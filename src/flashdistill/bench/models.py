@@ -82,8 +82,9 @@ def load_model(spec: str, resolution: int = 32, cfg_scale: float | None = None, 
         if spec.startswith(f"oracle-{kind}:"):
             return OracleModel(spec, resolution, (kind, _strength(spec)))
     if Path(spec).is_dir():
-        from flashdistill.distill.export import is_student_folder, load_student_model
+        from flashdistill.distill.export import is_student_folder
         from flashdistill.distill.qwen_export import QwenStudent, qwen_student_folder
+        from flashdistill.pipeline import load_student_model
 
         if qwen_student_folder(spec) is not None:  # sampled by diffusers' own Qwen-Image pipelines
             return QwenStudent(spec)

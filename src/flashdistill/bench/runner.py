@@ -155,7 +155,7 @@ def summarize(bench, model_name, nfe, judge_desc, cases, done, out: Path, resolu
 
 def frechet_by_category(bench: str, cases: list, out: Path, resolution: int) -> dict:
     """Per-category Fréchet distance between reader features of the outputs and of the exact images."""
-    from flashdistill.bench.reader import load_reader
+    from flashdistill.models.reader import load_reader
 
     real = reference_features(cases, bench, resolution)
     if not real:

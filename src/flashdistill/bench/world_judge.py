@@ -72,7 +72,7 @@ class WorldJudge:
     description = "world (reader network + exact ground truth)"
 
     def __init__(self, resolution: int = 32, reader=None):
-        from flashdistill.bench.reader import load_reader
+        from flashdistill.models.reader import load_reader
 
         self.resolution = resolution
         self.reader = reader or load_reader()

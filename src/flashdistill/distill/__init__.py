@@ -5,6 +5,5 @@
 - `dmd.py`: backward simulation, real/fake x0, the DMD gradient and generator loss (eq. 4/7), the critic loss;
 - `roles.py`: teachers, student, critic, optimizers, data parallelism under torchrun;
 - `trainer.py`: the loop, NaN handling, checkpoints and exact resume, logs, `main_distill(argv, prog)`;
-- `evaluate.py`: quick periodic evaluation on a bench slice and best-checkpoint keeping;
-- `export.py`: diffusers-layout export, `load_student(dir)`, and `StudentModel` for the benches and generate/edit.
+- `export.py`: diffusers-layout export and `load_student(dir)` (the student as a model to sample: `pipeline.StudentModel`).
 """

@@ -1,4 +1,4 @@
-"""The distilled student on disk and back: export, `load_student`, and the student as a bench / generate model.
+"""The distilled student on disk and back: export and `load_student`.
 
 Export layout (`<run>/student/` = EMA weights at the end, `<run>/best/` = the best quick-evaluation checkpoint):
 
@@ -16,8 +16,7 @@ Export layout (`<run>/student/` = EMA weights at the end, `<run>/best/` = the be
 
 `load_student(path)` takes a run folder (prefers best/, then student/, then the EMA weights of the last checkpoint
 of an unfinished run) or an export folder, and returns a `Student`: the model interface `v = model(z_t, t, cond)`
-plus `.timesteps`. `StudentModel` is a `flashdistill.pipeline.FlowPipeline` with the student's schedule, so it
-answers the benchmarks (`t2i(cases, nfe)`, `edit(cases, sources, nfe)`) and `sample(...)` for generate/edit.
+plus `.timesteps`. The student as a bench / generate model is `flashdistill.pipeline.StudentModel`.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ from safetensors.torch import load_file
 from flashdistill.errors import UserError
 from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
-from flashdistill.pipeline import FlowPipeline, SamplingSpec
 from flashdistill.files import swap_in, read_json_object
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state, restore_latest
 
@@ -129,17 +127,3 @@ def is_student_folder(path: str | Path) -> bool:
     path = Path(path)
     return (path / STUDENT_FILE).is_file() or any((path / s / STUDENT_FILE).is_file() for s in PREFERENCE) or \
         find_checkpoint(path, CHECKPOINT_FILES) is not None
-
-
-class StudentModel(FlowPipeline):
-    """A student as a bench / generate model: the few-step sampler at its own timesteps, no guidance."""
-
-    def __init__(self, student: Student, name: str = "student", encoder=None, batch_size: int = 32):
-        spec = SamplingSpec(nfe=len(student.timesteps), timesteps=tuple(student.timesteps), cfg_scale=1.0)
-        super().__init__(student.model, spec, name, encoder, batch_size)
-        self.student = student
-
-
-def load_student_model(path: str | Path, name: str | None = None, encoder=None, batch_size: int = 32):
-    """`load_student` wrapped as a bench / generate model named after the folder."""
-    return StudentModel(load_student(path), name or str(path), encoder, batch_size)

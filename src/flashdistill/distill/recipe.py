@@ -17,7 +17,7 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience;
                with data files: prompts / edits (eval files), judge (vlm | none), vlm_base_url, vlm_model,
-               vlm_api_key_env, vlm_concurrency (distill/file_eval.py)
+               vlm_api_key_env, vlm_concurrency (bench/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 
 from flashdistill.distill import sharding
-from flashdistill.distill.evaluate import BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.iteration import SCALARS, Context, build_context, train_iteration
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, resume_fingerprint
@@ -40,6 +39,7 @@ from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distribut
 from flashdistill.errors import UserError
 from flashdistill.files import out_dir
 from flashdistill.runfolder import claim_run
+from flashdistill.runtime.best import BestTracker
 from flashdistill.runtime import sharded as sharded_checkpoint
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, save_state
 from flashdistill.runtime.inputs import check_inputs, input_fingerprint
@@ -216,7 +216,8 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, mak
     ctx = build_context(recipe, roles, dist, out, encoder)
     if scorer is None and recipe.eval.every:
         if make_scorer is None:
-            make_scorer = _scorer  # TEMPORARY until the merge with bench/quick.py
+            raise ValueError("eval.every is set: pass train_distill a scorer or make_scorer "
+                             "(flashdistill.bench.quick.make_scorer)")
         scorer = make_scorer(recipe, ctx, out)
     job = DistillJob(ctx, out, BestTracker.open(out, meta.get("evals_since_best", 0)), scorer, inputs)
     cadence = Cadence(recipe.run.log_every, recipe.run.checkpoint_every, recipe.eval.every, recipe.dmd.max_bad_steps)
@@ -235,24 +236,6 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, mak
             "skipped_total": ran.health.skipped_total,
             "best_score": tracker.best if tracker.best_iteration >= 0 else None,
             "best_iteration": tracker.best_iteration, "student": student, "stopped_early": ran.stopped}
-
-
-def _scorer(recipe: Recipe, ctx: Context, out: Path):
-    dist = ctx.dist
-    if not recipe.data.uses_files():
-        if not dist.main:
-            return None
-        from flashdistill.distill.evaluate import BenchScorer
-        return BenchScorer(out / "eval", recipe.eval.limit, ctx.roles.student.config.resolution, ctx.source.encoder)
-    from flashdistill.distill.file_eval import FileEval
-
-    judge = None
-    e = recipe.eval
-    if e.resolved_judge(True) == "vlm" and dist.main:
-        from flashdistill.bench.vlm import VLMJudge
-
-        judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
-    return FileEval(recipe, ctx.family, out / "eval", dist.device, judge)
 
 
 import argparse, shlex  # noqa: E402  TEMPORARY: the parser moves to the cli package
@@ -298,8 +281,10 @@ def _main_distill(argv: list[str] | None, prog: str) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+        from flashdistill.bench.quick import make_scorer  # TEMPORARY: main moves to the cli package
+
         summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}",
-                                accept_inputs=args.accept_changed_inputs)
+                                accept_inputs=args.accept_changed_inputs, make_scorer=make_scorer)
     except UserError as err:
         if main_rank:
             print(f"error: {one_line(err)}", file=sys.stderr)

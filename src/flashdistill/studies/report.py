@@ -23,6 +23,14 @@ from flashdistill.errors import UserError
 from flashdistill.files import write_json_atomic, write_text_atomic
 from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, columns, paper_value
 
+DONE_FILE = "done.json"  # a run's summary, written by the runner once its training and bench are finished
+
+
+def seed_dir(out: Path, arm: str, seed: int) -> Path:
+    """The folder of arm × training seed in a study folder (the runner's layout)."""
+    return out / "arms" / arm / f"seed{seed}"
+
+
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
 
 
@@ -54,8 +62,6 @@ def drift(points: list[tuple[int, float]]) -> float:
 def collect(study: Study, out: Path, seeds: int, arms: list[str]) -> dict:
     """{arm: {seed: {"bench": {...}, "cases": {bench: {id: (category, score)}}, "curve": [...], "train": {...}}}}
     for every finished run (done.json present)."""
-    from flashdistill.studies.runner import DONE_FILE, seed_dir
-
     runs: dict = {}
     for arm in arms:
         for seed in range(seeds):

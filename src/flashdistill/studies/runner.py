@@ -31,9 +31,9 @@ from flashdistill.errors import UserError, one_line
 from flashdistill.files import hash_file, write_json_atomic
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.resume import TrainingDiverged
+from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
 from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
 
-DONE_FILE = "done.json"
 STATE_FILE = "study-state.json"
 RESERVED = ("dmd.seed",)  # the runner sets it per run
 MAX_SEEDS = 100  # each seed is a training run per arm; the paper's tables use 3 to 5
@@ -140,10 +140,6 @@ class StudyState:
             write_json_atomic(self.path, {"identity": identity})
 
 
-def seed_dir(out: Path, arm: str, seed: int) -> Path:
-    return out / "arms" / arm / f"seed{seed}"
-
-
 def is_done(out: Path, arm: str, seed: int) -> bool:
     return (seed_dir(out, arm, seed) / DONE_FILE).is_file()
 
@@ -151,30 +147,26 @@ def is_done(out: Path, arm: str, seed: int) -> bool:
 def train_run(recipe, run: Path, encoder, command: str) -> dict:
     """One distillation (resumed when its folder holds a checkpoint)."""
     from flashdistill.distill.export import CHECKPOINT_FILES
+    from flashdistill.bench.quick import make_scorer
     from flashdistill.distill.trainer import train_distill
     from flashdistill.runtime.checkpoint import find_checkpoint
 
     resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
-    return train_distill(recipe, run, resume=resume, encoder=encoder, command=command)
+    return train_distill(recipe, run, resume=resume, encoder=encoder, command=command, make_scorer=make_scorer)
 
 
 def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) -> dict:
     """The final student of `run` on each of the study's benches (slices of the mini benches, world judge)."""
-    from flashdistill.bench.cases import BUILTIN_CASES, load_cases
-    from flashdistill.bench.runner import run_bench
-    from flashdistill.bench.world_judge import WorldJudge
-    from flashdistill.distill.export import load_student_model
+    from flashdistill.bench.quick import WorldSlice
+    from flashdistill.pipeline import load_student_model
 
     model = load_student_model(run / "student", name=f"{run.parent.parent.name}/{run.parent.name}",
                                encoder=encoder)
-    resolution = model.resolution
-    judge = WorldJudge(resolution)
     limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
+    bench_slice = WorldSlice({bench: limits[bench] for bench in study.benches}, model.resolution)
     results = {}
     for bench in study.benches:
-        cases = load_cases(BUILTIN_CASES[bench], bench, limits[bench])
-        label = f"builtin:{BUILTIN_CASES[bench].name}:first-{limits[bench]}"
-        res = run_bench(bench, model, judge, cases, folder / bench, model.default_nfe, label, resolution)
+        res = bench_slice.run(bench, model, folder / bench, model.default_nfe)
         results[bench] = {"average": res["average"], "per_category": res["per_category"], "n_cases": res["n_cases"],
                           "n_failed": res["n_failed"]}
     return results
@@ -232,8 +224,6 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
                          "teachers": teacher_digests(list(loaded.values()))})
         _run_arms(study, size, out, chosen, seeds, recipes, overrides, encoder)
-        from flashdistill.studies.report import write_study_report
-
         return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
 
 

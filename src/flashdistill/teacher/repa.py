@@ -7,7 +7,7 @@ small MLP head, toward the features a pretrained encoder gives the *clean* image
     L_repa = - mean_{rows, tokens} cos( head(h_j(z_t, t, c))_n , y(x)_n )
 
 It reports the same FID in many times fewer steps, because the network no longer has to discover a good
-representation of the data on its own. Here the pretrained encoder is the world judge's reader (`bench/reader.py`),
+representation of the data on its own. Here the pretrained encoder is the world judge's reader (`models/reader.py`),
 a CNN trained to read every attribute and letter of a world image: its conv trunk holds exactly the structure a
 teacher must draw. Its feature map is taken at the stage whose grid matches the token grid (8x8 after the third
 stage for 4-px patches, 16x16 after the second for 2-px patches; a finer map is average-pooled to the token grid).
@@ -32,7 +32,7 @@ class ReaderFeatures(nn.Module):
     def __init__(self, grid: int, reader_net: nn.Module | None = None):
         super().__init__()
         if reader_net is None:
-            from flashdistill.bench.reader import load_reader
+            from flashdistill.models.reader import load_reader
 
             reader_net = load_reader().net
         self.trunk = reader_net.trunk.eval().requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Training pools and bench cases, drawn from disjoint seed namespaces.
+"""Training pools and bench items, drawn from disjoint seed namespaces (`flashdistill.bench.cases` makes cases
+of the bench items).
 
 Every item is a pure function of (split, category, index): the random stream is seeded with
 ``[SPLIT_ID[split], category number, index]``, so the `train` and `bench` splits never share a stream, pools are
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.world.captions import caption
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import sample_edit
@@ -75,23 +75,3 @@ def t2i_pool(category: str, n: int = PROMPTS_PER_CATEGORY) -> list[T2IItem]:
             seen.add(item.prompt)
             items.append(item)
     return items
-
-
-def t2i_bench_cases(n_per_category: int, split: str = "bench") -> list[T2ICase]:
-    cases = []
-    for category in T2I_CATEGORIES:
-        for i in range(n_per_category):
-            item = t2i_item(category, i, split)
-            cases.append(T2ICase(id=f"{category}-{i:04d}", category=category, prompt=item.prompt, seed=i,
-                                 record=item.record, attributes=item.attributes))
-    return cases
-
-
-def edit_bench_cases(n_per_category: int, split: str = "bench") -> list[EditCase]:
-    cases = []
-    for category in EDIT_CATEGORIES:
-        for i in range(n_per_category):
-            item = edit_item(category, i, split)
-            cases.append(EditCase(id=f"{category}-{i:04d}", category=category, instruction=item.instruction,
-                                  seed=i, source=item.source, edit=item.edit))
-    return cases

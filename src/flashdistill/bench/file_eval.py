@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError
+from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError
 from flashdistill.sampling import few_step_sample
 
 
@@ -111,8 +112,6 @@ class FileEval:
 
     # ---- judging ----------------------------------------------------------------------------------------------
     def _judge(self, folder: Path, images: dict, sources: list, iteration: int) -> dict:
-        from flashdistill.bench.cases import EditCase, T2ICase
-
         scored: dict[str, dict[int, object]] = {"t2i": {}, "edit": {}}
         if self.t2i:
             cases = [T2ICase(f"t2i-{i}", it.category, it.text, i) for i, it in enumerate(self.t2i)]
