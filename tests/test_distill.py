@@ -21,7 +21,8 @@ from flashdistill.distill.export import STUDENT_FILE, StudentModel, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
-from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
+from flashdistill.cli.distill import main_distill
+from flashdistill.distill.trainer import _context, train_distill, train_iteration
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
 from flashdistill.conditioning import Cond
@@ -457,11 +458,11 @@ def test_two_ranks_match_one(teachers, cache_dir, tmp_path):
     """SLOW (~30-60 s): torchrun with 2 gloo ranks at global batch 4 follows the 1-rank trajectory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     args = [str(TINY), "--set", *overrides(teachers, cache_dir, "dmd.iterations=3", "run.checkpoint_every=3")]
-    one = subprocess.run([sys.executable, "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "flashdistill", "distill", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "two")],
+                          "-m", "flashdistill", "distill", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-2000:]
     logs = {}

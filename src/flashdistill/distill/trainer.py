@@ -1,4 +1,4 @@
-"""The DMD distillation loop: `python -m flashdistill.distill.trainer RECIPE --out DIR [--resume] [--set k=v ...]`.
+"""The DMD distillation loop: `flashdistill distill RECIPE --out DIR [--resume] [--set k=v ...]` (`cli/distill.py`).
 
 One iteration (paper §2.2 and §4.3; DMD2 conventions):
 1. Batch `i` from the family's batch source (data/sources.py: the world, or the data files through the
@@ -27,10 +27,8 @@ every role is sharded (`sharding.py`) and the checkpoint is sharded too (`runtim
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import shlex
 import sys
 import time
 from contextlib import contextmanager
@@ -40,24 +38,22 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix
 from flashdistill.distill import dmd, sharding
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
-from flashdistill.distill.roles import (Dist, Roles, build_roles, destroy_distributed, setup_distributed,
-                                       teardown_distributed)
-from flashdistill.errors import UserError, one_line
+from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, resume_fingerprint
+from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
+from flashdistill.errors import UserError
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
 from flashdistill.sampling import guided_velocity
 from flashdistill.conditioning import Cond
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
-from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint
+from flashdistill.runtime.inputs import check_inputs, input_fingerprint
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime import sharded as sharded_checkpoint
 from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
@@ -500,64 +496,3 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, com
             "wall_time_s": wall,
             "skipped_total": health["skipped_total"], "best_score": tracker.best if tracker.best_iteration >= 0
             else None, "best_iteration": tracker.best_iteration, "student": student, "stopped_early": stop}
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = Parser(prog=prog, description="Distill teachers into a few-step student with DMD "
-                                                            "(step-wise multi-teacher guidance, task mixture).")
-    parser.add_argument("recipe", metavar="RECIPE", help="distillation recipe YAML (see configs/flash.yaml)")
-    parser.add_argument("--out", help="run folder (default: runs/<recipe name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
-    parser.add_argument(ACCEPT_FLAG, action="store_true", help="with --resume: continue although the teachers' "
-                        "weights or the data files differ from the checkpoint's (refused otherwise)")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
-                        help="dotted recipe overrides, e.g. tasks.ratio=7:3 dmd.iterations=200")
-    return parser
-
-
-def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distill") -> int:
-    """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Under torchrun each rank ends here with
-    that code (roles.teardown_distributed); an uncaught exception still propagates with its traceback."""
-    # Before CUDA starts: expandable segments keep fragmentation low as micro-batches of different token counts (T2I
-    # and edit rows) come and go: at 20B reserved ran 4-6 % above allocated with it, up to 18 % without (README).
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    try:
-        code = _main_distill(argv, prog)
-    except BaseException:
-        destroy_distributed()
-        raise
-    return teardown_distributed(code)
-
-
-def _main_distill(argv: list[str] | None, prog: str) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    main_rank = os.environ.get("RANK", "0") == "0"
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
-        summary = train_distill(recipe, out, args.resume, command=f"{prog} {shlex.join(argv)}",
-                                accept_inputs=args.accept_changed_inputs)
-    except UserError as err:
-        if main_rank:
-            print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
-        if main_rank:
-            print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        if main_rank:
-            print(f"error: distillation diverged: {one_line(err)}", file=sys.stderr)
-        return 1
-    if main_rank:
-        best = summary["best_score"]
-        print(f"student after {summary['iterations']} iterations ({summary['wall_time_s'] / 60:.1f} min, "
-              f"{summary['skipped_total']} skipped) -> {summary['student']}"
-              + ("" if best is None else f"; best quick-eval score {best:.3f} at iteration "
-                                         f"{summary['best_iteration']} -> {out / 'best'}"))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_distill())
