@@ -15,7 +15,7 @@ import sys
 
 from flashdistill.cli import bench, judge, plan, qwen, sample, study, world
 from flashdistill.cli.args import Parser
-from flashdistill.cli.exits import exit_code
+from flashdistill.cli.exits import exit_code, main_rank
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,39 +60,44 @@ def _add_training(top) -> None:
                                    "distill --help)", add_help=False)
 
 
+RESUME_HINT = "\ninterrupted: rerun the same command with --resume to continue"
+RERUN_HINT = "\ninterrupted: rerun the same command to resume"
+
+
 def _delegated(argv: list[str]):
-    """Subcommands that parse their own options (training entry points); None if argv is not one."""
+    """Subcommands that parse their own options: (entry, what to print on Ctrl-C), or None if argv is not one."""
     if argv[:2] == ["teacher", "train"]:
         from flashdistill.cli.teacher import main_train
 
-        return lambda: main_train(argv[2:])
+        return lambda: main_train(argv[2:]), RESUME_HINT
     if argv[:2] == ["teacher", "specialize"]:
         from flashdistill.cli.teacher import main_specialize
 
-        return lambda: main_specialize(argv[2:])
+        return lambda: main_specialize(argv[2:]), RESUME_HINT
     if argv[:2] == ["teacher", "ship"]:
         from flashdistill.cli.teacher import main_ship
 
-        return lambda: main_ship(argv[2:])
+        return lambda: main_ship(argv[2:]), RERUN_HINT
     if argv[:1] == ["distill"]:
         from flashdistill.cli.distill import main_distill
 
-        return lambda: main_distill(argv[1:])
+        return lambda: main_distill(argv[1:]), RESUME_HINT
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `flashdistill` command (also `python -m flashdistill`): returns its exit code (0 done, 1 diverged, 2 bad
+    input, 130 interrupted; `cli.exits`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     delegated = _delegated(argv)
     if delegated is not None:
-        try:
-            return delegated()
-        except KeyboardInterrupt:
-            print("\ninterrupted: rerun the same command with --resume to continue", file=sys.stderr)
-            return 130
-    args = build_parser().parse_args(argv)
+        entry, hint = delegated
+    else:
+        args = build_parser().parse_args(argv)
+        entry, hint = (lambda: exit_code(lambda: args.func(args), "distillation")), RERUN_HINT
     try:
-        return exit_code(lambda: args.func(args), "distillation")
+        return entry()
     except KeyboardInterrupt:
-        print("\ninterrupted: rerun the same command to resume", file=sys.stderr)
+        if main_rank():  # under torchrun every rank is interrupted: one message
+            print(hint, file=sys.stderr)
         return 130
