@@ -1,4 +1,4 @@
-"""The DMD distillation loop: `flashdistill distill RECIPE --out DIR [--resume] [--set k=v ...]` (`cli/distill.py`).
+"""The DMD distillation loop: `python -m flashdistill.distill.trainer RECIPE --out DIR [--resume] [--set k=v ...]`.
 
 One iteration (paper §2.2 and §4.3; DMD2 conventions):
 1. Batch `i` from the family's batch source (data/sources.py: the world, or the data files through the

@@ -1,4 +1,4 @@
-"""Flow-matching teacher training on the embedded world: `flashdistill teacher train CONFIG --out DIR`.
+"""Flow-matching teacher training on the embedded world: `python -m flashdistill.teacher.train CONFIG --out DIR`.
 
 One step (paper eq. 2): batch `step` from `make_batch` (joint T2I + edit rows), prompts dropped to "" with
 probability `text_dropout` and edit sources dropped with `source_dropout` (the row then trains as T2I: CFG's
