@@ -32,7 +32,7 @@ ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNING
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flashdistill.cli", *args]
+    return [sys.executable, "-m", "flashdistill", *args]
 
 
 def commands(kind: str, out: Path, tmp: Path) -> list[str]:

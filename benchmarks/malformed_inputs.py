@@ -2,7 +2,7 @@
 
     python benchmarks/malformed_inputs.py --out benchmarks/results/malformed_inputs.json [--jobs 2] [--only NAME]
 
-Every case runs `python -m flashdistill.cli ARGS` in a fresh process against fixtures built in a temporary folder
+Every case runs `python -m flashdistill ARGS` in a fresh process against fixtures built in a temporary folder
 (tiny random teachers; copies of them with pickle-only, truncated or garbage weights, broken model JSON, NaN
 weights; a distillation run and a teacher run of two steps with damaged checkpoints; non-UTF-8 and binary files;
 unwritable output paths). A row per case: name, group, command, exit code, stderr line count, whether a traceback
@@ -335,7 +335,7 @@ def _row(case: Case, code: int, err: str, seconds: float) -> dict:
 def run_subprocess(case: Case) -> dict:
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "flashdistill.cli", *case.argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "flashdistill", *case.argv], capture_output=True, text=True,
                           env=env, timeout=600, cwd=ROOT)
     return _row(case, proc.returncode, proc.stderr, time.perf_counter() - start)
 

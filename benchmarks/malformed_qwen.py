@@ -6,7 +6,7 @@ The embedded path has its sweep (`benchmarks/malformed_inputs.py`); this one aim
 random Qwen-Image folders built offline (`benchmarks/qwen_sweep_fixtures.py`): data files, pipeline folders, LoRA
 files, the condition cache, resume on changed inputs, exported students, `plan`, recipes, the values of `cache`,
 `plan`, `qwen`, `generate` and `edit`, and the VLM judge against a local server that misbehaves on purpose
-(`benchmarks/hostile_vlm.py`). Every case runs `python -m flashdistill.cli ARGS` and is classified:
+(`benchmarks/hostile_vlm.py`). Every case runs `python -m flashdistill ARGS` and is classified:
 
 - outcome: `clean` (exit 2, one stderr line starting `error:`, no traceback), `accepted` (exit 0), `traceback`,
   `hang` (past the case's time limit) or `other`;

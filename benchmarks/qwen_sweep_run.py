@@ -86,7 +86,7 @@ def judge_row(case: Case, code: int | None, out: str, err: str, seconds: float, 
 
 def run_case(case: Case, workdir: Path, guard: tuple[str, ...] = (), in_process: bool = False,
              command: list[str] | None = None) -> dict:
-    """Run one case (`command` + its argv in a fresh process, default `python -m flashdistill.cli`, or
+    """Run one case (`command` + its argv in a fresh process, default `python -m flashdistill`, or
     `flashdistill.cli.main` here) and judge it; `guard`: paths besides the case's own that no case may change."""
     guard = tuple(guard) + case.guard
     before = snapshot(guard)
@@ -101,7 +101,7 @@ def run_case(case: Case, workdir: Path, guard: tuple[str, ...] = (), in_process:
 
 def _subprocess(case: Case, command: list[str] | None) -> tuple[int | None, str, str]:
     env = {**os.environ, **ENV}
-    command = command or [sys.executable, "-m", "flashdistill.cli"]
+    command = command or [sys.executable, "-m", "flashdistill"]
     try:
         proc = subprocess.run([*command, *case.argv], capture_output=True, text=True, env=env,
                               timeout=case.timeout, cwd=ROOT)

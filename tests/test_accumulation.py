@@ -118,7 +118,7 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
     _, sets = qwen_world
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "flashdistill.distill.trainer", str(RECIPE), "--out", str(tmp_path / "two"), "--set", *sets, *FAST,
+           "-m", "flashdistill", "distill", str(RECIPE), "--out", str(tmp_path / "two"), "--set", *sets, *FAST,
            "dmd.micro_batch=1", "run.parallel=fsdp"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

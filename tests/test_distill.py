@@ -21,8 +21,9 @@ from flashdistill.distill.export import STUDENT_FILE, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.cli.distill import main_distill
 from flashdistill.distill.iteration import build_context, train_iteration
-from flashdistill.distill.trainer import main_distill, train_distill
+from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
 from flashdistill.conditioning import Cond
@@ -480,11 +481,11 @@ def test_two_ranks_match_one(teachers, cache_dir, tmp_path):
     """SLOW (~30-60 s): torchrun with 2 gloo ranks at global batch 4 follows the 1-rank trajectory."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     args = [str(TINY), "--set", *overrides(teachers, cache_dir, "dmd.iterations=3", "run.checkpoint_every=3")]
-    one = subprocess.run([sys.executable, "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "one")],
+    one = subprocess.run([sys.executable, "-m", "flashdistill", "distill", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          "-m", "flashdistill.distill.trainer", *args, "--out", str(tmp_path / "two")],
+                          "-m", "flashdistill", "distill", *args, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=240)
     assert two.returncode == 0, two.stderr[-2000:]
     logs = {}

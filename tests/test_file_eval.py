@@ -135,7 +135,7 @@ def test_two_fsdp_ranks_both_sample_and_rank0_writes(t2i, tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "flashdistill.distill.trainer", RECIPE, "--out", str(run), "--set", *sets, *FAST, "dmd.iterations=1",
+           "flashdistill", "distill", RECIPE, "--out", str(run), "--set", *sets, *FAST, "dmd.iterations=1",
            "run.checkpoint_every=1", "run.parallel=fsdp", "eval.every=1"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

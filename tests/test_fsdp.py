@@ -42,7 +42,7 @@ def _torchrun(args: list[str], **kwargs):
 
 
 def _distill(sets: list[str], out: Path, *extra: str):
-    return _torchrun(["-m", "flashdistill.distill.trainer", str(RECIPE), "--out", str(out), *extra, "--set", *sets])
+    return _torchrun(["-m", "flashdistill", "distill", str(RECIPE), "--out", str(out), *extra, "--set", *sets])
 
 
 def _finish(proc) -> None:
@@ -161,10 +161,10 @@ def test_embedded_world_shards_too(teachers, tmp_path):
     sets = [f"teachers.base={teachers / 'base'}", f"teachers.specialized={teachers / 'spec'}",
             f"run.text_cache={tmp_path / 'text-cache'}", "dmd.iterations=4", "run.checkpoint_every=4", "eval.every=0"]
     tiny = str(ROOT / "configs" / "distill_tiny.yaml")
-    one = subprocess.run([sys.executable, "-m", "flashdistill.distill.trainer", tiny, "--out", str(tmp_path / "one"),
+    one = subprocess.run([sys.executable, "-m", "flashdistill", "distill", tiny, "--out", str(tmp_path / "one"),
                           "--set", *sets], env=ENV, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]
-    _finish(_torchrun(["-m", "flashdistill.distill.trainer", tiny, "--out", str(tmp_path / "two"), "--set", *sets,
+    _finish(_torchrun(["-m", "flashdistill", "distill", tiny, "--out", str(tmp_path / "two"), "--set", *sets,
                        "run.parallel=fsdp"]))
     a, b = _log(tmp_path / "one"), _log(tmp_path / "two")
     for key in ("loss", "loss_critic", "grad_norm", "grad_norm_critic"):

@@ -132,7 +132,7 @@ def test_resume_refuses_a_replaced_lora_teacher(qwen_world, tmp_path, one_thread
     """The whole path: a checkpoint records its inputs; replacing the specialized LoRA file in place stops
     `--resume` with one line naming it; --accept-changed-inputs continues and records the new inputs."""
     from flashdistill.distill.recipe import load_recipe
-    from flashdistill.distill.trainer import main_distill
+    from flashdistill.cli.distill import main_distill
     from flashdistill.models.qwen_tiny import write_random_lora
     from flashdistill.runtime.checkpoint import read_state
 

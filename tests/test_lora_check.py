@@ -85,7 +85,7 @@ def test_good_lora_passes_and_a_changed_file_is_checked_again(qwen_world, tmp_pa
 
 def test_distill_refuses_a_nan_or_misfit_lora_teacher(qwen_world, tmp_path, capsys):
     """Item 5/7 of issue 24: a NaN specialized teacher is refused at load, naming the key and the file."""
-    from flashdistill.distill.trainer import main_distill
+    from flashdistill.cli.distill import main_distill
 
     root, sets = qwen_world
     sd = load_file(str(root / "specialized.safetensors"))

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from flashdistill.cli import main
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.roles import Dist, build_roles
-from flashdistill.distill.trainer import main_distill, train_distill
+from flashdistill.cli.distill import main_distill
+from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import pack, unpack
 from flashdistill.models.qwen_tiny import write_tiny_folder
@@ -92,7 +93,7 @@ def test_joint_distill_reads_only_the_cache_and_uses_both_teachers(straight):
 def test_sigkill_then_resume_matches_uninterrupted(world, straight, tmp_path):
     _, sets = world
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "flashdistill.distill.trainer", str(RECIPE), "--out", str(out), "--set", *sets]
+    cmd = [sys.executable, "-m", "flashdistill", "distill", str(RECIPE), "--out", str(out), "--set", *sets]
     proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"},
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120

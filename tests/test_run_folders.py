@@ -191,7 +191,7 @@ def test_two_distill_processes_on_one_out(teachers, tmp_path):
     out, cache = tmp_path / "run", tmp_path / "cache"
     env = {**os.environ, "TQDM_DISABLE": "1"}
     sets = distill_sets(teachers, cache, "dmd.iterations=100000")
-    cmd = [sys.executable, "-m", "flashdistill.cli", "distill", str(DISTILL_TINY), "--out", str(out), "--set", *sets]
+    cmd = [sys.executable, "-m", "flashdistill", "distill", str(DISTILL_TINY), "--out", str(out), "--set", *sets]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_claim(out, first)

@@ -23,8 +23,9 @@ from flashdistill.teacher import train as train_mod
 from flashdistill.runtime.checkpoint import flatten, unflatten
 from flashdistill.teacher.config import config_from_raw, load_config
 from flashdistill.teacher.specialize import specialize_teacher
-from flashdistill.teacher.train import (TrainingDiverged, build_state, flow_matching_loss, main_train,
-                                        prepare_inputs, step_generator, train_teacher)
+from flashdistill.cli.teacher import main_train
+from flashdistill.teacher.train import (TrainingDiverged, build_state, flow_matching_loss, prepare_inputs,
+                                        step_generator, train_teacher)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "teacher_tiny.yaml"
@@ -289,7 +290,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, encoder, cache_dir)
     ref = tmp_path / "ref"
     train_teacher(tiny(cache_dir, *overrides), ref, encoder=encoder)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "flashdistill.teacher.train", str(TINY), "--out", str(out), "--set", *overrides,
+    cmd = [sys.executable, "-m", "flashdistill", "teacher", "train", str(TINY), "--out", str(out), "--set", *overrides,
            f"run.text_cache={cache_dir}"]
     proc = subprocess.Popen(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, stderr=subprocess.PIPE)
     deadline = time.time() + 120

@@ -9,7 +9,7 @@ from flashdistill.world import ops
 from flashdistill.world.captions import PHRASES, caption
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image, target_record, validate_edit
-from flashdistill.world.font import WORDS
+from flashdistill.world.font import WORDS, word_mask, word_width
 from flashdistill.world.pools import edit_item, t2i_item, t2i_pool
 from flashdistill.world.render import render
 from flashdistill.world.schema import IDENTITY_ATTRS, SCHEMA, is_held_out, sample_record, validate_record
@@ -108,6 +108,19 @@ def test_text_prompt_always_names_the_word():
 
 def test_vocabulary():
     assert len(WORDS) >= 200 and all(3 <= len(w) <= 5 and w.isalpha() and w.isupper() for w in WORDS)
+
+
+def test_font_word_list_and_masks():
+    """The font's own checks (once its `__main__` block): a sorted word list without duplicates covering every
+    letter at least 3 times, and word masks of the documented shape at scales 1 and 2."""
+    import string
+
+    assert len(WORDS) >= 240 and len(set(WORDS)) == len(WORDS) and list(WORDS) == sorted(WORDS)
+    assert all(3 <= len(w) <= 5 and set(w) <= set(string.ascii_uppercase) for w in WORDS)
+    assert min(sum(c in w for w in WORDS) for c in string.ascii_uppercase) >= 3
+    assert word_width(5) == 29
+    for w, s in (("OPEN", 1), ("QUIZ", 1), ("JAZZ", 1), ("CAFE", 2)):
+        assert word_mask(w, scale=s).shape == (7 * s, word_width(len(w), s))
 
 
 @pytest.mark.parametrize("category", EDIT_CATEGORIES)

@@ -13,7 +13,7 @@ with no data-loader state to save, and any process can rebuild batch `step` on i
 categories and `edit_mix` over the six edit categories; `t2i_pool` optionally limits a T2I category to the first N
 prompts of its pool (a composition given by counts, e.g. the paper's E1 "landscape, 20,000 prompts"). Weights are
 relative (they need not sum to 1); a category that is left out gets weight 0. Check one by hand with
-`python -m flashdistill.data.batches`.
+`flashdistill world batch`.
 """
 
 from __future__ import annotations
@@ -183,9 +183,3 @@ def make_batch(step: int, batch_size: int, mix: TaskMix, seed: int, split: str =
     source = to_model_space(np.stack(sources)) * has_source[:, None, None, None]  # zeros, not -1, on T2I rows
     return Batch(x=to_model_space(np.stack(targets)), source=source, has_source=has_source, texts=texts,
                  category=[c for _, c, _ in rows], task=[t for t, _, _ in rows], index=[i for _, _, i in rows])
-
-
-if __name__ == "__main__":
-    b = make_batch(0, 8, TaskMix(), seed=0)
-    for task, cat, text in zip(b.task, b.category, b.texts):
-        print(f"{task:5s} {cat:22s} {text}")

@@ -4,6 +4,8 @@
 - `guidance.py`: λ_{k,m}(c) (eq. 5-6), parsed, validated, looked up per student step and category;
 - `dmd.py`: backward simulation, real/fake x0, the DMD gradient and generator loss (eq. 4/7), the critic loss;
 - `roles.py`: teachers, student, critic, optimizers, data parallelism under torchrun;
-- `trainer.py`: the loop, NaN handling, checkpoints and exact resume, logs, `main_distill(argv, prog)`;
+- `iteration.py`: one DMD iteration (generator update with backward simulation, critic updates, all or nothing);
+- `trainer.py`: the run as a job of the one training loop (runtime/loop.py): checkpoint, restore, quick evaluation
+  with the scorer handed in, export; `train_distill` (the command line: `flashdistill/cli/distill.py`);
 - `export.py`: diffusers-layout export and `load_student(dir)` (the student as a model to sample: `pipeline.StudentModel`).
 """

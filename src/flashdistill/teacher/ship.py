@@ -1,4 +1,4 @@
-"""Ship a trained teacher inside the package: `python -m flashdistill.teacher.ship RUN/teacher NAME [--cfg W]`.
+"""Ship a trained teacher inside the package: `flashdistill teacher ship RUN/teacher NAME [--cfg W]`.
 
 Copies the teacher's weights into `flashdistill/assets/teachers/NAME/` stored as float16 (half the bytes; the
 pipeline loads them back as float32, and every shipped figure is measured on the shipped file) - for a LoRA teacher
@@ -10,9 +10,7 @@ exact command, config and seed, parameter count, training time and hardware.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import uuid
 from pathlib import Path
 
@@ -107,25 +105,3 @@ def ship(run_teacher: Path, name: str, cfg_scale: float | None, dest_root: Path 
     size_mb = sum(p.stat().st_size for p in tmp.rglob("*.safetensors")) / 1e6
     (tmp / "MODEL_CARD.md").write_text(model_card(name, info, model.num_params(), size_mb, storage, note))
     return swap_in(tmp, dest)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flashdistill.teacher.ship", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("teacher", help="a finished run's teacher folder, e.g. runs/teacher_base/teacher")
-    parser.add_argument("name", choices=TEACHER_NAMES)
-    parser.add_argument("--cfg", type=float, default=None, help="CFG scale to record as the teacher's default")
-    parser.add_argument("--base", default="teacher:base", help="for a LoRA teacher: the shipped base it adapts")
-    parser.add_argument("--note", default=None, help="a sentence for the model card (e.g. how the run was timed)")
-    args = parser.parse_args(argv)
-    try:
-        dest = ship(Path(args.teacher), args.name, args.cfg, base=args.base, note=args.note)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"shipped teacher:{args.name} -> {dest}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Specialized teachers: `python -m flashdistill.teacher.specialize CONFIG --out DIR`.
+"""Specialized teachers: `flashdistill teacher specialize CONFIG --out DIR`.
 
 A specialized teacher is the base teacher fine-tuned on a category-heavy mix (e.g. text-centric T2I and text
 editing), the "expert" that step-wise multi-teacher guidance (paper eq. 5-7) mixes in. It is ordinary teacher
@@ -8,12 +8,11 @@ EMA; on `--resume` the checkpoint wins. Everything else (loss, EMA, checkpoints,
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from flashdistill.errors import UserError
 from flashdistill.teacher.config import TeacherConfig
-from flashdistill.teacher.train import main_train, train_teacher
+from flashdistill.teacher.train import train_teacher
 
 
 def specialize_teacher(config: TeacherConfig, out: Path, resume: bool = False, encoder=None,
@@ -21,11 +20,3 @@ def specialize_teacher(config: TeacherConfig, out: Path, resume: bool = False, e
     if not config.run.init_from:
         raise UserError("run.init_from: specialize needs a base teacher folder to start from")
     return train_teacher(config, out, resume, encoder, command)
-
-
-def main_specialize(argv: list[str] | None = None) -> int:
-    return main_train(argv, prog="flashdistill teacher specialize", require_init=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main_specialize())

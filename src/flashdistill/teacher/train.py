@@ -1,4 +1,4 @@
-"""Flow-matching teacher training on the embedded world: `python -m flashdistill.teacher.train CONFIG --out DIR`.
+"""Flow-matching teacher training on the embedded world: `flashdistill teacher train CONFIG --out DIR`.
 
 One step (paper eq. 2): batch `step` from `make_batch` (joint T2I + edit rows), prompts dropped to "" with
 probability `text_dropout` and edit sources dropped with `source_dropout` (the row then trains as T2I: CFG's
@@ -22,12 +22,9 @@ which SD3's resolution-dependent shift rule is anchored at 1; a sampler should u
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
-import shlex
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,9 +32,8 @@ from pathlib import Path
 
 import torch
 
-from flashdistill.cliargs import Parser
 from flashdistill.data.batches import Batch, make_batch
-from flashdistill.errors import UserError, one_line
+from flashdistill.errors import UserError
 from flashdistill.files import swap_in
 from flashdistill.flow import interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
@@ -51,7 +47,7 @@ from flashdistill.runtime.loop import Cadence, checked_load, restore, run
 from flashdistill.runtime.resume import TrainingDiverged, retune
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
-from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
+from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection,
                                          resume_fingerprint)
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
@@ -264,43 +260,3 @@ def _train(config: TeacherConfig, out: Path, resume: bool, encoder, command: str
             "text_encoder": getattr(job.cache.encoder, "id", None), "sampling": {"shift": config.timesteps.shift},
             "weights": "EMA", "ema_decay": config.train.ema_decay}
     return {**summary, "teacher": str(export_teacher(job.state.ema, out, info))}
-
-
-def build_parser(prog: str) -> argparse.ArgumentParser:
-    parser = Parser(prog=prog, description="Train a flow-matching teacher on the embedded world.")
-    parser.add_argument("config", metavar="CONFIG", help="teacher YAML (see configs/teacher_*.yaml)")
-    parser.add_argument("--out", help="run folder (default: runs/<config name>)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint exactly")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
-                        help="dotted config overrides, e.g. train.steps=200 train.bf16=true")
-    return parser
-
-
-def main_train(argv: list[str] | None = None, prog: str = "flashdistill teacher train",
-               require_init: bool = False) -> int:
-    """CLI entry: returns the exit code (0 done, 2 bad input, 1 diverged)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    try:
-        config = load_config(args.config, args.overrides)
-        if require_init and not config.run.init_from:
-            raise UserError("run.init_from: specialize needs a base teacher folder to start from")
-        out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-        summary = train_teacher(config, out, args.resume, command=f"{prog} {shlex.join(argv)}")
-    except UserError as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a path that cannot be read or written: one line, not a traceback
-        print(f"error: {err.filename + ': ' if err.filename else ''}{err.strerror or err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
-        print(f"error: training diverged: {one_line(err)}", file=sys.stderr)
-        return 1
-    loss = summary["final_loss"]
-    print(f"teacher after {summary['steps']} steps (final loss {'n/a' if loss is None else f'{loss:.4f}'}, "
-          f"{summary['wall_time_s'] / 60:.1f} min) -> {summary['teacher']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main_train())

@@ -164,26 +164,3 @@ def word_mask(word: str, scale: int = 1, spacing: int = 1) -> np.ndarray:
     if scale > 1:
         base = np.repeat(np.repeat(base, scale, axis=0), scale, axis=1)
     return base
-
-
-if __name__ == "__main__":
-    import string
-
-    print("min pair distance:", _min_pair_distance())
-    print("number of words:", len(WORDS))
-    assert len(WORDS) >= 240
-    assert len(set(WORDS)) == len(WORDS), "duplicate words"
-    assert list(WORDS) == sorted(WORDS), "WORDS not sorted"
-    assert all(3 <= len(w) <= 5 and set(w) <= set(string.ascii_uppercase) for w in WORDS)
-    coverage = {c: sum(c in w for w in WORDS) for c in string.ascii_uppercase}
-    print("letter coverage (words containing letter):")
-    print("  " + " ".join(f"{c}:{k}" for c, k in coverage.items()))
-    assert min(coverage.values()) >= 3
-    assert word_width(5) == 29
-    for w, s in (("OPEN", 1), ("QUIZ", 1), ("JAZZ", 1), ("CAFE", 2)):
-        m = word_mask(w, scale=s)
-        assert m.shape == (7 * s, word_width(len(w), s)), m.shape
-        print(f"\n{w} scale={s} shape={m.shape}")
-        for row in m:
-            print("".join("#" if v else "." for v in row))
-    print("\nall checks passed")

@@ -3,7 +3,8 @@
 `Parser` is argparse's parser with one change: a bad argument ends with a single line `error: PROG: what is wrong`
 and exit code 2 (argparse's own prints the whole usage first). The types refuse values that cannot be meant, naming
 the value: `--nfe 0`, `--n -1`, `--batch-size 0` or `--cfg nan` end there instead of running silently or failing
-deep inside. Subparsers made from a `Parser` are `Parser`s too.
+deep inside. Subparsers made from a `Parser` are `Parser`s too. `torch_device` accepts only a device this machine
+has.
 """
 
 from __future__ import annotations
@@ -64,3 +65,22 @@ def positive_float(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
     return value
+
+
+def torch_device(text: str) -> str:
+    """An argparse type: a device torch knows (cpu, cuda, cuda:N, mps) that this machine has."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text!r}: use cpu, cuda, cuda:N or mps")
+    return text

@@ -1,0 +1,81 @@
+"""The `quickstart` and `study` subcommands: the whole system in one command, and the paper's three studies."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flashdistill.cli.args import positive_int
+
+
+def cmd_quickstart(args) -> None:
+    from flashdistill.quickstart import quickstart
+
+    quickstart(Path(args.out), args.preset, args.overrides)
+
+
+def add_quickstart(top) -> None:
+    """Register `quickstart` on the top-level subparsers `top`."""
+    p = top.add_parser("quickstart", help="distil the shipped teachers into a 4-NFE student, benchmark it against "
+                                          "its teacher, measure speed, write report.md/.html (~15 min on a CPU)",
+                       description="The whole system in one command: distillation (quickstart recipe), bench "
+                                   "slices for teacher@50, teacher@4 and the student at 4/2/1 NFE, speed, and a "
+                                   "report. Ctrl-C and the same command again resume where it stopped.")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
+    p.add_argument("--preset", default="default", help="default (sized for ~15 min on a 2-core CPU) or tiny "
+                                                       "(seconds; a smoke test)")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="dotted overrides of the preset's recipe, e.g. teachers.base=runs/teacher_base/teacher")
+    p.set_defaults(func=cmd_quickstart)
+
+
+def cmd_study(args) -> None:
+    import shlex
+
+    from flashdistill.studies.runner import run_study
+
+    argv = ["study", args.name, "--seeds", str(args.seeds), "--preset", args.preset, "--out", args.out]
+    argv += ["--recipes", args.recipes] if args.recipes else []
+    argv += ["--arms", *args.arms] if args.arms else []
+    argv += ["--set", *args.overrides] if args.overrides else []
+    # a diverged run ends with exit code 1, as `flashdistill distill` gives for one (cli.exits)
+    md = run_study(args.name, Path(args.out), args.seeds, args.preset, args.overrides,
+                   Path(args.recipes) if args.recipes else None, arms=args.arms,
+                   command="flashdistill " + shlex.join(argv))
+    print(f"wrote {md}, {md.with_name('study.json')} and {md.with_name('curves.png')}")
+
+
+def add_study(top) -> None:
+    from flashdistill.studies.spec import PRESETS, STUDIES
+
+    p = top.add_parser(
+        "study", help="run one of the paper's three studies (arms x training seeds) and write its table, "
+                      "confidence intervals, verdicts and curves",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every arm of a study (recipes in configs/studies/) over --seeds training seeds: each "
+                    "run is a\ndistillation (dmd.seed = the seed) followed by the final student's bench slice (world "
+                    "judge).\nWrites DIR/study.md and DIR/study.json (paper-layout tables as mean ± 95% CI over "
+                    "seeds, paired\ndifferences between arms, a verdict per finding beside the paper's numbers) and "
+                    "DIR/curves.png\n(quick-eval score over iterations per arm and seed).\n\n"
+                    "  data-composition  E1 landscape, E2 portrait, E3 text, E4 landscape+portrait, E5 mixed "
+                    "(Table 1)\n"
+                    "  teacher-guidance  base only, specialized only, step-wise λ, step-wise + first-step FM "
+                    "(§4, §6.1)\n"
+                    "  task-mixture      T2I only (zero-shot on editing), 9:1, 7:3, 5:5 on both benches "
+                    "(Tables 3-4)\n\n"
+                    "Ctrl-C and the same command again continue: finished runs (DIR/arms/ARM/seedS/done.json) are "
+                    "kept,\nan unfinished one resumes from its checkpoint and its bench from cases.jsonl.")
+    p.add_argument("name", choices=list(STUDIES), metavar="STUDY", help=", ".join(STUDIES))
+    p.add_argument("--seeds", type=positive_int, default=3, help="training seeds per arm (default 3)")
+    p.add_argument("--preset", choices=list(PRESETS), default="full",
+                   help="full (sized for ~3 h per study on a 2-core CPU, see the README) or tiny (seconds; a "
+                        "smoke test)")
+    p.add_argument("--out", required=True, help="study folder")
+    p.add_argument("--recipes", default=None, help="folder of the arms' recipes (default: configs/studies)")
+    p.add_argument("--arms", nargs="+", default=None, metavar="ARM",
+                   help="run and report only these arms (e.g. e5_mixed; default: every arm); a later run without "
+                        "--arms adds the others")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
+                   help="dotted recipe overrides for every arm, e.g. teachers.base=runs/teacher_base/teacher "
+                        "(a teachers.NAME override applies to the arms that name teacher NAME)")
+    p.set_defaults(func=cmd_study)
