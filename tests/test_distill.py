@@ -20,7 +20,8 @@ from flashdistill.distill import dmd
 from flashdistill.distill.export import STUDENT_FILE, StudentModel, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.runtime.dist import Dist
 from flashdistill.distill.trainer import _context, main_distill, train_distill, train_iteration
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0

@@ -31,7 +31,8 @@ from flashdistill.errors import UserError
 from flashdistill.files import read_json_object
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.conditioning import Cond
-from flashdistill.models.mmdit import CONFIG_FILE, FlowModel
+from flashdistill.models.folders import CONFIG_FILE
+from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR, teacher_folder  # noqa: F401  (re-exported)
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
 

@@ -106,7 +106,8 @@ class StudentSection:
 
 @dataclass
 class RolesSection:
-    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters; distill/lora_roles)."""
+    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters;
+    distill/layouts/lora.py)."""
 
     mode: str = "full"
     lora_rank: int = 64
@@ -283,7 +284,7 @@ class RunSection:
     text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
     device: str = "auto"
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
-    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, distill/sharding.py)
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
     fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
 
     def check(self) -> None:

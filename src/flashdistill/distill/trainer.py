@@ -42,14 +42,14 @@ from tqdm import tqdm
 
 from flashdistill.cliargs import Parser
 from flashdistill.data.batches import TaskMix
-from flashdistill.distill import dmd, sharding
+from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
-from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
-from flashdistill.distill.roles import (Dist, Roles, build_roles, destroy_distributed, setup_distributed,
-                                       teardown_distributed)
+from flashdistill.distill.layouts import fsdp as sharding
+from flashdistill.distill.layouts.base import Roles
+from flashdistill.distill.layouts.build import build_roles
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import out_dir, remove_stale_tmp
 from flashdistill.flow import interpolate
@@ -57,6 +57,8 @@ from flashdistill.sampling import guided_velocity
 from flashdistill.conditioning import Cond
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
+from flashdistill.runtime.dist import Dist, destroy_distributed, setup_distributed, teardown_distributed
+from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime import sharded as sharded_checkpoint
@@ -306,7 +308,7 @@ def restore(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dist, i
         if files == CHECKPOINT_FILES:
             saved = load_state(folder, roles.modules(), roles.optimizers())
         else:  # the saved moments are read into live optimizer states, created here as the first step would
-            from flashdistill.distill.memory import materialize_optimizer_states
+            from flashdistill.distill.layouts.memory import materialize_optimizer_states
 
             materialize_optimizer_states(roles)
             saved = sharded_checkpoint.load_sharded(folder, roles.modules(), roles.optimizers())
