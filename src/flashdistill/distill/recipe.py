@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import yaml
@@ -44,6 +45,7 @@ from flashdistill.errors import UserError
 from flashdistill.files import read_yaml
 from flashdistill.flow import euler_timesteps
 from flashdistill.parsing import StrictLoader
+from flashdistill.runtime import resume
 from flashdistill.runtime.config import apply_overrides, from_dict
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 from flashdistill.world.pools import PROMPTS_PER_CATEGORY
@@ -55,6 +57,9 @@ RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay",
                   "critic.weight_decay", "dmd.grad_clip")
+# Tables of weights a resume compares whole: a changed weight is reported as `data.composition`, not per category.
+WHOLE_TABLES = ("composition", "edit_mix")
+check_resume = partial(resume.check_resume, whole=WHOLE_TABLES)  # the recipe's resume check (distill/trainer.py)
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
 # Upper bounds that keep a typo from allocating without end. One iteration draws nfe + 1 + critic.updates
 # latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,

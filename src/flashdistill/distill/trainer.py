@@ -46,7 +46,8 @@ from flashdistill.distill import dmd
 from flashdistill.distill.evaluate import BenchScorer, BestTracker
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, load_recipe, resume_fingerprint
+from flashdistill.distill.inputs import input_fingerprint
+from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, check_resume, load_recipe, resume_fingerprint
 from flashdistill.distill.layouts import fsdp as sharding
 from flashdistill.distill.layouts.base import Roles
 from flashdistill.distill.layouts.build import build_roles
@@ -59,10 +60,10 @@ from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.dist import Dist, destroy_distributed, setup_distributed, teardown_distributed
 from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
-from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs, input_fingerprint
+from flashdistill.runtime.inputs import ACCEPT_FLAG, check_inputs
 from flashdistill.runtime.logs import RunLogger, hardware
 from flashdistill.runtime import sharded as sharded_checkpoint
-from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runtime.resume import TrainingDiverged, diverged, retune
 from flashdistill.runtime.steps import ema_update, step_generator
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "k", "skipped", "time_data", "time_student",

@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 
 
 from flashdistill.data.batches import TaskMix
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import MMDiTConfig
+from flashdistill.runtime import resume
 from flashdistill.runtime.config import apply_overrides, from_dict  # noqa: F401  (re-exported)
 from flashdistill.world.render import check_resolution
 
@@ -36,6 +38,9 @@ PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
 # the remaining steps move, not what the run is).
 RESUMABLE_KEYS = ("train.steps", "run.checkpoint_every", "run.log_every", "run.text_cache", "train.lr",
                   "train.weight_decay", "train.grad_clip")
+# Tables of weights a resume compares whole: a changed weight is reported as `mix.composition`, not per category.
+WHOLE_TABLES = ("composition", "edit_mix")
+check_resume = partial(resume.check_resume, whole=WHOLE_TABLES)  # the config's resume check (teacher/train.py)
 
 
 @dataclass

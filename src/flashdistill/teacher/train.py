@@ -48,11 +48,11 @@ from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import open_text_cache
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, read_state, restore_latest, save_state
 from flashdistill.runtime.logs import RunLogger, hardware
-from flashdistill.runtime.resume import TrainingDiverged, check_resume, diverged, retune
+from flashdistill.runtime.resume import TrainingDiverged, diverged, retune
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
-from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, load_config,
-                                         resume_fingerprint)
+from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection, check_resume,
+                                         load_config, resume_fingerprint)
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
 
