@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.runtime.dist import Dist
 from flashdistill.distill.iteration import build_context, train_iteration
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder

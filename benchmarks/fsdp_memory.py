@@ -8,7 +8,7 @@ Rank 0 writes a tiny random QwenImageEditPlusPipeline folder, a rank-4 LoRA teac
 condition cache (as tests/conftest.py's qwen_world). Every rank then builds the roles of configs/qwen-image-flash.yaml
 with `run.parallel: fsdp` in each layout, runs one DMD iteration (so gradients and AdamW states exist as in
 training), reshards the roots (FSDP2 leaves a root's own non-block parameters gathered after a forward: at
-20B about 0.2% of a model, at this tiny size 18%), and counts what it holds (distill/memory.py: DTensor local shards, each tensor once). Elements are
+20B about 0.2% of a model, at this tiny size 18%), and counts what it holds (distill/layouts/memory.py: DTensor local shards, each tensor once). Elements are
 compared with the planner's per-rank counts; bytes are given both as resident here (float32 everywhere on a CPU)
 and at the planner's precision (frozen 2 B, trainable/grad/EMA 4 B, each AdamW moment 4 B per element), which is
 what `plan` prints. Rank 0 writes JSON and prints a Markdown table; the ratio measured / planned must be within
@@ -56,10 +56,11 @@ def _world(root: Path) -> list[str]:
 
 def measure_mode(sets: list[str], mode: str, out: Path) -> dict:
     """This rank's counts after one iteration of `mode`, with the planner's for the same world size."""
-    from flashdistill.distill.memory import measure, measure_grads, planned, planned_grads
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+    from flashdistill.distill.layouts.memory import measure, measure_grads, planned, planned_grads
+    from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
     from flashdistill.distill.recipe import load_recipe
-    from flashdistill.distill.roles import build_roles, setup_distributed
+    from flashdistill.distill.layouts.build import build_roles
+    from flashdistill.runtime.dist import setup_distributed
     from flashdistill.distill.iteration import build_context, train_iteration
 
     overrides = sets + [f"roles.mode={'full' if mode == 'full' else 'lora'}"] + MODES[mode]
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "fsdp_memory.json"))
     args = parser.parse_args(argv)
-    from flashdistill.distill.roles import setup_distributed, teardown_distributed
+    from flashdistill.runtime.dist import setup_distributed, teardown_distributed
 
     setup_distributed("cpu", 4)  # the process group, before rank 0 writes the world the others read
     box = [tempfile.mkdtemp(prefix="fsdp-memory-") if torch_dist.get_rank() == 0 else None]

@@ -85,7 +85,8 @@ def build(bench: Bench, work: Path):
     """Recipe, family, roles and the trainer's context, as `flashdistill distill` builds them."""
     from flashdistill.distill import iteration
     from flashdistill.distill.recipe import load_recipe
-    from flashdistill.distill.roles import build_roles, setup_distributed
+    from flashdistill.distill.layouts.build import build_roles
+    from flashdistill.runtime.dist import setup_distributed
 
     a = bench.args
     config = tiny_config() if a.tiny else json.loads((ROOT / "src/flashdistill/assets/qwen-image/transformer/"
@@ -107,7 +108,7 @@ def build(bench: Bench, work: Path):
                 for role in ("student", "critic", "ema")}
     base = roles.student.base.transformer
     bench.result["frozen_dtype"] = str(next(base.parameters()).dtype)
-    from flashdistill.distill.plan import count, meta_transformer
+    from flashdistill.distill.layouts.plan import count, meta_transformer
 
     bench.counts = count(meta_transformer(work / "transformer" / "config.json"), a.rank)
     frozen = 2 if bench.result["frozen_dtype"] == "torch.bfloat16" else 4
@@ -120,7 +121,7 @@ def build(bench: Bench, work: Path):
 
 def planned_peak(bench: Bench, recipe, micro: int, edits: bool) -> float:
     """`flashdistill plan`'s peak allocated GiB for this recipe and workload (the random cache's token counts)."""
-    from flashdistill.distill import peak
+    from flashdistill.distill.layouts import peak
 
     work = peak.Workload(micro_batch=micro, resolution=recipe.data.resolution, edits=edits,
                          text_tokens=TOKENS["text"], vl_tokens=TOKENS["vl"],

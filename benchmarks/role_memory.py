@@ -5,7 +5,7 @@
 
 Builds a tiny random QwenImageEditPlusPipeline folder (`flashdistill qwen tiny-folder`) and a rank-4 random LoRA
 teacher on it (`flashdistill qwen random-lora`), loads configs/qwen-image-flash.yaml on them (rank 4), builds the
-roles of each layout, creates AdamW's states, and counts every resident tensor once (distill/memory.py): frozen
+roles of each layout, creates AdamW's states, and counts every resident tensor once (distill/layouts/memory.py): frozen
 weights, trainable weights, the EMA, AdamW moments. The planner's counts for the same config must equal the live
 ones (tests/test_qwen_distill.py holds that); its bytes assume bf16 frozen weights where this CPU run keeps float32.
 Writes JSON and prints a Markdown table.
@@ -41,10 +41,11 @@ def _inputs(tmp: Path) -> list[str]:
 
 
 def measure_modes(sets: list[str]) -> dict:
-    from flashdistill.distill.memory import materialize_optimizer_states, measure, planned
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+    from flashdistill.distill.layouts.memory import materialize_optimizer_states, measure, planned
+    from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
     from flashdistill.distill.recipe import load_recipe
-    from flashdistill.distill.roles import Dist, build_roles
+    from flashdistill.distill.layouts.build import build_roles
+    from flashdistill.runtime.dist import Dist
 
     recipe = str(ROOT / "configs" / "qwen-image-flash.yaml")
     config, teachers = plan_spec(recipe, sets)

@@ -81,7 +81,8 @@ def test_micro_batches_cover_the_rows_once():
 def _grads(sets: list[str], micro: int) -> dict:
     """The student's and the critic's gradients of iteration 0's generator update and first critic update."""
     from flashdistill.distill import iteration
-    from flashdistill.distill.roles import Dist, build_roles
+    from flashdistill.distill.layouts.build import build_roles
+    from flashdistill.runtime.dist import Dist
 
     recipe = load_recipe(RECIPE, sets + FAST + [f"dmd.micro_batch={micro}", "critic.updates=1"])
     dist = Dist()

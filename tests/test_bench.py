@@ -9,7 +9,6 @@ from flashdistill.bench.calibrate import check_bars
 from flashdistill.bench.cases import load_cases
 from flashdistill.bench.models import load_model
 from flashdistill.bench.runner import run_bench
-from flashdistill.bench.table import write_table
 from flashdistill.bench.world_judge import WorldJudge
 from flashdistill.bench.cases import BUILTIN_CASES
 from flashdistill.cli import main

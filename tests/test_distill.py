@@ -20,7 +20,8 @@ from flashdistill.distill import dmd
 from flashdistill.distill.export import STUDENT_FILE, load_student
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.runtime.dist import Dist
 from flashdistill.cli.distill import main_distill
 from flashdistill.distill.iteration import build_context, train_iteration
 from flashdistill.distill.trainer import train_distill

@@ -1,5 +1,5 @@
 """A run's input identity: --resume is refused, naming the input, when a teacher's weights or a data file changed
-(runtime/inputs.py); --accept-changed-inputs continues on purpose; what does not change the content passes."""
+(runtime/inputs.py, distill/inputs.py); --accept-changed-inputs continues on purpose; what does not change the content passes."""
 
 import json
 import os
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from flashdistill.errors import UserError
-from flashdistill.runtime.inputs import (FULL_HASH_BYTES, check_inputs, input_changes, input_fingerprint,
-                                         weight_fingerprint)
+from flashdistill.distill.inputs import input_fingerprint
+from flashdistill.runtime.inputs import FULL_HASH_BYTES, check_inputs, input_changes, weight_fingerprint
 
 
 class Family:

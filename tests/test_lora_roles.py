@@ -9,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from flashdistill.distill.export import load_student
-from flashdistill.distill.lora_roles import AdapterView
-from flashdistill.distill.plan import lora_params
+from flashdistill.distill.layouts.lora import AdapterView
+from flashdistill.distill.layouts.plan import lora_params
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.runtime.dist import Dist
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.lora import add_lora

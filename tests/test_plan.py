@@ -1,12 +1,11 @@
 """Memory planner: parameter counts from the meta device equal the instantiated model's numel; byte arithmetic."""
 
 import pytest
-import torch
 from diffusers import QwenImageTransformer2DModel
 
 from flashdistill.cli import main
-from flashdistill.distill.plan import (activation_bytes, count, meta_transformer, role_rows,
-                                       transformer_config_path)
+from flashdistill.distill.layouts.plan import (activation_bytes, count, meta_transformer, role_rows,
+                                               transformer_config_path)
 from flashdistill.models.lora import add_lora
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.qwen_tiny import write_tiny_folder
@@ -57,7 +56,7 @@ def test_cli(tmp_path, capsys):
 def test_kappa_is_the_least_squares_fit_and_the_h200_runs_are_within_a_gib():
     """The activation factor is fitted on the six measured H200 peaks, and each run's predicted peak is within 2.6 GiB
     (3.4 %) of its measurement (the calibration the README reports)."""
-    from flashdistill.distill import peak
+    from flashdistill.distill.layouts import peak
 
     c = peak.qwen_counts()
     assert peak.KAPPA == pytest.approx(peak.fit_kappa(c), abs=5e-4)
@@ -67,8 +66,8 @@ def test_kappa_is_the_least_squares_fit_and_the_h200_runs_are_within_a_gib():
 
 
 def test_peak_counts_states_grads_and_the_worst_micro_batch():
-    from flashdistill.distill import peak
-    from flashdistill.distill.plan import GIB
+    from flashdistill.distill.layouts import peak
+    from flashdistill.distill.layouts.plan import GIB
 
     c = count(meta_transformer(transformer_config_path("qwen-image")), rank=64)
     one, two = (peak.predict(c, "lora", 2, peak.Workload(micro_batch=m)) for m in (1, 2))

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from flashdistill.cli import main
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.roles import Dist, build_roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.runtime.dist import Dist
 from flashdistill.cli.distill import main_distill
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
@@ -178,8 +179,8 @@ def test_edit_pipelines_load_the_lora_and_generate_edit_commands(world, straight
 
 
 def test_live_roles_hold_what_the_planner_counts(world):
-    from flashdistill.distill.memory import materialize_optimizer_states, measure, planned
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+    from flashdistill.distill.layouts.memory import materialize_optimizer_states, measure, planned
+    from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
 
     config, teachers = plan_spec(str(RECIPE), world[1])
     counts = count(meta_transformer(config), rank=4)
@@ -200,8 +201,8 @@ def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
     """roles.frozen_dtype bf16 (the CUDA default): base and teacher adapter bf16, read straight into bf16; student,
     critic and EMA adapters, their AdamW moments fp32; the live bytes equal `flashdistill plan`'s exactly; under
     bf16 autocast the LoRA branches take bf16 activations (peft's fp32 input cast is off)."""
-    from flashdistill.distill.memory import materialize_optimizer_states, measure, planned
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec
+    from flashdistill.distill.layouts.memory import materialize_optimizer_states, measure, planned
+    from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
 
     sets = world[1] + ["roles.frozen_dtype=bf16", "dmd.bf16=true"]
     config, teachers = plan_spec(str(RECIPE), sets)

@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from flashdistill.errors import UserError
-from flashdistill.parsing import load_json, load_yaml, yaml_problem  # noqa: F401  (yaml_problem re-exported)
+from flashdistill.parsing import load_json, load_yaml
 
 
 def read_text(path: str | Path, what: str = "file") -> str:

@@ -99,7 +99,8 @@ def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
     import tempfile
     from pathlib import Path
 
-    from flashdistill.distill.roles import Dist, build_roles
+    from flashdistill.distill.layouts.build import build_roles
+    from flashdistill.runtime.dist import Dist
     from flashdistill.distill.iteration import build_context, train_iteration
 
     rows = []

@@ -59,7 +59,7 @@ def markdown(rows: list[dict]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         fd_rows = [r for r in group if any(v is not None for v in (r.get("frechet_distance") or {}).values())]
         if fd_rows:
-            lines += ["", f"Fréchet distance of reader features to the exact images (lower is better):", "",
+            lines += ["", "Fréchet distance of reader features to the exact images (lower is better):", "",
                       "| Model | NFE | " + " | ".join(titles[c] for c in cats) + " |",
                       "|---|---|" + "---:|" * len(cats)]
             for r in fd_rows:

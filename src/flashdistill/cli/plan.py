@@ -38,8 +38,8 @@ def check_plan_args(args) -> None:
 
 
 def cmd_plan(args) -> None:
-    from flashdistill.distill import peak
-    from flashdistill.distill.plan import count, meta_transformer, plan_spec, render
+    from flashdistill.distill.layouts import peak
+    from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec, render
 
     check_plan_args(args)
     if args.out:
@@ -58,7 +58,7 @@ def _plan_settings(args, teachers: int):
     """The peak's settings: a recipe's (its roles, batch, micro-batch, task ratio), else the flags' defaults."""
     from dataclasses import replace
 
-    from flashdistill.distill import peak
+    from flashdistill.distill.layouts import peak
 
     if args.spec.endswith((".yaml", ".yml")):
         from flashdistill.distill.recipe import load_recipe

@@ -8,10 +8,10 @@
   safetensors straight into `dtype` (roles.frozen_dtype; no float32 copy of bf16 weights on the way); a LoRA
   teacher is fused;
 - `structure(path, dtype)`: the same model built on the meta device from its config, no weights read (FSDP
-  loading, distill/sharding.py);
+  loading, distill/layouts/fsdp.py);
 - `is_lora(path)`, `lora_adapter(path, base)`: (folder, file, prefix) of a teacher stored as a LoRA on the
   base, or None; `roles.mode:
-  lora` loads it as an adapter on the shared base instead of fusing it (distill/lora_roles.py);
+  lora` loads it as an adapter on the shared base instead of fusing it (distill/layouts/lora.py);
 - `cfg_rule`: how the teachers' guided velocity is formed (None: v_u + w·(v_c - v_u); Qwen-Image: the pipelines'
   norm-preserving true CFG, `QwenImageFamily.cfg`);
 - `source(recipe, out, encoder, config)`: the batch source (flashdistill.data.sources): the world with MiniLM text,
@@ -31,7 +31,9 @@ from pathlib import Path
 import torch
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
+from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
+from flashdistill.models.shipped import teacher_folder
 
 DEFAULT_RESOLUTION = 1024  # Qwen-Image's native side; data.resolution overrides it
 
@@ -59,8 +61,6 @@ class Embedded:
                             f"teachers.{recipe.student.init_from} is not one (no model_index.json)")
 
     def resolve(self, spec: str, key: str) -> Path:
-        from flashdistill.distill.roles import resolve_teacher
-
         return resolve_teacher(spec, key)
 
     def load_model(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel:
@@ -107,6 +107,14 @@ class Embedded:
         from flashdistill.distill.export import export_student
 
         return export_student(roles.ema, folder, timesteps, info)
+
+
+def resolve_teacher(spec: str, key: str) -> Path:
+    """A teacher folder from its recipe spec: a path, or `teacher:NAME` for the shipped teacher NAME."""
+    try:
+        return teacher_folder(spec)
+    except UserError as err:
+        raise UserError(f"{key}: {err}") from None
 
 
 class QwenImageFolder:

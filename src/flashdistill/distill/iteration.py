@@ -30,13 +30,15 @@ from dataclasses import dataclass, field
 import torch
 
 from flashdistill.conditioning import Cond
-from flashdistill.distill import dmd, sharding
-from flashdistill.distill.guard import Snapshot, finish_backward, grad_sync
+from flashdistill.distill import dmd
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import Recipe
-from flashdistill.distill.roles import Dist, Roles
+from flashdistill.distill.layouts import fsdp
+from flashdistill.distill.layouts.base import Roles
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate
+from flashdistill.runtime.dist import Dist
+from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.sampling import guided_velocity
 
@@ -147,7 +149,7 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
     x_t = interpolate(x.detach(), draws.xi, draws.t)
     with ctx.timed("teachers"):
         weights = ctx.guidance.weights(draws.k, cond.category)  # (b, M)
-        any_rank = ctx.dist.any if sharding.active(rc, ctx.dist) else None  # same teacher calls on every rank
+        any_rank = ctx.dist.any if fsdp.active(rc, ctx.dist) else None  # same teacher calls on every rank
         bad: list[str] = []
         x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, draws.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
                                    ctx.family.cfg_rule, any_rank, bad)

@@ -80,7 +80,7 @@ def merged_transformer(view):
     shared base on the GPU would need a second base there (38 GiB at 20B, in the middle of training)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from flashdistill.distill.sharding import fix_meta_rope
+    from flashdistill.distill.layouts.fsdp import fix_meta_rope
 
     base = view.base.transformer
     lora = {name: m for name, m in base.named_modules() if isinstance(m, BaseTunerLayer)}

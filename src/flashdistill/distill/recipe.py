@@ -52,6 +52,8 @@ RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay",
                   "critic.weight_decay", "dmd.grad_clip")
+# Tables of weights a resume compares whole: a changed weight is reported as `data.composition`, not per category.
+WHOLE_TABLES = ("composition", "edit_mix")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
 # Upper bounds that keep a typo from allocating without end. One iteration draws nfe + 1 + critic.updates
 # latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,
@@ -88,7 +90,8 @@ class StudentSection:
 
 @dataclass
 class RolesSection:
-    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters; distill/lora_roles)."""
+    """Memory layout of the roles: `full` (separate copies) or `lora` (one frozen base, adapters;
+    distill/layouts/lora.py)."""
 
     mode: str = "full"
     lora_rank: int = 64
@@ -225,7 +228,7 @@ class RunSection:
     text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
     device: str = "auto"
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
-    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, distill/sharding.py)
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
     fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
 
     def check(self) -> None:

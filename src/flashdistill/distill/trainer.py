@@ -14,7 +14,7 @@ reaches the weights of an uninterrupted run.
 Outputs in `--out`: `checkpoint/`, `log.jsonl` + `tb/` (losses, grad norms, the DMD gradient's norm, seconds per
 part: student, teachers, critic; x_θ / x0_real / x0_fake images; eval scores), `eval/` (quick evaluations),
 `best/` and `student/` (exports, see `export.py`). Under `torchrun --nproc_per_node=N` the same command runs
-data-parallel (see `roles.py`); with `run.parallel: fsdp` every role is sharded (`sharding.py`) and the checkpoint
+data-parallel (see `layouts/`); with `run.parallel: fsdp` every role is sharded (`layouts/fsdp.py`) and the checkpoint
 is sharded too (`runtime/sharded.py`).
 
 The quick evaluation's scorer is built above the engine (the CLI, the quickstart, the studies: `make_scorer`) and
@@ -31,18 +31,21 @@ from pathlib import Path
 
 import torch
 
-from flashdistill.distill import sharding
 from flashdistill.distill.export import CHECKPOINT_FILES, Student
+from flashdistill.distill.inputs import input_fingerprint
 from flashdistill.distill.iteration import SCALARS, Context, build_context, train_iteration
-from flashdistill.distill.recipe import RESUMABLE_KEYS, Recipe, resume_fingerprint
-from flashdistill.distill.roles import Dist, Roles, build_roles, setup_distributed
+from flashdistill.distill.layouts import fsdp
+from flashdistill.distill.layouts.base import Roles
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.distill.recipe import RESUMABLE_KEYS, WHOLE_TABLES, Recipe, resume_fingerprint
 from flashdistill.errors import UserError
 from flashdistill.files import out_dir
 from flashdistill.runfolder import claim_run
-from flashdistill.runtime.best import BestTracker
 from flashdistill.runtime import sharded as sharded_checkpoint
+from flashdistill.runtime.best import BestTracker
 from flashdistill.runtime.checkpoint import find_checkpoint, load_state, save_state
-from flashdistill.runtime.inputs import check_inputs, input_fingerprint
+from flashdistill.runtime.dist import Dist, setup_distributed
+from flashdistill.runtime.inputs import check_inputs
 from flashdistill.runtime.logs import hardware
 from flashdistill.runtime.loop import Cadence, checked_load, restore, run
 from flashdistill.runtime.resume import retune
@@ -50,13 +53,13 @@ from flashdistill.runtime.resume import retune
 
 def checkpoint_files(recipe: Recipe, dist: Dist) -> tuple[str, ...]:
     """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
-    return sharded_checkpoint.FILES if sharding.active(recipe, dist) else CHECKPOINT_FILES
+    return sharded_checkpoint.FILES if fsdp.active(recipe, dist) else CHECKPOINT_FILES
 
 
 def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
     """The checkpoint after `done` iterations: every rank writes its shards (fsdp), or rank 0 all of it."""
     roles = ctx.roles
-    if sharding.active(ctx.recipe, ctx.dist):
+    if fsdp.active(ctx.recipe, ctx.dist):
         sharded_checkpoint.save_sharded(out, roles.modules(), roles.optimizers(), done, meta)
     elif ctx.dist.main:
         save_state(out, roles.modules(), roles.optimizers(), done, meta)
@@ -69,7 +72,7 @@ def _read_weights(roles: Roles, files: tuple[str, ...]):
     def read(folder: Path) -> dict:
         if files == CHECKPOINT_FILES:
             return load_state(folder, roles.modules(), roles.optimizers())
-        from flashdistill.distill.memory import materialize_optimizer_states
+        from flashdistill.distill.layouts.memory import materialize_optimizer_states
 
         materialize_optimizer_states(roles)
         return sharded_checkpoint.load_sharded(folder, roles.modules(), roles.optimizers())
@@ -88,7 +91,7 @@ def restore_run(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dis
         raise UserError(f"{out} holds a checkpoint of another run.parallel layout or world size: resume it with "
                         f"the run.parallel and torchrun ranks that wrote it")
     more = (lambda meta: check_inputs(meta.get("inputs"), inputs, accept_inputs)) if inputs else None
-    load = checked_load(recipe.to_dict(), resume_fingerprint(recipe), "recipe", RESUMABLE_KEYS,
+    load = checked_load(recipe.to_dict(), resume_fingerprint(recipe), "recipe", RESUMABLE_KEYS, WHOLE_TABLES,
                         _read_weights(roles, files), more, dist.main)
     start, meta = restore(out, files, resume, load, "iteration", dist.main, dist.barrier)
     if start or meta:
@@ -173,8 +176,8 @@ class DistillJob:
         """The EMA student into `folder` by the family's export on rank 0 (a sharded EMA is gathered first, on
         every rank); rank 0 gets the folder, the other ranks None."""
         ctx, exported = self.ctx, self.ctx.roles
-        if sharding.active(ctx.recipe, ctx.dist):
-            exported = sharding.gather_ema(ctx.roles, ctx.recipe, ctx.dist)
+        if fsdp.active(ctx.recipe, ctx.dist):
+            exported = fsdp.gather_ema(ctx.roles, ctx.recipe, ctx.dist)
         if not ctx.dist.main:
             return None
         return ctx.family.export(exported, folder, ctx.recipe.timesteps, info)

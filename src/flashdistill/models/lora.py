@@ -9,8 +9,11 @@ the base, the adapter loaded on it, fused into the weights and unloaded, so it r
 - `save_lora(model, folder)`: `folder/transformer/pytorch_lora_weights.safetensors` (diffusers'
   `save_lora_adapter`; `QwenImageTransformer2DModel.load_lora_adapter` reads it) + `flashdistill_model.json`
   with `"model": "mmdit-lora"`, the base and the LoRA settings.
-- `load_lora(folder, meta)`: the fused model (used by `FlowModel.from_pretrained` for such folders); an adapter
-  holding NaN or Inf is refused, naming the file (models/lora_check.py).
+- `lora_base_spec(folder, meta)`, `resolve_base(spec, folder)`, `fuse_adapter(transformer, folder)`: what
+  `FlowModel.from_pretrained` (models/mmdit.py) uses to load such a folder fused into its base; an adapter holding
+  NaN or Inf is refused, naming the file (models/lora_check.py).
+
+Below models/mmdit.py: this module never builds a FlowModel, it is handed one.
 
 The base is named as anywhere else a model is: `teacher:NAME` (shipped) or a folder (a relative folder is looked
 up from the working directory, then beside the adapter folder).
@@ -21,9 +24,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from flashdistill.errors import UserError
+from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
+from flashdistill.models.lora_check import check_finite
+from flashdistill.models.shipped import teacher_folder
 
 # The attention projections and MLPs of both streams: the usual LoRA targets of diffusers' Qwen-Image trainers.
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
@@ -50,8 +54,6 @@ def save_lora(model, folder: Path) -> None:
     """The adapter (diffusers' LoRA file) and our metadata; the base weights are not written."""
     from dataclasses import asdict
 
-    from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER
-
     folder = Path(folder)
     model.transformer.save_lora_adapter(folder / TRANSFORMER_FOLDER, weight_name=WEIGHTS)
     meta = {"format": 1, "model": "mmdit-lora", "config": asdict(model.config), "lora": model.lora}
@@ -59,8 +61,6 @@ def save_lora(model, folder: Path) -> None:
 
 
 def resolve_base(spec: str, folder: Path) -> Path:
-    from flashdistill.models.shipped import teacher_folder
-
     if not spec.startswith("teacher:") and not Path(spec).is_dir() and (folder / spec).is_dir():
         spec = str(folder / spec)
     try:
@@ -69,35 +69,27 @@ def resolve_base(spec: str, folder: Path) -> Path:
         raise UserError(f"{folder}: the base of this LoRA teacher is unavailable: {err}") from None
 
 
-def load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None = None):
-    """Base + adapter, fused and unloaded: a plain FlowModel."""
-    from flashdistill.models.mmdit import TRANSFORMER_FOLDER, FlowModel
-
-    from flashdistill.models.lora_check import check_finite
-    from flashdistill.models.mmdit import CONFIG_FILE, config_from_meta
-
-    folder = Path(folder)
+def lora_base_spec(folder: Path, meta: dict) -> str:
+    """The base a LoRA folder's `flashdistill_model.json` (`meta`) names; UserError when it names none."""
     lora = meta.get("lora")
     if not isinstance(lora, dict) or not isinstance(lora.get("base"), str):
         raise UserError(f"{folder / CONFIG_FILE}: 'lora' must be an object naming its 'base'")
-    config = config_from_meta(meta, folder / CONFIG_FILE)
-    base = FlowModel.from_pretrained(resolve_base(lora["base"], folder), torch_dtype=torch_dtype)
-    if base.config != config:
-        raise UserError(f"{folder}: the adapter was trained on a {meta['config']} base, {lora['base']} is a "
-                        f"{base.config}")
+    return lora["base"]
+
+
+def fuse_adapter(transformer, folder: Path) -> None:
+    """The adapter of the LoRA folder `folder` loaded onto its base's `transformer`, fused and unloaded."""
     adapter = folder / TRANSFORMER_FOLDER / WEIGHTS
     if not adapter.is_file():
         raise UserError(f"{folder}: {adapter.name} is missing")
     check_finite(adapter, str(adapter))  # a NaN adapter loads fine and makes every output NaN
     try:
-        base.transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS,
-                                           use_safetensors=True)
+        transformer.load_lora_adapter(str(adapter.parent), prefix=None, weight_name=WEIGHTS, use_safetensors=True)
     except (OSError, ValueError, KeyError, RuntimeError) as err:  # damaged or foreign adapter file
         reason = " ".join(str(err.__cause__ or err).split())[:200]
         raise UserError(f"{adapter}: the LoRA adapter does not load: {reason}") from None
-    base.transformer.fuse_lora()
-    base.transformer.unload_lora()
-    return base
+    transformer.fuse_lora()
+    transformer.unload_lora()
 
 
 def is_lora(model) -> bool:

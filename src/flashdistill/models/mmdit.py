@@ -37,10 +37,10 @@ from torch import nn
 
 from flashdistill.conditioning import Cond
 from flashdistill.errors import UserError
+from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
+from flashdistill.models.lora import fuse_adapter, lora_base_spec, resolve_base, save_lora
 
 Tensor = torch.Tensor
-CONFIG_FILE = "flashdistill_model.json"
-TRANSFORMER_FOLDER = "transformer"
 
 
 @dataclass
@@ -206,8 +206,6 @@ class FlowModel(nn.Module):
         """A LoRA model (models.lora) writes its adapter and the name of its base; any other the full weights."""
         folder = Path(folder)
         if self.lora is not None:
-            from flashdistill.models.lora import save_lora
-
             return save_lora(self, folder)
         self.transformer.save_pretrained(folder / TRANSFORMER_FOLDER)
         meta = {"format": 1, "model": "mmdit", "config": asdict(self.config)}
@@ -225,11 +223,21 @@ class FlowModel(nn.Module):
             raise UserError(f"no flashdistill model in {folder}: {CONFIG_FILE} is missing")
         meta = read_json_object(meta_path, "model config")
         if meta.get("model") == "mmdit-lora":
-            from flashdistill.models.lora import load_lora
-
-            return load_lora(folder, meta, torch_dtype)
+            return _load_lora(folder, meta, torch_dtype)
         config = config_from_meta(meta, meta_path)
         return cls(config, _load_transformer(folder / TRANSFORMER_FOLDER, torch_dtype))
+
+
+def _load_lora(folder: Path, meta: dict, torch_dtype: torch.dtype | None) -> FlowModel:
+    """A LoRA folder (models/lora.py): its base + the adapter, fused and unloaded, a plain FlowModel."""
+    spec = lora_base_spec(folder, meta)
+    config = config_from_meta(meta, folder / CONFIG_FILE)
+    base = FlowModel.from_pretrained(resolve_base(spec, folder), torch_dtype=torch_dtype)
+    if base.config != config:
+        raise UserError(f"{folder}: the adapter was trained on a {meta['config']} base, {spec} is a "
+                        f"{base.config}")
+    fuse_adapter(base.transformer, folder)
+    return base
 
 
 def config_from_meta(meta: dict, meta_path: Path) -> MMDiTConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flashdistill.errors import UserError
-from flashdistill.models.mmdit import CONFIG_FILE
+from flashdistill.models.folders import CONFIG_FILE
 
 TEACHERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
 TEACHER_NAMES = ("base", "specialized")

@@ -1,13 +1,15 @@
 """What a run's result depends on besides its recipe: the teachers' weight files and the data files' content.
 
-A distillation checkpoint records `input_fingerprint(recipe, family)` beside the recipe; `--resume` compares it with
-the inputs as they are now (`check_inputs`) and refuses, naming the input, when the base pipeline folder's weights
-were swapped, a LoRA teacher file replaced, or a data file (prompts / edits JSONL, an edit's source image) edited in
-place. `--accept-changed-inputs` continues on purpose; the next checkpoint then records the new inputs.
+A distillation checkpoint records `fingerprint_inputs(teachers, resolve, data, named_files)` beside the recipe (the
+caller names the files: distill/inputs.py); `--resume` compares it with the inputs as they are now (`check_inputs`)
+and refuses, naming the input, when the base pipeline folder's weights were swapped, a LoRA teacher file replaced,
+or a data file (prompts / edits JSONL, an edit's source image) edited in place. `--accept-changed-inputs` continues
+on purpose; the next checkpoint then records the new inputs.
 
 How each kind of file is fingerprinted, and why that is enough:
-- Data files (JSONL and the images an edits file names) by the SHA-256 of every byte: one changed prompt or pixel
-  is a different dataset, and they are read whole anyway (the condition cache keys edits by their image's digest).
+- Data files (JSONL and the files they name, e.g. the images of an edits file) by the SHA-256 of every byte: one
+  changed prompt or pixel is a different dataset, and they are read whole anyway (the condition cache keys edits by
+  their image's digest).
 - Weight files (`.safetensors`, `.bin`, `.pt`, ...; a 20B model is ~40 GB, too much to read at every start) by
   their size, their safetensors header (every tensor's name, dtype, shape and offsets: any change of layout) and
   the SHA-256 of the first and last MiB plus 64 blocks of 64 KiB spread evenly between (~6 MiB a file). Weights
@@ -26,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from flashdistill.errors import UserError
@@ -78,33 +81,32 @@ def _teacher_entry(path: Path) -> dict:
     return {"root": str(path), "files": _folder_files(path)}
 
 
-def _data_entry(key: str, path: Path) -> dict:
-    """A data file and, for data.edits, the images it names (relative to its folder when inside it)."""
+def _data_entry(key: str, path: Path, named_files: Callable[[str, Path], list[str]] | None) -> dict:
+    """A data file and the files it names, `named_files(key, path)` (relative to its folder when inside it)."""
     files = {path.name: f"{path.stat().st_size}:{file_digest(path)}"}
-    if key == "data.edits":
-        from flashdistill.data.files import read_edits
-
-        for item in read_edits(path, check_images=False):
-            image = Path(os.path.normpath(item.source))
-            name = image.relative_to(path.parent).as_posix() if image.is_relative_to(path.parent) else str(image)
-            files[name] = f"{image.stat().st_size}:{file_digest(image)}" if image.is_file() else "missing"
+    for source in named_files(key, path) if named_files else []:
+        image = Path(os.path.normpath(source))
+        name = image.relative_to(path.parent).as_posix() if image.is_relative_to(path.parent) else str(image)
+        files[name] = f"{image.stat().st_size}:{file_digest(image)}" if image.is_file() else "missing"
     return {"root": str(path.parent), "files": files}
 
 
-def input_fingerprint(recipe, family) -> dict:
-    """The identity of a run's inputs: every teacher's weight files (`family.resolve` gives each teacher's path)
-    and the data files of `recipe.data`. Pure: reads files, writes nothing; equal inputs give equal dicts."""
+def fingerprint_inputs(teachers: dict[str, str], resolve: Callable[[str, str], str | Path],
+                       data: dict[str, str | None], named_files: Callable[[str, Path], list[str]] | None = None
+                       ) -> dict:
+    """The identity of a run's inputs: the weight files of every teacher (key -> spec; `resolve(spec, key)` gives
+    its path) and every data file (key -> path; None or empty: not an input) with the files `named_files(key, path)`
+    names. Pure: reads files, writes nothing; equal inputs give equal dicts."""
     entries: dict[str, dict] = {}
     by_path: dict[Path, dict] = {}
-    for name, spec in recipe.teachers.items():
-        path = Path(family.resolve(spec, f"teachers.{name}")).resolve()
+    for key, spec in teachers.items():
+        path = Path(resolve(spec, key)).resolve()
         if path not in by_path:  # teachers sharing a path (base and critic init) are read once
             by_path[path] = _teacher_entry(path)
-        entries[f"teachers.{name}"] = by_path[path]
-    for key in ("prompts", "edits"):
-        value = getattr(recipe.data, key)
+        entries[key] = by_path[path]
+    for key, value in data.items():
         if value:
-            entries[f"data.{key}"] = _data_entry(f"data.{key}", Path(value).resolve())
+            entries[key] = _data_entry(key, Path(value).resolve(), named_files)
     return {"format": FORMAT, "inputs": entries}
 
 

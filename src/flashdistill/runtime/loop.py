@@ -122,16 +122,16 @@ def restore(out: Path, files: tuple[str, ...], resume: bool, load: Callable[[Pat
     return int(saved["step"]), saved["meta"]
 
 
-def checked_load(settings: dict, fingerprint: dict, what: str, resumable: tuple[str, ...],
+def checked_load(settings: dict, fingerprint: dict, what: str, resumable: tuple[str, ...], whole: tuple[str, ...],
                  read: Callable[[Path], dict], more_checks: Callable[[dict], list[str]] | None = None,
                  main: bool = True) -> Callable[[Path], dict]:
     """`load(folder)` for `restore`: refuse a checkpoint whose run-defining settings differ (`check_resume`; `what`
-    is the meta key and the word: "recipe", "config"), run `more_checks(meta)` (more changed items), read the
-    weights with `read(folder)` and report what changed."""
+    is the meta key and the word: "recipe", "config"; tables under a `whole` key compare as one value), run
+    `more_checks(meta)` (more changed items), read the weights with `read(folder)` and report what changed."""
 
     def load(folder: Path) -> dict:
         meta = read_state(folder)["meta"]
-        changed = check_resume(meta, fingerprint, settings, what, resumable, what)
+        changed = check_resume(meta, fingerprint, settings, what, resumable, what, whole)
         changed += more_checks(meta) if more_checks else []
         saved = read(folder)
         if changed and main:

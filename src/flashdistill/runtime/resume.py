@@ -1,7 +1,8 @@
 """Resuming and diverging, shared by teacher training and distillation.
 
 - `check_resume`: a resume is refused when a run-defining key differs from the checkpoint's, and the keys that may
-  change (learning rates, weight decay, clipping, bookkeeping) are reported as `key old -> new`;
+  change (learning rates, weight decay, clipping, bookkeeping) are reported as `key old -> new`; the caller names
+  the tables compared whole (distill/recipe.py and teacher/config.py: `composition`, `edit_mix`);
 - `retune`: the config's learning rate and weight decay put into a restored optimizer and LR schedule;
 - `TrainingDiverged` / `diverged`: a NaN/Inf step stops the run before it touches the weights, and a checkpoint
   no finite step has run from is set aside, so `--resume` continues from weights known to be good.
@@ -22,13 +23,15 @@ class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN or Inf; training stops before the bad step touches the weights."""
 
 
-def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def config_diff(a: dict, b: dict, prefix: str = "", whole: tuple[str, ...] = ()) -> list[str]:
+    """The dotted keys whose values differ; a mapping under a key named in `whole` (a table of weights) is compared
+    as one value, not key by key."""
     keys = sorted(set(a) | set(b))
     diffs = []
     for k in keys:
         va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict) and k not in ("composition", "edit_mix"):
-            diffs += config_diff(va, vb, f"{prefix}{k}.")
+        if isinstance(va, dict) and isinstance(vb, dict) and k not in whole:
+            diffs += config_diff(va, vb, f"{prefix}{k}.", whole)
         elif va != vb:
             diffs.append(f"{prefix}{k}")
     return diffs
@@ -49,12 +52,13 @@ def _get(data: dict, key: str):
 
 
 def check_resume(meta: dict, fingerprint: dict, settings: dict, saved_settings: str, resumable: tuple[str, ...],
-                 what: str) -> list[str]:
+                 what: str, whole: tuple[str, ...] = ()) -> list[str]:
     """Refuse a resume whose run-defining keys differ from the checkpoint's; return the changed `resumable` keys as
-    `key old -> new`. A checkpoint written before a key became resumable still holds it in its fingerprint."""
+    `key old -> new`. A checkpoint written before a key became resumable still holds it in its fingerprint. Tables
+    under a key named in `whole` are reported as one key (`config_diff`)."""
     if not isinstance(meta.get("fingerprint"), dict):
         raise UserError(f"--resume: the checkpoint records no {what} to compare with")
-    diff = config_diff(_drop_keys(meta["fingerprint"], resumable), _drop_keys(fingerprint, resumable))
+    diff = config_diff(_drop_keys(meta["fingerprint"], resumable), _drop_keys(fingerprint, resumable), whole=whole)
     if diff:
         raise UserError(f"--resume: the {what} differs from the checkpoint's in {', '.join(diff)} (only "
                         f"{', '.join(resumable)} may change)")

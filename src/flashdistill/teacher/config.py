@@ -36,6 +36,8 @@ PRESETS = {"tiny": MMDiTConfig.tiny, "small": MMDiTConfig.small}
 # the remaining steps move, not what the run is).
 RESUMABLE_KEYS = ("train.steps", "run.checkpoint_every", "run.log_every", "run.text_cache", "train.lr",
                   "train.weight_decay", "train.grad_clip")
+# Tables of weights a resume compares whole: a changed weight is reported as `mix.composition`, not per category.
+WHOLE_TABLES = ("composition", "edit_mix")
 
 
 @dataclass

@@ -19,7 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from flashdistill.errors import UserError
 from flashdistill.files import swap_in
-from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel, MMDiTConfig
+from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
+from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.shipped import TEACHER_NAMES, TEACHERS_DIR
 
 

@@ -47,7 +47,7 @@ from flashdistill.runtime.loop import Cadence, checked_load, restore, run
 from flashdistill.runtime.resume import TrainingDiverged, retune
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
-from flashdistill.teacher.config import (RESUMABLE_KEYS, TeacherConfig, TimestepSection, TrainSection,
+from flashdistill.teacher.config import (RESUMABLE_KEYS, WHOLE_TABLES, TeacherConfig, TimestepSection, TrainSection,
                                          resume_fingerprint)
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
@@ -231,7 +231,7 @@ class TeacherJob:
     def restore(self, resume: bool) -> tuple[int, dict]:
         """(first step, saved meta); changed resumable keys (train.lr, ...) are applied and reported."""
         config, state = self.config, self.state
-        load = checked_load(config.to_dict(), resume_fingerprint(config), "config", RESUMABLE_KEYS,
+        load = checked_load(config.to_dict(), resume_fingerprint(config), "config", RESUMABLE_KEYS, WHOLE_TABLES,
                             lambda folder: load_state(folder, state.modules(), self.objects()))
         start, meta = restore(self.out, self.checkpoint_files, resume, load, self.unit)
         if start or meta:

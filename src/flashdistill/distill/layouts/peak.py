@@ -2,11 +2,11 @@
 
     peak = resident states + gradients + critic snapshot (if on the GPU) + activations of the largest grad pass
 
-- Resident states: the role rows of distill/plan.py (frozen weights in `roles.frozen_dtype`; trainable weights, their
+- Resident states: the role rows of layouts/plan.py (frozen weights in `roles.frozen_dtype`; trainable weights, their
   AdamW moments and the EMA in the trainable dtype), sharded / world size.
 - Gradients: of the student and of the critic, both alive while the critic updates (the generator's step waits
   until every critic update was finite: distill/trainer.py).
-- Critic snapshot: the critic's trainable weights and AdamW moments copied before its updates (distill/guard.py);
+- Critic snapshot: the critic's trainable weights and AdamW moments copied before its updates (runtime/guard.py);
   in pinned host memory on a GPU since issue 23, so 0 here unless `snapshot_on_gpu`.
 - Activations: one grad pass of a micro-batch (`dmd.micro_batch` rows per rank) holds, per token, what
   plan.activation_bytes counts (with per-block checkpointing: every block's input plus one recomputed block), times
@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashdistill.distill.plan import (GIB, SHIPPED, Counts, activation_bytes, count, meta_transformer,
-                                      role_rows)
+from flashdistill.distill.layouts.plan import (GIB, SHIPPED, Counts, activation_bytes, count, meta_transformer,
+                                              role_rows)
 
 # Measured peak allocated GiB of `train_iteration` on one H200 (20.43B transformer, rank-64 LoRA roles, 1024²,
 # per-block checkpointing, bf16 frozen base; 120 prompt, 300 VL and 4096 source tokens per row): (layout, rows of the
@@ -172,9 +172,9 @@ def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
             f"{w.resolution}² targets, {'edit rows (the worst micro-batch: all edits)' if w.edits else 'T2I only'}, "
             f"{w.text_tokens} prompt / {w.vl_tokens} VL tokens, per-block checkpointing "
             f"{'on' if w.checkpointing else 'off'}, world size {s.world}. Activations = {KAPPA} (fitted on H200 "
-            f"runs) x the formula of distill/plan.py; gradients of student and critic in fp32; the critic's snapshot "
-            f"is in host memory. Reserved memory ran 4-7 % above allocated in the H200 runs (expandable segments), so a "
-            f"run fits when the peak allocated is at most 90 % of the GPU.\n\n"
+            f"runs) x the formula of distill/layouts/plan.py; gradients of student and critic in fp32; the critic's "
+            f"snapshot is in host memory. Reserved memory ran 4-7 % above allocated in the H200 runs (expandable "
+            f"segments), so a run fits when the peak allocated is at most 90 % of the GPU.\n\n"
             "| micro-batch | tokens per grad pass | states | grads | activations | peak allocated (GiB) |"
             + (f" fits {gpu_memory:g} GiB |" if gpu_memory else "") + "\n|---:|---:|---:|---:|---:|---:|"
             + ("---|" if gpu_memory else "") + "\n")

@@ -40,7 +40,7 @@ import torch
 from flashdistill.errors import UserError
 from flashdistill.models.lora import DEFAULT_TARGETS
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SHIPPED = {"qwen-image": ASSETS / "qwen-image" / "transformer" / "config.json"}
 GIB = 1024**3
 C_ACT = 17  # D-wide tensors saved per token per block in a grad pass (see the module docstring)
@@ -194,7 +194,7 @@ def gib(x: float) -> str:
 
 
 def render(spec: str, c: Counts, world: int, rank: int, teachers: int, frozen_bytes: int = 2) -> str:
-    """The plan's role tables as Markdown: one table per mode (distill/peak.py adds the peak per GPU)."""
+    """The plan's role tables as Markdown: one table per mode (layouts/peak.py adds the peak per GPU)."""
     frozen = dtype_name(frozen_bytes)
     lines = [f"# Memory plan: {spec}", "",
              f"Transformer: {c.params:,} parameters ({c.params / 1e9:.2f} B), {c.layers} blocks, width {c.width}; "

@@ -3,7 +3,7 @@
 `measure(roles)` walks every tensor the roles hold (teachers, student, EMA, critic; a shared base counted once) and
 both AdamW states, and sorts them into frozen weights, trainable weights, EMA and optimizer state, in elements
 and in bytes as they are resident (their real dtypes). `planned(counts, mode, teachers)` gives the same groups
-from the planner's role rows (distill/plan.py), so a test can hold the planner to what a run really allocates:
+from the planner's role rows (layouts/plan.py), so a test can hold the planner to what a run really allocates:
 the element counts must agree exactly (the planner's bytes assume bf16 frozen weights; a CPU run keeps float32).
 
 Sharded roles (`run.parallel: fsdp`) count this rank's shards (DTensor local tensors), and `measure_grads` counts the
@@ -80,7 +80,7 @@ def measure_grads(roles) -> tuple[int, int]:
 def planned(counts, mode: str, teachers: int, world: int = 1) -> Usage:
     """The planner's role rows per rank (`world` ranks) in the same groups: elements (params / world for a
     sharded run, not rounded) and the planner's bytes; `grads` is kept apart in `planned_grads`."""
-    from flashdistill.distill.plan import role_rows
+    from flashdistill.distill.layouts.plan import role_rows
 
     elements = dict.fromkeys(GROUPS, 0)
     nbytes = dict.fromkeys(GROUPS, 0)
@@ -98,7 +98,7 @@ def planned(counts, mode: str, teachers: int, world: int = 1) -> Usage:
 
 def planned_grads(counts, mode: str, teachers: int, world: int) -> tuple[float, float]:
     """(elements, bytes) of the planner's gradients per rank."""
-    from flashdistill.distill.plan import role_rows
+    from flashdistill.distill.layouts.plan import role_rows
 
     rows = [r for r in role_rows(counts, mode, world, teachers) if r.grads]
     return sum(r.params for r in rows) / world, sum(r.grads for r in rows)

@@ -32,9 +32,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from flashdistill.distill.layouts import fsdp
+from flashdistill.distill.layouts.base import Roles, frozen_dtype, trainable_copy
 from flashdistill.errors import UserError
+from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
 from flashdistill.models.lora import DEFAULT_TARGETS, WEIGHTS
-from flashdistill.models.mmdit import CONFIG_FILE, TRANSFORMER_FOLDER, FlowModel
+from flashdistill.models.mmdit import FlowModel
 
 TRAINABLE = ("student", "critic")
 
@@ -101,26 +104,23 @@ class AdapterView(nn.Module):
         meta = {"format": 1, "model": "mmdit-lora", "config": asdict(self.config), "lora": self.base.lora_spec}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
+    def unsharded(self, state: dict, recipe, family, path: Path) -> AdapterView:
+        """This view on a plain base built from `path` with every adapter, holding `state`: the full state of the
+        sharded base, gathered on rank 0 for export (layouts/fsdp.py `gather_ema`)."""
+        names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
+        model = fsdp.plain(family, path, state, lambda m: add_adapters(m, recipe, family, path, names))
+        model.adapter_params = {self.adapter: _adapter_params(model, self.adapter)}
+        return AdapterView(model.eval(), self.adapter)
 
-def build_lora_roles(recipe, dist, family):
+
+def build_lora_roles(recipe, dist, family) -> Roles:
     """The roles of `roles.mode: lora` (see the module docstring); `family` (distill/families.py) resolves and
     loads the teachers and says which one is a LoRA on the base. Under `run.parallel: fsdp` the base, with every
-    adapter already added, is sharded as one module (distill/sharding.py): rank 0 reads it, the others build it on
+    adapter already added, is sharded as one module (layouts/fsdp.py): rank 0 reads it, the others build it on
     the meta device and receive their shards."""
-    from flashdistill.distill import sharding
-    from flashdistill.distill.roles import Roles, frozen_dtype, trainable_copy
-
-    sharded = sharding.active(recipe, dist)
-    if dist.world > 1 and not sharded:
-        raise UserError("roles.mode: lora under torchrun needs run.parallel: fsdp (DDP holds only roles.mode full)")
+    sharded = fsdp.active(recipe, dist)
+    base_path = _base_path(recipe, dist, family, sharded)
     rc = recipe.roles
-    base_name = recipe.student.init_from
-    if recipe.critic.init_from != base_name:
-        raise UserError(f"critic.init_from: with roles.mode lora the critic starts from the student's base "
-                        f"{base_name!r}")
-    base_path = family.resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
-    if family.is_lora(base_path):
-        raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
 
     def full_critic(model):
         model.train().requires_grad_(True)
@@ -130,7 +130,7 @@ def build_lora_roles(recipe, dist, family):
     dtype = frozen_dtype(recipe, dist.device)
     critic_full = None
     if not recipe.critic.lora and sharded:  # trainable: fp32 master weights
-        critic_full = sharding.load(family, base_path, recipe, dist, full_critic, torch.float32)
+        critic_full = fsdp.load(family, base_path, recipe, dist, full_critic, torch.float32)
     if sharded and not dist.main:
         base = family.structure(base_path, dtype)
     else:
@@ -144,15 +144,10 @@ def build_lora_roles(recipe, dist, family):
     names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
     teachers = add_adapters(base, recipe, family, base_path, names)
     if sharded:
-        full = dict(base.state_dict()) if dist.main else None
-        sharding.shard(base, recipe, dist)
-        if not dist.main:
-            sharding.materialize(base, dist)
-        sharding.broadcast_from_rank0(base, full)
-        del full
+        _shard_base(base, recipe, dist)
     for name, path in list(teachers.items()):  # a different model: its own frozen copy, as in roles.mode full
         if isinstance(path, Path):
-            teachers[name] = (sharding.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
+            teachers[name] = (fsdp.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
                               if sharded else family.load_model(path, dtype).to(dist.device).requires_grad_(False)
                               ).eval()
     base.to(dist.device)
@@ -171,6 +166,30 @@ def build_lora_roles(recipe, dist, family):
     opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
     opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)
+
+
+def _base_path(recipe, dist, family, sharded: bool) -> Path:
+    """The shared base of `roles.mode: lora` (the student's teacher), refused where this layout cannot hold it."""
+    if dist.world > 1 and not sharded:
+        raise UserError("roles.mode: lora under torchrun needs run.parallel: fsdp (DDP holds only roles.mode full)")
+    base_name = recipe.student.init_from
+    if recipe.critic.init_from != base_name:
+        raise UserError(f"critic.init_from: with roles.mode lora the critic starts from the student's base "
+                        f"{base_name!r}")
+    base_path = family.resolve(recipe.teachers[base_name], f"teachers.{base_name}").resolve()
+    if family.is_lora(base_path):
+        raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
+    return base_path
+
+
+def _shard_base(base: FlowModel, recipe, dist) -> None:
+    """The base with its adapters sharded as one module: rank 0's weights broadcast into every rank's shards."""
+    full = dict(base.state_dict()) if dist.main else None
+    fsdp.shard(base, recipe, dist)
+    if not dist.main:
+        fsdp.materialize(base, dist)
+    fsdp.broadcast_from_rank0(base, full)
+    del full
 
 
 def keep_activations_bf16(base: FlowModel) -> None:

@@ -12,12 +12,12 @@
   broadcast) plus the shards, not one model per rank. Student, critic and EMA start as shard-by-shard copies of
   the teacher they are initialised from (`clone`), so the folder is read once per distinct teacher.
 - `roles.mode: lora`: the adapters are added to the shared base (and the critic copy made) before sharding, then
-  the base is sharded as one role (distill/lora_roles.py).
+  the base is sharded as one role (layouts/lora.py).
 - Gathering for export: `full_state` gives the unsharded state dict on rank 0 (host memory), which `plain` loads
   into a structure built on rank 0 (assign, so no second copy is made).
 
-The data path is the one DDP uses (each rank takes its contiguous rows of the same global batch, roles.py), so N
-ranks follow one rank at the same global batch; checkpoints are sharded (runtime/sharded.py). Tests:
+The data path is the one DDP uses (each rank takes its contiguous rows of the same global batch, layouts/full.py),
+so N ranks follow one rank at the same global batch; checkpoints are sharded (runtime/sharded.py). Tests:
 `pytest tests/test_fsdp.py`.
 """
 
@@ -143,7 +143,8 @@ def plain(family, path, state: dict, prepare=None) -> nn.Module:
 
 def gather_ema(roles, recipe, dist):
     """The EMA student unsharded on rank 0, as the export expects it (`.ema`); None on the other ranks. Collective.
-    roles.mode full: a plain FlowModel; lora: a plain base with the adapters, seen through its "ema" adapter."""
+    roles.mode full: a plain FlowModel; lora: a plain base with the adapters, seen through its "ema" adapter (the
+    view rebuilds itself: `AdapterView.unsharded`)."""
     from types import SimpleNamespace
 
     family = roles.family
@@ -154,9 +155,4 @@ def gather_ema(roles, recipe, dist):
         return None
     if base is None:
         return SimpleNamespace(ema=plain(family, path, state).eval())
-    from flashdistill.distill.lora_roles import AdapterView, _adapter_params, add_adapters
-
-    names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
-    model = plain(family, path, state, lambda m: add_adapters(m, recipe, family, path, names))
-    model.adapter_params = {"ema": _adapter_params(model, "ema")}
-    return SimpleNamespace(ema=AdapterView(model.eval(), "ema"))
+    return SimpleNamespace(ema=roles.ema.unsharded(state, recipe, family, path))  # layouts/lora.py's AdapterView

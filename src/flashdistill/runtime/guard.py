@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import torch
 
-from flashdistill.distill.roles import Dist
+from flashdistill.runtime.dist import Dist
 
 
 def finish_backward(module: torch.nn.Module, opt: torch.optim.Optimizer, loss: float, clip: float, dist: Dist

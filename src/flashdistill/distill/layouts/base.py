@@ -1,0 +1,50 @@
+"""What every role layout builds: `Roles` (frozen teachers, trainable student and critic, the student's EMA, their
+optimizers), and the precision of frozen and trainable weights.
+
+- Precision (`roles.frozen_dtype`, `frozen_dtype()`): frozen weights in bf16 on CUDA by default, read straight into
+  bf16; student, critic, their gradients, AdamW moments and the EMA in fp32 (`trainable_copy`).
+- AdamW for both trainable roles, constant learning rates (DMD2).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from flashdistill.distill.recipe import Recipe
+from flashdistill.models.mmdit import FlowModel
+
+
+def frozen_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    """`roles.frozen_dtype` on `device`: what the frozen weights (base, teachers, teacher adapters) are held in.
+    `auto` is bf16 on CUDA (half the bytes of the largest state) and fp32 on a CPU. What trains is always fp32."""
+    name = recipe.roles.frozen_dtype
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if name == "bf16" else torch.float32
+
+
+def trainable_copy(model: FlowModel) -> FlowModel:
+    """A trainable fp32 copy of a frozen model (student or full critic: fp32 master weights, grads and moments)."""
+    return copy.deepcopy(model).to(torch.float32).train().requires_grad_(True)
+
+
+@dataclass
+class Roles:
+    teachers: dict[str, FlowModel]
+    student: FlowModel  # the bare module (no-grad passes, checkpoints, export)
+    ema: FlowModel
+    critic: FlowModel
+    opt_student: torch.optim.Optimizer
+    opt_critic: torch.optim.Optimizer
+    student_train: torch.nn.Module  # what the grad passes go through: DDP wrapper or the bare module
+    critic_train: torch.nn.Module
+    family: object = None  # distill/families.py: what reads the teachers, the batches, the export
+
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"student": self.student, "ema": self.ema, "critic": self.critic}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"optimizer": self.opt_student, "critic_optimizer": self.opt_critic}
