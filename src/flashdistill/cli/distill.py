@@ -1,7 +1,7 @@
 """The `distill` subcommand: `flashdistill distill RECIPE --out DIR [--resume] [--set k=v ...]`.
 
 Under `torchrun --standalone --nproc_per_node=N -m flashdistill distill ...` the same command runs on every rank
-(see `distill/roles.py`); each rank ends with the same exit code and only rank 0 prints.
+(see `runtime/dist.py` and `distill/layouts/`); each rank ends with the same exit code and only rank 0 prints.
 """
 
 from __future__ import annotations
