@@ -17,6 +17,16 @@ from flashdistill.files import out_file
 MAX_WORLD_SIZE = 2**20
 MAX_TEACHERS = 64
 PIXELS_PER_TOKEN = 16  # the VAE's factor 8 times the transformer's 2x2 patches
+SUMMARY = ("bytes per rank of every role per role layout, and the predicted peak GPU memory of a DMD iteration "
+           "(does it fit?)")
+DESCRIPTION = (
+    "Count the teacher transformer's real parameter shapes on the meta device (no weights needed) and print, per "
+    "roles.mode, the bytes per rank of every role's weights, gradients and AdamW states under even FSDP sharding; "
+    "then the predicted peak allocated memory of one DMD iteration per GPU (states + gradients + activations of the "
+    "largest grad pass, calibrated on measured H200 runs) for micro-batches of 1, 2, 4, 8 rows, and with "
+    "--gpu-memory whether each fits. SPEC: a recipe YAML (its roles, batch, micro-batch, resolution, task ratio and "
+    "frozen dtype are used), a pipeline folder, a transformer config.json, teacher:NAME, or qwen-image (the shipped "
+    "20B config).")
 
 
 def check_plan_args(args) -> None:
@@ -81,17 +91,7 @@ def _plan_settings(args, teachers: int):
 
 def add_command(top) -> None:
     """Register `plan` on the top-level subparsers `top`."""
-    p = top.add_parser("plan", help="bytes per rank of every role per role layout, and the predicted peak GPU "
-                                    "memory of a DMD iteration (does it fit?)",
-                       description="Count the teacher transformer's real parameter shapes on the meta device (no "
-                                   "weights needed) and print, per roles.mode, the bytes per rank of every role's "
-                                   "weights, gradients and AdamW states under even FSDP sharding; then the predicted "
-                                   "peak allocated memory of one DMD iteration per GPU (states + gradients + "
-                                   "activations of the largest grad pass, calibrated on measured H200 runs) for "
-                                   "micro-batches of 1, 2, 4, 8 rows, and with --gpu-memory whether each fits. "
-                                   "SPEC: a recipe YAML (its roles, batch, micro-batch, resolution, task ratio and "
-                                   "frozen dtype are used), a pipeline folder, a transformer config.json, "
-                                   "teacher:NAME, or qwen-image (the shipped 20B config).")
+    p = top.add_parser("plan", help=SUMMARY, description=DESCRIPTION)
     p.add_argument("spec", help="recipe.yaml | pipeline folder | config.json | teacher:NAME | qwen-image")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                    help="dotted overrides of the recipe")

@@ -245,14 +245,14 @@ class RunSection:
 @dataclass
 class Recipe:
     teachers: dict[str, str] = field(default_factory=dict)
-    student: StudentSection = field(default_factory=StudentSection)
-    critic: CriticSection = field(default_factory=CriticSection)
-    dmd: DMDSection = field(default_factory=DMDSection)
-    data: DataSection = field(default_factory=DataSection)
-    tasks: TasksSection = field(default_factory=TasksSection)
-    eval: EvalSection = field(default_factory=EvalSection)
-    run: RunSection = field(default_factory=RunSection)
-    roles: RolesSection = field(default_factory=RolesSection)
+    student: StudentSection = field(default_factory=StudentSection)  # the few-step model: init, steps, times
+    critic: CriticSection = field(default_factory=CriticSection)  # the fake score: init, lr, updates
+    dmd: DMDSection = field(default_factory=DMDSection)  # the generator's loss, optimizer and batch
+    data: DataSection = field(default_factory=DataSection)  # composition; the user's files
+    tasks: TasksSection = field(default_factory=TasksSection)  # T2I:Edit and the edit categories' weights
+    eval: EvalSection = field(default_factory=EvalSection)  # the quick evaluation while training
+    run: RunSection = field(default_factory=RunSection)  # cadence, device, parallel layout
+    roles: RolesSection = field(default_factory=RolesSection)  # full or lora, precision of what is frozen
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
