@@ -5,14 +5,12 @@ The reader is trained on renders from a seed namespace of its own ([7, category,
 contrast), so it also reads imperfect generated images and degraded oracles.
 
 Run:
-    python -m flashdistill.bench.reader train --out src/flashdistill/assets/reader.safetensors
-    python -m flashdistill.bench.reader eval [--n 1000]
-(the main CLI exposes the same as `flashdistill judge train-reader` / `flashdistill judge eval-reader`).
+    flashdistill judge train-reader --out src/flashdistill/assets/reader.safetensors
+    flashdistill judge eval-reader [--n 1000]
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
@@ -27,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flashdistill.models.reader import (ALPHABET, CATEGORIES, DEFAULT_PATH, FORMAT, SLOTS, Reader, ReaderNet,
-                                        encode_record, load_reader)
+from flashdistill.models.reader import ALPHABET, CATEGORIES, FORMAT, SLOTS, Reader, ReaderNet, encode_record
 from flashdistill.world.render import render
 from flashdistill.world.schema import SCHEMA, sample_record
 
@@ -182,7 +179,7 @@ def train_reader(out: str, steps: int = 5000, batch_size: int = 144, seed: int =
                 log_every=log_every, lr=lr, workers=workers, bf16=bf16)
     n_params = sum(p.numel() for p in net.parameters())
     metadata = {"format": FORMAT, "config": json.dumps(asdict(net.config)), "train_args": json.dumps(args),
-                "command": f"python -m flashdistill.bench.reader train --out {out} --steps {steps} --seed {seed}",
+                "command": f"flashdistill judge train-reader --out {out} --steps {steps} --seed {seed}",
                 "seed": seed, "steps": steps, "params": n_params, "wall_time_s": round(wall, 1),
                 "render_time_s": round(render_s, 1), "date": datetime.datetime.now().isoformat(timespec="seconds")}
     _save(net, Path(out), metadata)
@@ -240,37 +237,3 @@ def accuracy_table(reader: Reader, n_per_category: int = 1000, seed: int = 12345
     for key in ("char_accuracy", "min_attribute_accuracy"):
         lines.append(f"| all | {key} | " + " | ".join(f"{100 * r[key]:.2f}%" for r in results.values()) + " |")
     return "\n".join(lines), results
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m flashdistill.bench.reader", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    tr = sub.add_parser("train", help="render a training set, train the reader, write safetensors")
-    tr.add_argument("--out", default=str(DEFAULT_PATH))
-    tr.add_argument("--steps", type=int, default=5000)
-    tr.add_argument("--batch-size", type=int, default=144)
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--n-train", type=int, default=24000, help="training renders per category")
-    tr.add_argument("--log-every", type=int, default=250)
-    ev = sub.add_parser("eval", help="accuracy table: clean, blur 1.0, noise 0.1")
-    ev.add_argument("--weights", default=None, help="default: the shipped reader")
-    ev.add_argument("--n", type=int, default=1000, help="renders per category")
-    ev.add_argument("--seed", type=int, default=12345)
-    ev.add_argument("--json", default=None, help="also write the results here")
-    a = parser.parse_args(argv)
-    if a.cmd == "train":
-        summary = train_reader(a.out, steps=a.steps, batch_size=a.batch_size, seed=a.seed,
-                               n_train_per_category=a.n_train, log_every=a.log_every)
-        print(json.dumps(summary))
-        return
-    table, results = accuracy_table(load_reader(a.weights), a.n, a.seed)
-    print(table)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=1))
-
-
-if __name__ == "__main__":
-    # Run through the package module, so spawned render workers import the same functions by their real name.
-    from flashdistill.bench.reader import main as _main
-
-    _main()

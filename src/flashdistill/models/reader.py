@@ -5,7 +5,7 @@ The world judge needs to know what an image *shows*: which attributes a generate
 to re-render as the nearest clean image. `ReaderNet` is a shared conv trunk and a 64-d bottleneck (also the feature
 vector for per-category Fréchet distances), with one small classification head per category; the text `word` is read
 as 5 left-aligned character slots over A-Z plus blank. `Reader` runs it on numpy images; `load_reader` loads the
-shipped weights (or a file). Its training and accuracy evaluation are `flashdistill.bench.reader`; teacher training
+shipped weights (or a file). Its training and accuracy evaluation are `flashdistill.bench.reader` (`flashdistill judge train-reader | eval-reader`); teacher training
 uses its trunk as REPA's target encoder (`flashdistill.teacher.repa`).
 """
 
@@ -28,7 +28,7 @@ SLOTS = 5
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 BLANK = len(ALPHABET)  # class index of an empty character slot
 DEFAULT_PATH = Path(__file__).resolve().parent.parent / "assets" / "reader.safetensors"
-MAKE_CMD = "python -m flashdistill.bench.reader train --out {path}  (or: flashdistill judge train-reader)"
+MAKE_CMD = "flashdistill judge train-reader --out {path}"
 FORMAT = "flashdistill-reader-v1"
 
 
