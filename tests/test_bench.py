@@ -157,3 +157,29 @@ def test_world_judge_refuses_cases_without_ground_truth(judge, tmp_path):
     photo = [EditCase(id="e1", category="style_transfer", instruction="sepia", seed=0, source_image="x.png")]
     with pytest.raises(UserError, match="needs a world 'source' and 'edit'.*e1"):
         run_bench("edit", NoiseModel(32), judge, photo, tmp_path / "edit", None, "mine.jsonl")
+
+
+def test_nfe_curve_groups_by_model_and_draws_scores_and_frechet(tmp_path):
+    from flashdistill.bench.curve import curve_table, nfe_points, plot_nfe_curve
+
+    def record(model, bench, nfe, avg, fd=None):
+        return {"model": model, "bench": bench, "nfe": nfe, "average": avg,
+                "frechet_distance": {"a": fd, "b": None if fd is None else fd + 2}}
+
+    records = [record("teacher@50", "t2i", 50, 2.8, 100.0), record("teacher@1", "t2i", 1, 1.5, 300.0),
+               record("student@1", "t2i", 1, 2.4), record("student@1", "edit", 1, 3.1),
+               record("teacher@1", "edit", 1, 2.3)]
+    curves = nfe_points(records)
+    assert curves["teacher"]["t2i"] == [(1, 1.5, 301.0), (50, 2.8, 101.0)]  # sorted by NFE, mean FD of categories
+    assert curves["student"]["t2i"] == [(1, 2.4, None)]
+    table = curve_table(curves)
+    assert "| student | 1 | 2.40 | 3.10 | — | — |" in table and "| teacher | 50 | 2.80 | — | 101 | — |" in table
+    png = plot_nfe_curve(curves, tmp_path / "nfe.png")
+    assert png.stat().st_size > 5000
+
+
+def test_a_speedup_above_the_ideal_is_called_noise():
+    from flashdistill.report import noise_note
+
+    assert noise_note({"measured_speedup": 24.9, "ideal_speedup": 25.0}) == ""
+    assert "noise" in noise_note({"measured_speedup": 28.1, "ideal_speedup": 25.0})

@@ -31,22 +31,28 @@ def finished(tmp_path_factory, overrides):
 def test_report_has_tables_grids_speed_recipe_and_commands(finished):
     md = (finished / "report.md").read_text()
     preset = qs.PRESETS["tiny"]
-    labels = [f"teacher@{preset.teacher_nfe}", "teacher@4", "student@4", "student@2", "student@1"]
-    for heading in ("## Scores", "## Side by side", "## Speed", "## Distillation", "## Recipe"):
+    labels = [f"teacher@{preset.teacher_nfe}", "teacher@4", "student@4", "student@2", "student@1", "teacher@1"]
+    for heading in ("## Scores", "## Quality against NFE", "## Side by side", "## Speed", "## Distillation",
+                    "## Recipe"):
         assert heading in md
     for bench in ("T2I-Bench", "Editing-Bench"):
         section = md.split(f"### {bench}")[1].split("###")[0]
         rows = [line for line in section.splitlines() if line.startswith("| ") and "@" in line.split("|")[1]]
-        assert sorted(r.split("|")[1].strip() for r in rows[:5]) == sorted(labels)
-        ranks = [int(r.split("|")[-2]) for r in rows[:5]]
-        assert sorted(ranks) == [1, 2, 3, 4, 5]
+        assert sorted(r.split("|")[1].strip() for r in rows[:6]) == sorted(labels)
+        ranks = [int(r.split("|")[-2]) for r in rows[:6]]
+        assert sorted(ranks) == [1, 2, 3, 4, 5, 6]
+    # quality against NFE: one table row per model and NFE, and the plot
+    curve = md.split("## Quality against NFE")[1].split("##")[0]
+    assert [line.split("|")[1:3] for line in curve.splitlines() if line.startswith("| student") or
+            line.startswith("| teacher")] == [[" student ", " 1 "], [" student ", " 2 "], [" student ", " 4 "],
+                                              [" teacher ", " 1 "], [" teacher ", " 4 "], [" teacher ", " 6 "]]
     # every table row has a command that reproduces it
     for label in labels:
         assert re.search(rf"- {re.escape(label)}, t2i: `flashdistill bench t2i --model \S+ --nfe \d+ --limit 1", md)
     assert "flashdistill distill" in md and "python benchmarks/speed.py" in md
     # the recipe as resolved, with the overrides that were used
     assert "step-wise" in md and "ratio: '5:5'" in md and "teachers.base=" in md
-    for grid in ("t2i.png", "edit.png"):
+    for grid in ("t2i.png", "edit.png", "nfe.png"):
         assert (finished / "grids" / grid).stat().st_size > 1000
 
 
@@ -58,6 +64,7 @@ def test_speed_ratios_are_measured_in_one_run_and_ideal_counts_passes(finished):
         # tiny recipe: teacher with CFG at 6 NFE = 12 passes, student 4 passes
         assert ratio["reference_passes"] == 2 * preset.teacher_nfe and ratio["student_passes"] == 4
         assert ratio["ideal_speedup"] == pytest.approx(2 * preset.teacher_nfe / 4)
+        assert ratio["above_ideal"] == (ratio["measured_speedup"] > ratio["ideal_speedup"])
         rows = {r["label"]: r for r in speed["rows"] if r["batch"] == ratio["batch"]}
         measured = rows["student@4"]["images_per_s"] / rows[f"teacher@{preset.teacher_nfe}"]["images_per_s"]
         assert ratio["measured_speedup"] == pytest.approx(measured, rel=0.01)
@@ -65,7 +72,7 @@ def test_speed_ratios_are_measured_in_one_run_and_ideal_counts_passes(finished):
 
 def test_html_is_one_self_contained_file(finished):
     html = (finished / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 2
+    assert html.count("data:image/png;base64,") == 3
     assert not re.search(r'src="(?!data:)', html)  # nothing to fetch from disk or network
     assert "<table>" in html and "student@4" in html
 

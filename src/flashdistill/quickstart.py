@@ -5,7 +5,8 @@ Four stages, each resumable, run in order into DIR (default `runs/quickstart`):
 1. distill  the preset's recipe (`assets/recipes/quickstart.yaml`: step-wise guidance from teacher:base and
             teacher:specialized, T2I:Edit 5:5) distils the shipped teachers into a 4-NFE student, `DIR/distill/`;
 2. bench    slices of T2I-Bench-mini and Editing-Bench-mini (the first cases of each category), world judge, for
-            the base teacher at 50 and 4 NFE and the student at 4, 2 and 1 NFE: `DIR/bench/<bench>-<row>/`;
+            the base teacher at 50, 8, 4, 2 and 1 NFE and the student at 8, 4, 2 and 1 NFE:
+            `DIR/bench/<bench>-<row>/` (the report plots quality against NFE from them);
 3. speed    images per second of teacher@50 and teacher@4 (both with CFG) and student@4, in the same process,
             at batch 1 and 32, with the ideal ratio from counting network passes: `DIR/speed.json`;
 4. report   `DIR/report.md` and `DIR/report.html` (one self-contained file): tables in the paper's layout, grids,
@@ -45,7 +46,8 @@ class Preset:
     edit_limit: int  # bench cases per edit category
     teacher_nfe: int = 50
     few_nfe: int = 4  # the teacher's few-step row and the student's own step count
-    student_nfes: tuple[int, ...] = (4, 2, 1)
+    student_nfes: tuple[int, ...] = (8, 4, 2, 1)
+    teacher_curve: tuple[int, ...] = (8, 2, 1)  # more teacher rows, for quality against NFE
     speed_batches: tuple[int, ...] = (1, 32)
     speed_repeats: int = 3
     grid_t2i_rows: int = 2  # T2I grid rows per category
@@ -53,8 +55,8 @@ class Preset:
 
 PRESETS = {
     "default": Preset("default", "quickstart.yaml", t2i_limit=8, edit_limit=4),
-    "tiny": Preset("tiny", "tiny.yaml", t2i_limit=1, edit_limit=1, teacher_nfe=6, speed_batches=(1, 2),
-                   speed_repeats=1, grid_t2i_rows=1),
+    "tiny": Preset("tiny", "tiny.yaml", t2i_limit=1, edit_limit=1, teacher_nfe=6, student_nfes=(4, 2, 1),
+                   teacher_curve=(1,), speed_batches=(1, 2), speed_repeats=1, grid_t2i_rows=1),
 }
 
 
@@ -73,7 +75,8 @@ class Row:
 def bench_rows(preset: Preset, teacher_spec: str, student_run: Path) -> list[Row]:
     rows = [Row(f"teacher@{preset.teacher_nfe}", teacher_spec, preset.teacher_nfe),
             Row(f"teacher@{preset.few_nfe}", teacher_spec, preset.few_nfe)]
-    return rows + [Row(f"student@{n}", str(student_run), n) for n in preset.student_nfes]
+    rows += [Row(f"student@{n}", str(student_run), n) for n in preset.student_nfes]
+    return rows + [Row(f"teacher@{n}", teacher_spec, n) for n in preset.teacher_curve]
 
 
 class State:
@@ -186,7 +189,7 @@ def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> No
 RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}
 DESCRIPTIONS = {
     "distill": "distil the teachers into a {few}-NFE student (DMD, step-wise guidance, T2I:Edit 5:5)",
-    "bench": "benchmark teacher@{tn}, teacher@{few} and the student on both mini bench slices (world judge)",
+    "bench": "benchmark the teacher and the student at several NFE on both mini bench slices (world judge)",
     "speed": "measure images per second of teacher@{tn}, teacher@{few} and student@{few}",
     "report": "write report.md and report.html",
 }

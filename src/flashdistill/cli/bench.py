@@ -77,6 +77,16 @@ def cmd_bench_table(args) -> None:
     print(f"wrote {args.out} and {Path(args.out).with_suffix('.json')} ({len(rows)} rows)")
 
 
+def cmd_bench_curve(args) -> None:
+    from flashdistill.bench.curve import curve_table, nfe_points, plot_nfe_curve, read_results
+
+    out_file(args.out)
+    curves = nfe_points(read_results(args.folders))
+    plot_nfe_curve(curves, Path(args.out), args.title)
+    print("\n".join(curve_table(curves)))
+    print(f"wrote {args.out}")
+
+
 def cmd_bench_make_cases(args) -> None:
     from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases, write_cases
 
@@ -97,7 +107,7 @@ def cmd_bench_calibrate(args) -> None:
 
 
 def add_commands(top) -> None:
-    """Register `bench t2i|edit|table|make-cases|calibrate` on the top-level subparsers `top`."""
+    """Register `bench t2i|edit|table|curve|make-cases|calibrate` on the top-level subparsers `top`."""
     bench = top.add_parser("bench", help="the benchmarks").add_subparsers(dest="sub", required=True)
     _add_bench_run(bench, "t2i")
     _add_bench_run(bench, "edit")
@@ -105,6 +115,12 @@ def add_commands(top) -> None:
     p.add_argument("folders", nargs="+")
     p.add_argument("--out", required=True, help="table.md (table.json is written beside it)")
     p.set_defaults(func=cmd_bench_table)
+    p = bench.add_parser("curve", help="plot score (and Fréchet distance) against NFE from result folders")
+    p.add_argument("folders", nargs="+", help="bench result folders (or results.json files); the model is the "
+                   "label before @ (teacher@50 -> teacher)")
+    p.add_argument("--out", required=True, help="the figure (.png)")
+    p.add_argument("--title", default="", help="a title over the panels")
+    p.set_defaults(func=cmd_bench_curve)
     p = bench.add_parser("make-cases", help="regenerate a mini bench case file from the bench seeds")
     p.add_argument("--bench", choices=("t2i", "edit"), required=True)
     p.add_argument("--n", type=positive_int, default=None, help="cases per category (default: 200 T2I, 50 edit)")
