@@ -89,7 +89,8 @@ def plot_nfe_curve(curves: dict, path: Path, title: str = "") -> Path:
             ax.minorticks_off()
             ax.set_xlabel("NFE (network evaluations per image, before CFG)")
             ax.grid(alpha=0.3)
-            ax.legend()
+            if ax.lines:
+                ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()
