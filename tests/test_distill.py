@@ -4,6 +4,7 @@ Tiny random teachers (MMDiTConfig.tiny), batch 4, 1 CPU thread, a few iterations
 slow one (~30 s)."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -315,6 +316,45 @@ def test_dmd_gradient_norm_and_x0_images_are_logged(teachers, cache_dir, encoder
     assert {"dmd/x_student", "dmd/x0_real", "dmd/x0_fake"} <= set(events.Tags()["images"])
     assert [e.step for e in events.Images("dmd/x0_real")] == [1, 2]
     assert "train/dmd_grad_norm" in events.Tags()["scalars"]
+
+
+# ---- DMD2's GAN term ---------------------------------------------------------------------------------------
+def test_gan_losses_in_closed_form():
+    from flashdistill.distill import gan
+
+    zero = torch.zeros(4)
+    assert float(gan.classifier_loss(zero, zero)) == pytest.approx(2 * np.log(2))  # an undecided classifier
+    assert float(gan.generator_gan_loss(zero)) == pytest.approx(np.log(2))
+    sure = torch.full((4,), 30.0)
+    assert float(gan.classifier_loss(sure, -sure)) < 1e-9  # real called real, fake called fake: no loss
+    assert float(gan.generator_gan_loss(-sure)) == pytest.approx(30.0, rel=1e-6)  # fooled nobody: the loss is big
+
+
+def test_gan_term_trains_checkpoints_and_resumes_exactly(teachers, cache_dir, encoder, tmp_path):
+    sets = ("dmd.iterations=3", "run.checkpoint_every=1", "gan.generator_weight=0.01", "gan.critic_weight=0.1")
+    recipe = tiny(teachers, cache_dir, *sets)
+    straight = train_distill(recipe, tmp_path / "straight", encoder=encoder)
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_gan"]) and np.isfinite(r["loss_gan_critic"]) for r in log)
+    assert straight["skipped_total"] == 0
+    head = load_file(str(tmp_path / "straight" / "checkpoint" / "gan_head.safetensors"))
+    train_distill(recipe, tmp_path / "split", encoder=encoder, stop_after=2)
+    train_distill(recipe, tmp_path / "split", resume=True, encoder=encoder)
+    again = load_file(str(tmp_path / "split" / "checkpoint" / "gan_head.safetensors"))
+    for key in head:
+        torch.testing.assert_close(head[key], again[key], atol=1e-6, rtol=0, msg=key)
+    plain = train_distill(tiny(teachers, cache_dir, *sets[:2]), tmp_path / "plain", encoder=encoder)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "plain")
+    assert plain["iterations"] == 3
+    assert any(not torch.equal(a["student"][k], b["student"][k]) for k in a["student"])  # the GAN term moved it
+
+
+@pytest.mark.parametrize("sets, key", [(["gan.generator_weight=0.01"], "gan.critic_weight"),
+                                       (["gan.critic_weight=0.1", "gan.layer=99"], "gan.layer")])
+def test_gan_settings_are_checked(teachers, cache_dir, encoder, tmp_path, sets, key):
+    with pytest.raises(UserError, match=re.escape(key)):
+        recipe = tiny(teachers, cache_dir, *sets)
+        build_roles(recipe, Dist())
 
 
 # ---- NaN handling ------------------------------------------------------------------------------------------

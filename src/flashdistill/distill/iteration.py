@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flashdistill.conditioning import Cond
-from flashdistill.distill import dmd
+from flashdistill.distill import dmd, gan
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import Recipe
 from flashdistill.distill.layouts import fsdp
@@ -42,8 +42,8 @@ from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.sampling import guided_velocity
 
-SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "k", "skipped", "time_data",
-           "time_student", "time_teachers", "time_critic", "step_time")
+SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_gan", "loss_gan_critic",
+           "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic", "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
 
@@ -88,6 +88,8 @@ class Context:
     snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
     peek: bool = False  # keep this iteration's first rows of x_θ, x0_real, x0_fake in `peeked` (for the logs)
     peeked: dict[str, torch.Tensor] = field(default_factory=dict)
+    gan_losses: dict[str, list[float]] = field(default_factory=dict)  # this iteration's GAN terms (distill/gan.py)
+    gan_snapshot: Snapshot = field(default_factory=Snapshot)  # the GAN head before the critic updates
 
     @contextmanager
     def timed(self, part: str):
@@ -162,6 +164,11 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
         loss = dmd.generator_loss(x, grad)
         if rc.dmd.first_step_fm > 0 and draws.k == 0:  # same k on every rank: the graphs agree under DDP
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
+    if r.gan_head is not None and rc.gan.generator_weight > 0:
+        with ctx.timed("critic"):  # D(x_θ_t) through the critic, with a graph back to the student
+            term = gan.generator_gan_loss(gan.logits(r.critic, r.gan_head, x, draws.xi, draws.t, cond, rc.dmd.bf16))
+        ctx.gan_losses.setdefault("loss_gan", []).append(term.item())
+        loss = loss + rc.gan.generator_weight * term
     if first and ctx.peek:
         ctx.peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
                       for name, value in (("x", x), ("x0_real", x0_real), ("x0_fake", x0_fake))}
@@ -198,55 +205,82 @@ def apply_generator(ctx: Context) -> None:
         ema_update(r.ema, r.student, ctx.recipe.dmd.ema_decay)
 
 
-def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws) -> tuple[float, float, bool, float]:
+def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_data: torch.Tensor | None = None
+                  ) -> tuple[float, float, bool, float]:
     """`critic.updates` flow-matching steps on the detached student samples, each over the batch's micro-batches:
-    (mean loss, last norm, all finite, first loss). A non-finite update stops them and puts the critic and its
-    optimizer back as before the first."""
+    (mean loss, last norm, all finite, first loss). With the GAN term on, each update also trains the classifier
+    on the real images `x_data` against the student's. A non-finite update stops them and puts the critic, the
+    classifier and their optimizers back as before the first."""
     r, rc = ctx.roles, ctx.recipe
     losses, norm = [], float("nan")
     before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
+    head_before = ctx.gan_snapshot.take(r.gan_head, r.opt_gan) if before and r.gan_head is not None else None
     parts = micro_batches(cond.batch_size, rc.dmd.micro_batch)
     with ctx.timed("critic"):
         for u in range(rc.critic.updates):
             r.opt_critic.zero_grad(set_to_none=True)
+            if r.opt_gan is not None:
+                r.opt_gan.zero_grad(set_to_none=True)  # also drops what the generator's GAN term left there
             loss = 0.0
             for j, sl in enumerate(parts):
                 with grad_sync(r.critic_train, j == len(parts) - 1):
-                    part = dmd.critic_loss(r.critic_train, x[sl], draws.critic_eps[u, sl], draws.critic_t[u, sl],
-                                           cond.rows(sl), rc.dmd.bf16) * ((sl.stop - sl.start) / cond.batch_size)
+                    part = critic_rows(ctx, x[sl], None if x_data is None else x_data[sl], draws, u, sl, cond)
+                    part = part * ((sl.stop - sl.start) / cond.batch_size)
                     part.backward()
                 loss += part.item()
             ok, norm = finish_backward(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
             losses.append(loss)
             if ok:
                 r.opt_critic.step()
+                if r.opt_gan is not None:
+                    r.opt_gan.step()
             else:
                 if before is not None and u > 0:
                     before.restore(r.critic, r.opt_critic)
+                if head_before is not None and u > 0:
+                    head_before.restore(r.gan_head, r.opt_gan)
                 return sum(losses) / len(losses), norm, False, losses[0]
     return sum(losses) / len(losses), norm, True, losses[0]
+
+
+def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draws: Draws, u: int, sl: slice,
+                cond: Cond) -> torch.Tensor:
+    """One micro-batch of critic update `u`: flow matching on the student's samples (eq. 2), plus with the GAN
+    term the classifier's loss on real against fake rows at the same (t, eps) (distill/gan.py)."""
+    r, rc = ctx.roles, ctx.recipe
+    eps, t, rows = draws.critic_eps[u, sl], draws.critic_t[u, sl], cond.rows(sl)
+    loss = dmd.critic_loss(r.critic_train, x, eps, t, rows, rc.dmd.bf16)
+    if r.gan_head is None or rc.gan.critic_weight == 0 or x_real is None:
+        return loss
+    real = gan.logits(r.critic_train, r.gan_head, x_real, eps, t, rows, rc.dmd.bf16)
+    fake = gan.logits(r.critic_train, r.gan_head, x.detach(), eps, t, rows, rc.dmd.bf16)
+    term = gan.classifier_loss(real, fake)
+    ctx.gan_losses.setdefault("loss_gan_critic", []).append(term.item())
+    return loss + rc.gan.critic_weight * term
 
 
 def train_iteration(ctx: Context, step: int) -> dict:
     """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
     start = time.perf_counter()
     ctx.timers.clear()
-    ctx.peeked = {}
+    ctx.peeked, ctx.gan_losses = {}, {}
     with ctx.timed("data"):
         x_data, cond, uncond, draws = build_inputs(ctx, step)
     x, loss_g, norm_g, ok_g, ran, dmd_norm = generator_update(ctx, x_data, cond, uncond, draws)
     nan = float("nan")
-    loss_c, norm_c, ok_c, first_c = critic_update(ctx, x, cond, draws) if ok_g else (nan, nan, False, nan)
+    loss_c, norm_c, ok_c, first_c = critic_update(ctx, x, cond, draws, x_data) if ok_g else (nan, nan, False, nan)
     if ok_g and ok_c:
         apply_generator(ctx)
     else:
         ctx.roles.opt_student.zero_grad(set_to_none=True)
     dist = ctx.dist
     metrics = {"step": step + 1, "loss": dist.mean(loss_g), "loss_critic": dist.mean(loss_c), "grad_norm": norm_g,
-               "grad_norm_critic": norm_c, "dmd_grad_norm": dmd_norm, "k": draws.k, "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
+               "grad_norm_critic": norm_c, "dmd_grad_norm": dmd_norm, "k": draws.k,
+               "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
                # the weights this iteration started from gave finite losses (its updates may still have failed)
                "weights_ok": bool(math.isfinite(dist.mean(loss_g)) and math.isfinite(dist.mean(first_c))),
                "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
+    metrics.update({name: sum(values) / len(values) for name, values in ctx.gan_losses.items()})
     metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
     metrics["step_time"] = time.perf_counter() - start
     return metrics

@@ -20,6 +20,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                vlm_api_key_env, vlm_concurrency (bench/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
+    gan:       generator_weight, critic_weight, layer, lr: DMD2's GAN term on the critic's features (0 = off;
+               the embedded world only, see `flashdistill.distill.gan`)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
                lora_rank, lora_alpha, gradient_checkpointing, frozen_dtype (auto | bf16 | fp32: what is frozen;
                what trains is fp32)
@@ -36,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
+from flashdistill.distill.gan import GanSection
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.distill.recipe_eval import EvalSection
 from flashdistill.errors import UserError
@@ -253,6 +256,7 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)  # the quick evaluation while training
     run: RunSection = field(default_factory=RunSection)  # cadence, device, parallel layout
     roles: RolesSection = field(default_factory=RolesSection)  # full or lora, precision of what is frozen
+    gan: GanSection = field(default_factory=GanSection)  # DMD2's GAN term on the critic's features (off)
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
@@ -263,8 +267,12 @@ class Recipe:
                      f"{', '.join(self.teachers)}")
         t2i_known, edit_known = self.data.categories()
         self.data.check(t2i_known)
-        for section in (self.student, self.critic, self.dmd, self.run, self.roles):
+        for section in (self.student, self.critic, self.dmd, self.run, self.roles, self.gan):
             section.check()
+        require(not self.gan.enabled() or not self.data.uses_files(), "gan", "the GAN term needs real images: "
+                "the embedded world's; data files hold prompts and edit sources only (set its weights to 0)")
+        require(not self.gan.enabled() or (self.run.parallel == "ddp" and not self.roles.gradient_checkpointing),
+                "gan", "runs with run.parallel ddp and without roles.gradient_checkpointing")
         self.eval.check(self.data.uses_files())
         require(self.run.parallel == "ddp" or self.eval.every == 0 or self.data.uses_files(), "eval.every",
                  "the world's quick evaluation runs on rank 0 alone; with run.parallel fsdp set it to 0 and "
@@ -367,8 +375,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 # Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
-# run.parallel (ddp was every checkpoint's layout) and roles.frozen_dtype (auto is fp32 on a CPU).
-LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"))
+# run.parallel (ddp was every checkpoint's layout), roles.frozen_dtype (auto is fp32 on a CPU), gan (off).
+LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"),
+                   ("gan", lambda g: g == asdict(GanSection())))
 
 
 def resume_fingerprint(recipe: Recipe) -> dict:

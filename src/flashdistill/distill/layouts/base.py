@@ -42,9 +42,13 @@ class Roles:
     student_train: torch.nn.Module  # what the grad passes go through: DDP wrapper or the bare module
     critic_train: torch.nn.Module
     family: object = None  # distill/families.py: what reads the teachers, the batches, the export
+    gan_head: torch.nn.Module | None = None  # DMD2's classifier on the critic's features (distill/gan.py), if on
+    opt_gan: torch.optim.Optimizer | None = None
 
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"student": self.student, "ema": self.ema, "critic": self.critic}
+        found = {"student": self.student, "ema": self.ema, "critic": self.critic}
+        return found if self.gan_head is None else {**found, "gan_head": self.gan_head}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"optimizer": self.opt_student, "critic_optimizer": self.opt_critic}
+        found = {"optimizer": self.opt_student, "critic_optimizer": self.opt_critic}
+        return found if self.opt_gan is None else {**found, "gan_optimizer": self.opt_gan}

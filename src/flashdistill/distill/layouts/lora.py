@@ -75,9 +75,9 @@ class AdapterView(nn.Module):
         self.config = base.config
         self._params = [] if adapter is None else base.adapter_params[adapter]
 
-    def forward(self, z_t, t, cond):
+    def forward(self, z_t, t, cond, **kwargs):
         activate(self.base, self.adapter)
-        return self.base(z_t, t, cond)
+        return self.base(z_t, t, cond, **kwargs)
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
                          ) -> Iterator[tuple[str, nn.Parameter]]:
