@@ -1,0 +1,93 @@
+"""Which levers make a 1-NFE student? Distil the quickstart recipe at one step under each lever, bench it.
+
+Every arm is the quickstart recipe (`src/flashdistill/assets/recipes/quickstart.yaml`, 150 iterations unless the arm
+says otherwise) with `student.nfe=1` and one guidance row per category (text and text editing: 0.4 base + 0.6
+specialized, the 4-step recipe's last row), plus the arm's overrides. Each student is benched at 1 NFE on slices of
+both mini benches (the first 20 cases of each T2I category, 10 of each edit category: 60 + 60 cases), world judge;
+teacher:base is benched on the same slices at 1, 2, 4, 8 and 50 NFE, and the quickstart's own 4-step student (given
+with --k4-student) at 1, 2 and 4. An arm whose results exist in --out-dir is read back, not run again, so the script
+resumes and a partial table can be printed at any time:
+
+    python benchmarks/few_step_levers.py --out-dir runs/levers --k4-student runs/quickstart/distill \
+        --json benchmarks/results/few_step_levers.json
+
+Each distillation runs in one thread (`run.threads=1`), so two copies of the script with disjoint `--arms` share a
+2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+RECIPE = "src/flashdistill/assets/recipes/quickstart.yaml"
+ONE_STEP = ["student.nfe=1", "guidance.text={base: 0.4, specialized: 0.6}",
+            "guidance.text_editing={base: 0.4, specialized: 0.6}", "run.threads=1"]
+TWO_STEP = ["student.nfe=2", "guidance.text=[{base: 1.0}, {base: 0.4, specialized: 0.6}]",
+            "guidance.text_editing=[{base: 1.0}, {base: 0.4, specialized: 0.6}]", "run.threads=1"]
+ARMS = {  # name: (recipe overrides, the NFEs to bench at)
+    "A-base": (ONE_STEP, [1]),
+    "B-lr5e-5": (ONE_STEP + ["dmd.lr=5e-5"], [1]),
+    "G-lr1e-4": (ONE_STEP + ["dmd.lr=1e-4"], [1]),
+    "H-600-lr5e-5-eval": (ONE_STEP + ["dmd.lr=5e-5", "dmd.iterations=600", "eval.every=100", "eval.limit=4"], [1]),
+    "D-fm0.5": (ONE_STEP + ["dmd.first_step_fm=0.5"], [1]),
+    "F-cfg2": (ONE_STEP + ["dmd.cfg_scale=2.0"], [1]),
+    "E-critic2e-4": (ONE_STEP + ["critic.lr=2e-4"], [1]),
+    "GAN-a": (ONE_STEP + ["gan.generator_weight=3e-3", "gan.critic_weight=1e-2"], [1]),
+    "GAN-b": (ONE_STEP + ["gan.generator_weight=3e-2", "gan.critic_weight=1e-1"], [1]),
+    "GAN-c": (ONE_STEP + ["gan.generator_weight=3e-2", "gan.critic_weight=1e-1", "gan.lr=1e-3"], [1]),
+    "J-K2": (TWO_STEP, [2, 1]),
+}
+LIMITS = {"t2i": 20, "edit": 10}
+
+
+def flashdistill(*args: str, log: Path) -> None:
+    with log.open("a") as handle:
+        done = subprocess.run([sys.executable, "-m", "flashdistill", *args], stdout=handle, stderr=handle)
+    if done.returncode != 0:
+        raise SystemExit(f"flashdistill {' '.join(args[:2])} failed (exit {done.returncode}); see {log}")
+
+
+def bench(model: str, nfe: int, folder: Path, log: Path) -> dict:
+    """Both slices at `nfe` into folder/b-{t2i,edit}-{nfe} (run unless there already); the two averages."""
+    row = {}
+    for name, limit in LIMITS.items():
+        out = folder / f"b-{name}-{nfe}"
+        if not (out / "results.json").is_file():
+            flashdistill("bench", name, "--model", model, "--nfe", str(nfe), "--limit", str(limit), "--out",
+                         str(out), log=log)
+        row[name] = json.loads((out / "results.json").read_text())["average"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out-dir", type=Path, required=True)
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--k4-student", default=None, help="the quickstart's 4-step student run folder")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    out, table = args.out_dir, {"teacher:base": {}, "arms": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    for nfe in (1, 2, 4, 8, 50):
+        table["teacher:base"][nfe] = bench("teacher:base", nfe, out / f"teacher-nfe{nfe}", out / "teacher.log")
+    if args.k4_student:
+        table["k4-student"] = {n: bench(args.k4_student, n, out / "qs4", out / "qs4.log") for n in (1, 2, 4)}
+    for arm in args.arms:
+        sets, nfes = ARMS[arm]
+        run, log = out / arm, out / f"{arm}.log"
+        if not all((run / f"b-{b}-{n}" / "results.json").is_file() for b in LIMITS for n in nfes):
+            flashdistill("distill", RECIPE, "--out", str(run), "--resume", "--set", *sets,
+                         f"run.text_cache={out / 'text-cache'}", log=log)
+        table["arms"][arm] = {"overrides": sets[len(ONE_STEP):] if sets[:len(ONE_STEP)] == ONE_STEP else sets,
+                              **{f"nfe{n}": bench(str(run), n, run, log) for n in nfes}}
+        print(arm, table["arms"][arm], flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
