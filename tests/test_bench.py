@@ -183,3 +183,19 @@ def test_a_speedup_above_the_ideal_is_called_noise():
 
     assert noise_note({"measured_speedup": 24.9, "ideal_speedup": 25.0}) == ""
     assert "noise" in noise_note({"measured_speedup": 28.1, "ideal_speedup": 25.0})
+
+
+def test_nfe_curve_reads_folders_and_names_curves(tmp_path):
+    from flashdistill.bench.curve import nfe_points, read_results
+    from flashdistill.errors import UserError
+
+    for name, nfe in (("a", 1), ("b", 2)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(
+            {"bench": "t2i", "model": f"student@{nfe}", "nfe": nfe, "average": 2.0 + nfe, "frechet_distance": {}}))
+    curves = nfe_points(read_results([tmp_path / "a", f"one-step={tmp_path / 'b'}"]))
+    assert curves == {"student": {"t2i": [(1, 3.0, None)]}, "one-step": {"t2i": [(2, 4.0, None)]}}
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "results.json").write_text("{}")
+    with pytest.raises(UserError, match="not a bench results file"):
+        read_results([tmp_path / "c"])

@@ -4,7 +4,7 @@
 (the label before `@`: `teacher`, `student`) and bench: (NFE, average judge score, mean per-category Fréchet distance
 or None). `plot_nfe_curve` draws them: the score against NFE on a log axis for T2I and editing side by side, and
 under them the Fréchet distances where the results have them (full benches; slices are too small for one). Drawn
-from the command line by `flashdistill bench curve RESULTS... --out FIG.png`.
+from the command line by `flashdistill bench curve [NAME=]RESULTS... --out FIG.png`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,19 @@ from flashdistill.files import read_json_object
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
 
 
-def read_results(paths: list[Path]) -> list[dict]:
-    """The results records of bench folders (or of results.json files named directly)."""
+def read_results(paths: list[str | Path]) -> list[dict]:
+    """The results records of bench folders (or of results.json files named directly). `NAME=PATH` names the
+    curve the record joins (default: the record's own model label before `@`)."""
     records = []
-    for path in paths:
-        path = Path(path)
+    for arg in paths:
+        name, sep, rest = str(arg).partition("=")
+        label, path = (name, Path(rest)) if sep and "/" not in name else (None, Path(arg))
         file = path / "results.json" if path.is_dir() else path
         record = read_json_object(file, "bench results")
         for key in ("bench", "model", "nfe", "average"):
             if key not in record:
                 raise UserError(f"{file}: not a bench results file (no '{key}')")
-        records.append(record)
+        records.append({**record, "model": f"{label}@{record['nfe']}"} if label else record)
     return records
 
 

@@ -116,8 +116,8 @@ def add_commands(top) -> None:
     p.add_argument("--out", required=True, help="table.md (table.json is written beside it)")
     p.set_defaults(func=cmd_bench_table)
     p = bench.add_parser("curve", help="plot score (and Fréchet distance) against NFE from result folders")
-    p.add_argument("folders", nargs="+", help="bench result folders (or results.json files); the model is the "
-                   "label before @ (teacher@50 -> teacher)")
+    p.add_argument("folders", nargs="+", help="bench result folders (or results.json files); the curve is the "
+                   "model label before @ (teacher@50 -> teacher), or NAME given as NAME=FOLDER")
     p.add_argument("--out", required=True, help="the figure (.png)")
     p.add_argument("--title", default="", help="a title over the panels")
     p.set_defaults(func=cmd_bench_curve)
