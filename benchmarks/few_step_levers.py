@@ -39,6 +39,18 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
     "GAN-a": (ONE_STEP + ["gan.generator_weight=3e-3", "gan.critic_weight=1e-2"], [1]),
     "GAN-b": (ONE_STEP + ["gan.generator_weight=3e-2", "gan.critic_weight=1e-1"], [1]),
     "GAN-c": (ONE_STEP + ["gan.generator_weight=3e-2", "gan.critic_weight=1e-1", "gan.lr=1e-3"], [1]),
+    "K-fm0.5-critic4": (ONE_STEP + ["dmd.first_step_fm=0.5", "critic.updates=4"], [1]),
+    "L-fm0.5-critic4-gan": (ONE_STEP + ["dmd.first_step_fm=0.5", "critic.updates=4", "gan.generator_weight=3e-2",
+                                        "gan.critic_weight=1e-1", "gan.lr=1e-3"], [1]),
+    "M-fm0.5-tshift3": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.t_shift=3"], [1]),
+    "N-fm0.5-lr5e-5-critic4-2e-4": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.lr=5e-5", "critic.updates=4",
+                                                "critic.lr=2e-4"], [1]),
+    "P-fm0.5-tshift0.33": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.t_shift=0.33"], [1]),
+    "O-fm0.5-450": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.iterations=450"], [1]),
+    "R-reg1-nfe4": (ONE_STEP + ["dmd.regression=1", "dmd.regression_nfe=4"], [1]),
+    "S-reg1-nfe4-fm0.5": (ONE_STEP + ["dmd.regression=1", "dmd.regression_nfe=4", "dmd.first_step_fm=0.5"], [1]),
+    "T-reg1-nfe4-lr1e-4": (ONE_STEP + ["dmd.regression=1", "dmd.regression_nfe=4", "dmd.lr=1e-4"], [1]),
+    "U-reg4-nfe4-lr5e-5": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
 }
 LIMITS = {"t2i": 20, "edit": 10}

@@ -158,6 +158,36 @@ def test_gaussian_dmd_descent_moves_student_to_teacher():
     assert abs(theta.item() - mu_real) < 0.01  # the fixed point: x0_fake = x0_real exactly when θ = μ
 
 
+@pytest.mark.parametrize("t0", [1.0, 0.5])
+def test_gaussian_teacher_ode_lands_on_the_linear_map(t0):
+    """For data N(μ, s²) the flow ODE keeps (z_t - (1-t)μ)/sd(t) fixed, sd(t)² = (1-t)²s² + t²: from z at t0 it
+    lands on μ + s·(z - (1-t0)μ)/sd(t0). One Euler step from t0 lands on the mixed x0_real itself."""
+    b, s, mu = 3, 0.5, 1.0
+    z = torch.randn((b, 2, 4, 4), generator=torch.Generator().manual_seed(0))
+    teachers = {"base": GaussianDenoiser(s), "specialized": GaussianDenoiser(0.8, offset=0.3)}
+    cond, uncond = _conds(mu, -1.0, b)
+    only_base = torch.tensor([[1.0, 0.0]] * b)
+    x0 = dmd.teacher_ode_x0(teachers, only_base, z, t0, 400, 1.0, cond, uncond, 1.0)
+    sd = ((1 - t0) ** 2 * s ** 2 + t0 ** 2) ** 0.5
+    torch.testing.assert_close(x0, mu + s * (z - (1 - t0) * mu) / sd, rtol=0, atol=1e-2)  # Euler: O(1/nfe)
+    lam = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]])
+    one = dmd.teacher_ode_x0(teachers, lam, z, t0, 1, 1.0, cond, uncond, 2.5)
+    want, _ = dmd.real_x0(teachers, lam, z, torch.full((b,), t0), cond, uncond, 2.5)
+    torch.testing.assert_close(one, want)
+
+
+def test_regression_term_trains_and_is_logged(teachers, cache_dir, encoder, tmp_path):
+    sets = ("dmd.iterations=2", "dmd.regression=0.5", "dmd.regression_nfe=2")
+    train_distill(tiny(teachers, cache_dir, *sets), tmp_path / "reg", encoder=encoder)
+    log = [json.loads(line) for line in (tmp_path / "reg" / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_reg"]) and r["loss_reg"] > 0 for r in log)
+    train_distill(tiny(teachers, cache_dir, *sets[:1]), tmp_path / "plain", encoder=encoder)
+    a, b = _weights(tmp_path / "reg"), _weights(tmp_path / "plain")
+    assert any(not torch.equal(a["student"][k], b["student"][k]) for k in a["student"])  # the term moved it
+    with pytest.raises(UserError, match=r"dmd\.regression_nfe"):
+        tiny(teachers, cache_dir, "dmd.regression_nfe=0")
+
+
 # ---- recipe and λ validation -------------------------------------------------------------------------------
 @pytest.mark.parametrize("extra, message", [
     (["guidance.text=[{base: 0.5}, {base: 1}, {base: 1}, {base: 1}]"], r"guidance\.text\[0\]: weights sum to 0\.5"),

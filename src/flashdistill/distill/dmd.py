@@ -12,6 +12,10 @@
 - `critic_loss`: flow matching (eq. 2) on detached student samples: the critic learns the student's score.
 - `first_step_fm_loss`: optional first-step supervision (paper §6.1): at k = 0 the student's velocity from pure
   noise is regressed onto eps - x for the batch's real image x (so its x0 is pulled towards E[x | c]).
+- `teacher_ode_x0` / `regression_loss`: DMD's regression term (Yin et al. 2024, §3.3): x_θ regressed onto where the
+  guided teacher mix's ODE takes the student's own input z_k (at step k's time) to t = 0. Unlike §6.1's target, a
+  sharp image paired with that very noise, so the student is pulled towards the teachers' noise-to-image map, modes
+  and all, not towards a mean.
 
 Closed-form checks: `pytest tests/test_distill.py -k gaussian`.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flashdistill.flow import flow_matching_loss, interpolate, shift_time, x0_from_v
+from flashdistill.flow import euler_timesteps, flow_matching_loss, interpolate, shift_time, x0_from_v
 from flashdistill.conditioning import Cond
 from flashdistill.sampling import guided_velocity
 
@@ -115,3 +119,24 @@ def critic_loss(critic, x: Tensor, eps: Tensor, t: Tensor, cond: Cond, bf16: boo
 def first_step_fm_loss(v: Tensor, eps: Tensor, x_data: Tensor) -> Tensor:
     """Paper §6.1: the first-step velocity from z_1 = eps regressed onto the flow-matching target eps - x."""
     return torch.nn.functional.mse_loss(v.float(), eps - x_data)
+
+
+@torch.no_grad()
+def teacher_ode_x0(teachers: dict, weights: Tensor, z: Tensor, t0: float, nfe: int, shift: float, cond: Cond,
+                   uncond: Cond, cfg_scale: float, bf16: bool = False, cfg_rule=None, any_rank=None,
+                   nonfinite: list | None = None) -> Tensor:
+    """The ODE of the λ-weighted guided teachers from z at time t0 to t = 0, in `nfe` Euler steps on the shifted grid
+    scaled to [0, t0]. Each step's velocity (z - x0)/t is affine in x0, so mixing the teachers' x0 (`real_x0`)
+    mixes their velocities: z' = z + (t' - t)·(z - x0)/t, and the last step (t' = 0) lands on x0."""
+    times = euler_timesteps(nfe, shift) * t0
+    for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
+        tt = torch.full((len(z),), t, device=z.device)
+        x0, _ = real_x0(teachers, weights, z, tt, cond, uncond, cfg_scale, bf16, cfg_rule, any_rank, nonfinite)
+        z = z + (t_next - t) * (z - x0) / t
+    return z
+
+
+def regression_loss(x: Tensor, target: Tensor) -> Tensor:
+    """DMD's regression term, mean squared error of x_θ to the teachers' ODE output (DMD used LPIPS on images; the
+    squared error also serves latents)."""
+    return torch.nn.functional.mse_loss(x.float(), target.float())

@@ -5,7 +5,8 @@
    the iteration (student step k, noises, DMD times) comes from `step_generator(seed, i)` for the global batch.
 2. Generator: backward simulation to step k (`dmd.simulate`) gives x_θ; x_t = (1-t)·x_θ + t·ξ; x0_real from the
    λ_k-weighted teachers with CFG (eq. 5-7), x0_fake from the critic; loss 0.5·||x_θ - sg(x_θ - grad)||² with the
-   normalised DMD gradient (eq. 4), plus the optional first-step flow matching (§6.1); AdamW, clipping, EMA.
+   normalised DMD gradient (eq. 4), plus the optional first-step flow matching (§6.1) and DMD's regression onto
+   the teachers' ODE from the student's own input z_k (`dmd.regression`); AdamW, clipping, EMA.
 3. Critic: `critic.updates` flow-matching updates (eq. 2) on the detached x_θ, each with fresh (t, noise).
 Edit rows carry their source tokens through student, teachers and critic alike (`Cond.source`).
 
@@ -42,7 +43,8 @@ from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.sampling import guided_velocity
 
-SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_gan", "loss_gan_critic",
+SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_gan",
+           "loss_gan_critic",
            "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic", "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
@@ -88,7 +90,7 @@ class Context:
     snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
     peek: bool = False  # keep this iteration's first rows of x_θ, x0_real, x0_fake in `peeked` (for the logs)
     peeked: dict[str, torch.Tensor] = field(default_factory=dict)
-    gan_losses: dict[str, list[float]] = field(default_factory=dict)  # this iteration's GAN terms (distill/gan.py)
+    terms: dict[str, list[float]] = field(default_factory=dict)  # this iteration's optional terms (regression, GAN)
     gan_snapshot: Snapshot = field(default_factory=Snapshot)  # the GAN head before the critic updates
 
     @contextmanager
@@ -147,7 +149,7 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
     gradient's norm per row). The `first` micro-batch fills `ctx.peeked` when `ctx.peek` asks for it."""
     r, rc = ctx.roles, ctx.recipe
     with ctx.timed("student"):
-        x, v, _ = dmd.simulate(r.student_train, draws.noises, rc.timesteps, draws.k, cond, rc.dmd.bf16, r.student)
+        x, v, z = dmd.simulate(r.student_train, draws.noises, rc.timesteps, draws.k, cond, rc.dmd.bf16, r.student)
     x_t = interpolate(x.detach(), draws.xi, draws.t)
     with ctx.timed("teachers"):
         weights = ctx.guidance.weights(draws.k, cond.category)  # (b, M)
@@ -155,6 +157,10 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
         bad: list[str] = []
         x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, draws.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
                                    ctx.family.cfg_rule, any_rank, bad)
+        if rc.dmd.regression > 0:
+            target = dmd.teacher_ode_x0(r.teachers, weights, z, rc.timesteps[draws.k], rc.dmd.regression_nfe,
+                                        rc.student.shift, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
+                                        ctx.family.cfg_rule, any_rank, bad)
         if ctx.dist.any(bool(bad))[0]:
             check_teachers(ctx, ran, cond, uncond)
     with ctx.timed("critic"):
@@ -164,10 +170,14 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
         loss = dmd.generator_loss(x, grad)
         if rc.dmd.first_step_fm > 0 and draws.k == 0:  # same k on every rank: the graphs agree under DDP
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
+        if rc.dmd.regression > 0:
+            term = dmd.regression_loss(x, target)
+            ctx.terms.setdefault("loss_reg", []).append(term.item())
+            loss = loss + rc.dmd.regression * term
     if r.gan_head is not None and rc.gan.generator_weight > 0:
         with ctx.timed("critic"):  # D(x_θ_t) through the critic, with a graph back to the student
             term = gan.generator_gan_loss(gan.logits(r.critic, r.gan_head, x, draws.xi, draws.t, cond, rc.dmd.bf16))
-        ctx.gan_losses.setdefault("loss_gan", []).append(term.item())
+        ctx.terms.setdefault("loss_gan", []).append(term.item())
         loss = loss + rc.gan.generator_weight * term
     if first and ctx.peek:
         ctx.peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
@@ -255,7 +265,7 @@ def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draw
     real = gan.logits(r.critic_train, r.gan_head, x_real, eps, t, rows, rc.dmd.bf16)
     fake = gan.logits(r.critic_train, r.gan_head, x.detach(), eps, t, rows, rc.dmd.bf16)
     term = gan.classifier_loss(real, fake)
-    ctx.gan_losses.setdefault("loss_gan_critic", []).append(term.item())
+    ctx.terms.setdefault("loss_gan_critic", []).append(term.item())
     return loss + rc.gan.critic_weight * term
 
 
@@ -263,7 +273,7 @@ def train_iteration(ctx: Context, step: int) -> dict:
     """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
     start = time.perf_counter()
     ctx.timers.clear()
-    ctx.peeked, ctx.gan_losses = {}, {}
+    ctx.peeked, ctx.terms = {}, {}
     with ctx.timed("data"):
         x_data, cond, uncond, draws = build_inputs(ctx, step)
     x, loss_g, norm_g, ok_g, ran, dmd_norm = generator_update(ctx, x_data, cond, uncond, draws)
@@ -280,7 +290,7 @@ def train_iteration(ctx: Context, step: int) -> dict:
                # the weights this iteration started from gave finite losses (its updates may still have failed)
                "weights_ok": bool(math.isfinite(dist.mean(loss_g)) and math.isfinite(dist.mean(first_c))),
                "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
-    metrics.update({name: sum(values) / len(values) for name, values in ctx.gan_losses.items()})
+    metrics.update({name: sum(values) / len(values) for name, values in ctx.terms.items()})
     metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
     metrics["step_time"] = time.perf_counter() - start
     return metrics

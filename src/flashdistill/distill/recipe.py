@@ -7,7 +7,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     critic:    init_from (a teacher name, the base teacher), lr, updates (critic updates per generator step)
     dmd:       cfg_scale, t_min/t_max/t_shift (DMD noise levels), normalize, lr, weight_decay, grad_clip,
                batch_size (global), micro_batch (rows per forward/backward on a rank; 0 = all), iterations,
-               ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off),
+               ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off), regression (DMD's regression
+               term onto the teachers' ODE output; 0 = off) and regression_nfe (that ODE's Euler steps),
                max_bad_steps (consecutive non-finite steps tolerated)
     guidance:  λ_{k,m}(c) (paper eq. 5-6), see `flashdistill.distill.guidance`
     data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5);
@@ -144,6 +145,8 @@ class DMDSection:
     bf16: bool = False
     seed: int = 0
     first_step_fm: float = 0.0  # weight of first-step flow-matching supervision (paper §6.1); 0 = off
+    regression: float = 0.0  # weight of DMD's regression onto the guided teachers' ODE from z_k (dmd.py); 0 = off
+    regression_nfe: int = 8  # Euler steps of that ODE (each costs every weighted teacher's guided pass)
     max_bad_steps: int = 5  # stop after this many non-finite iterations in a row
 
     def check(self) -> None:
@@ -161,6 +164,8 @@ class DMDSection:
         require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
         require(self.seed >= 0, "dmd.seed", "must be >= 0")
         require(self.first_step_fm >= 0, "dmd.first_step_fm", "must be >= 0 (0 = off)")
+        require(self.regression >= 0, "dmd.regression", "must be >= 0 (0 = off)")
+        require(self.regression_nfe >= 1, "dmd.regression_nfe", "must be >= 1")
         require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
 
 
@@ -375,9 +380,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 # Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
-# run.parallel (ddp was every checkpoint's layout), roles.frozen_dtype (auto is fp32 on a CPU), gan (off).
+# run.parallel (ddp was every checkpoint's layout), roles.frozen_dtype (auto is fp32 on a CPU), gan (off),
+# dmd.regression (off) and its dmd.regression_nfe.
 LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"),
-                   ("gan", lambda g: g == asdict(GanSection())))
+                   ("gan", lambda g: g == asdict(GanSection())), ("dmd.regression", lambda v: v == 0),
+                   ("dmd.regression_nfe", lambda v: v == 8))
 
 
 def resume_fingerprint(recipe: Recipe) -> dict:
