@@ -3,7 +3,8 @@
 Every arm is the quickstart recipe (`src/flashdistill/assets/recipes/quickstart.yaml`, 150 iterations unless the arm
 says otherwise) with `student.nfe=1` and one guidance row per category (text and text editing: 0.4 base + 0.6
 specialized, the 4-step recipe's last row), plus the arm's overrides. Each student is benched at 1 NFE on slices of
-both mini benches (the first 20 cases of each T2I category, 10 of each edit category: 60 + 60 cases), world judge;
+both mini benches (the first 20 cases of each T2I category, 10 of each edit category: 60 + 60 cases), world judge,
+with what each average is made of (the judge's sub-scores; on T2I the distance to the nearest clean render);
 teacher:base is benched on the same slices at 1, 2, 4, 8 and 50 NFE, and the quickstart's own 4-step student (given
 with --k4-student) at 1, 2 and 4. An arm whose results exist in --out-dir is read back, not run again, so the script
 resumes and a partial table can be printed at any time:
@@ -51,6 +52,10 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
     "S-reg1-nfe4-fm0.5": (ONE_STEP + ["dmd.regression=1", "dmd.regression_nfe=4", "dmd.first_step_fm=0.5"], [1]),
     "T-reg1-nfe4-lr1e-4": (ONE_STEP + ["dmd.regression=1", "dmd.regression_nfe=4", "dmd.lr=1e-4"], [1]),
     "U-reg4-nfe4-lr5e-5": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5"], [1]),
+    "V-reg20-nfe4-lr1e-4": (ONE_STEP + ["dmd.regression=20", "dmd.regression_nfe=4", "dmd.lr=1e-4"], [1]),
+    "W-reg4-nfe4-lr5e-5-1200": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5",
+                                            "dmd.iterations=1200"], [1]),
+    "X-fm0.5-tmax0.3": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.t_max=0.3"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
 }
 LIMITS = {"t2i": 20, "edit": 10}
@@ -72,7 +77,21 @@ def bench(model: str, nfe: int, folder: Path, log: Path) -> dict:
             flashdistill("bench", name, "--model", model, "--nfe", str(nfe), "--limit", str(limit), "--out",
                          str(out), log=log)
         row[name] = json.loads((out / "results.json").read_text())["average"]
+        row[f"{name}_parts"] = parts(out / "cases.jsonl")
     return row
+
+
+def parts(cases: Path) -> dict:
+    """What the average is made of: each judge sub-score's mean over the cases that have it, and on T2I the mean
+    distance to the nearest clean render (`manifold_mae`, the technical-quality metric)."""
+    rows = [json.loads(line) for line in cases.read_text().splitlines() if line.strip()]
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        for key, value in r.get("sub_scores", {}).items():
+            values.setdefault(key, []).append(value)
+        if "manifold_mae" in r.get("metrics", {}):
+            values.setdefault("manifold_mae", []).append(r["metrics"]["manifold_mae"])
+    return {key: round(sum(v) / len(v), 4) for key, v in values.items()}
 
 
 def main() -> None:
