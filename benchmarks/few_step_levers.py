@@ -56,6 +56,7 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
     "W-reg4-nfe4-lr5e-5-1200": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5",
                                             "dmd.iterations=1200"], [1]),
     "X-fm0.5-tmax0.3": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.t_max=0.3"], [1]),
+    "Y-fm0.5-ema0": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.ema_decay=0"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
 }
 LIMITS = {"t2i": 20, "edit": 10}
