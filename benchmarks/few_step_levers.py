@@ -57,6 +57,8 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
                                             "dmd.iterations=1200"], [1]),
     "X-fm0.5-tmax0.3": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.t_max=0.3"], [1]),
     "Y-fm0.5-ema0": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.ema_decay=0"], [1]),
+    "A-base-seed1": (ONE_STEP + ["dmd.seed=1"], [1]),
+    "D-fm0.5-seed1": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.seed=1"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
 }
 LIMITS = {"t2i": 20, "edit": 10}

@@ -2,7 +2,8 @@
 
 For every case two T2I bench folders share (same case file, so same prompt and seed), take d = x - x_ref in model
 space ([-1, 1]) and the case's initial noise z (the first draw of `torch.Generator().manual_seed(seed)`, as the
-pipelines draw it), fit d ≈ β·z by least squares, and report the mean β and the mean share of |d|² that β·z explains.
+pipelines draw it), fit d ≈ β·z by least squares, and report the mean β and the mean share of |d|² that β·z
+explains.
 A 1-step sampler that does not reproduce z exactly in v = z - x0 leaves a residual proportional to z (share well above
 0); a grain of another origin leaves a share near 0.
 

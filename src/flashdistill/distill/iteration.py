@@ -44,8 +44,7 @@ from flashdistill.runtime.steps import ema_update, step_generator
 from flashdistill.sampling import guided_velocity
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_gan",
-           "loss_gan_critic",
-           "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic", "step_time")
+           "loss_gan_critic", "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic", "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
 
