@@ -59,6 +59,8 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
     "Y-fm0.5-ema0": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.ema_decay=0"], [1]),
     "A-base-seed1": (ONE_STEP + ["dmd.seed=1"], [1]),
     "D-fm0.5-seed1": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.seed=1"], [1]),
+    "W-seed1": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5", "dmd.iterations=1200",
+                            "dmd.seed=1", "run.threads=2"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
 }
 LIMITS = {"t2i": 20, "edit": 10}

@@ -20,7 +20,7 @@ from flashdistill.data.batches import choose_items, make_batch
 from flashdistill.distill import dmd
 from flashdistill.distill.export import STUDENT_FILE, load_student
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import load_recipe
+from flashdistill.distill.recipe import load_recipe, resume_fingerprint
 from flashdistill.distill.layouts.build import build_roles
 from flashdistill.runtime.dist import Dist
 from flashdistill.cli.distill import main_distill
@@ -186,6 +186,9 @@ def test_regression_term_trains_and_is_logged(teachers, cache_dir, encoder, tmp_
     assert any(not torch.equal(a["student"][k], b["student"][k]) for k in a["student"])  # the term moved it
     with pytest.raises(UserError, match=r"dmd\.regression_nfe"):
         tiny(teachers, cache_dir, "dmd.regression_nfe=0")
+    # checkpoints written before the term existed still resume: at its defaults it is not in the fingerprint
+    assert "regression" not in resume_fingerprint(tiny(teachers, cache_dir))["dmd"]
+    assert resume_fingerprint(tiny(teachers, cache_dir, *sets[1:]))["dmd"]["regression"] == 0.5
 
 
 # ---- recipe and λ validation -------------------------------------------------------------------------------

@@ -165,7 +165,8 @@ class DMDSection:
         require(self.seed >= 0, "dmd.seed", "must be >= 0")
         require(self.first_step_fm >= 0, "dmd.first_step_fm", "must be >= 0 (0 = off)")
         require(self.regression >= 0, "dmd.regression", "must be >= 0 (0 = off)")
-        require(self.regression_nfe >= 1, "dmd.regression_nfe", "must be >= 1")
+        require(1 <= self.regression_nfe <= 1000, "dmd.regression_nfe", "must be in [1, 1000] (Euler steps per "
+                 "iteration)")
         require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
 
 
