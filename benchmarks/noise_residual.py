@@ -10,8 +10,7 @@ A 1-step sampler that does not reproduce z exactly in v = z - x0 leaves a residu
     python benchmarks/noise_residual.py runs/levers/teacher-nfe50/b-t2i-50 runs/levers/D-fm0.5/b-t2i-1 \
         runs/levers/teacher-nfe1/b-t2i-1
 
-Only bench folders of the shipped T2I case file (`builtin:t2i_mini.jsonl` in their run.json) or of a case file
-given with --cases.
+The seeds are read from the case file the folders were benched on: the shipped T2I one, or the one given with --cases.
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ import torch
 from PIL import Image
 
 from flashdistill.bench.cases import BUILTIN_CASES, load_cases
+from flashdistill.bench.stats import scores
 from flashdistill.errors import UserError, one_line
 
 
@@ -34,15 +34,13 @@ def image(folder: Path, case_id: str) -> np.ndarray:
 
 
 def residual(ref: Path, folder: Path, seeds: dict[str, int]) -> dict:
-    ids = [json.loads(line)["id"] for line in (folder / "cases.jsonl").read_text().splitlines() if line.strip()]
     betas, shares = [], []
-    for case_id in ids:
+    for case_id in scores(folder):
         if not (ref / "images" / f"{case_id}.png").is_file():
             continue
-        z = torch.randn((3, 32, 32), generator=torch.Generator().manual_seed(seeds[case_id])).permute(1, 2, 0).numpy()
-        d = image(folder, case_id) - image(ref, case_id)
-        if z.shape != d.shape:
-            raise UserError(f"{folder}: images are {d.shape[1]}x{d.shape[0]}, this script reads 32x32 ones")
+        d = image(folder, case_id) - image(ref, case_id)  # (H, W, 3)
+        gen = torch.Generator().manual_seed(seeds[case_id])
+        z = torch.randn((3, *d.shape[:2]), generator=gen).permute(1, 2, 0).numpy()
         beta = float((d * z).sum() / (z * z).sum())
         energy = float((d ** 2).sum())
         betas.append(beta)

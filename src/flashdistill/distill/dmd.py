@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flashdistill.flow import euler_timesteps, flow_matching_loss, interpolate, shift_time, x0_from_v
+from flashdistill.flow import euler_timesteps, flow_matching_loss, interpolate, shift_time, v_from_x0, x0_from_v
 from flashdistill.conditioning import Cond
 from flashdistill.sampling import guided_velocity
 
@@ -127,12 +127,12 @@ def teacher_ode_x0(teachers: dict, weights: Tensor, z: Tensor, t0: float, nfe: i
                    nonfinite: list | None = None) -> Tensor:
     """The ODE of the λ-weighted guided teachers from z at time t0 to t = 0, in `nfe` Euler steps on the shifted grid
     scaled to [0, t0]. Each step's velocity (z - x0)/t is affine in x0, so mixing the teachers' x0 (`real_x0`)
-    mixes their velocities: z' = z + (t' - t)·(z - x0)/t, and the last step (t' = 0) lands on x0."""
+    mixes their velocities: z' = z + (t' - t)·v, and the last step (t' = 0) lands on x0."""
     times = euler_timesteps(nfe, shift) * t0
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
         tt = torch.full((len(z),), t, device=z.device)
         x0, _ = real_x0(teachers, weights, z, tt, cond, uncond, cfg_scale, bf16, cfg_rule, any_rank, nonfinite)
-        z = z + (t_next - t) * (z - x0) / t
+        z = z + (t_next - t) * v_from_x0(z, tt, x0)
     return z
 
 
