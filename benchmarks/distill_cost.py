@@ -5,7 +5,7 @@
 
 Two recipes run the same iterations (same batches, same student step k, same categories), interleaved A/B/A/B so
 that drift in a shared machine's speed hits both alike:
-- `two_teachers`: RECIPE as written (default configs/flash.yaml: step-wise guidance from base and specialized);
+- `two_teachers`: RECIPE as written (default configs/flash_4nfe.yaml: step-wise guidance from base and specialized);
 - `one_teacher`: the same recipe with only `base` (guidance omitted: λ = 1 on base everywhere).
 Parts per iteration (seconds, from the trainer's own timers): data (batch + text), student (backward simulation,
 generator loss, backward, AdamW, EMA), teachers (real score with CFG), critic (fake score + critic updates).
@@ -48,7 +48,7 @@ def fresh_teachers(folder: Path, preset: str) -> tuple[Path, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", default=str(ROOT / "configs" / "flash.yaml"))
+    parser.add_argument("--recipe", default=str(ROOT / "configs" / "flash_4nfe.yaml"))
     parser.add_argument("--teachers", nargs=2, metavar=("BASE", "SPECIALIZED"), default=None)
     parser.add_argument("--preset", choices=tuple(PRESETS), default="small")
     parser.add_argument("--batch-size", type=int, default=8)

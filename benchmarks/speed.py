@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher-nfe", type=int, default=50)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--recipe", default=str(ROOT / "configs" / "flash.yaml"), help="for the iteration split")
+    parser.add_argument("--recipe", default=str(ROOT / "configs" / "flash_4nfe.yaml"), help="for the iteration split")
     parser.add_argument("--iterations", type=int, default=6, help="timed distillation iterations (0: skip)")
     parser.add_argument("--out", default="benchmarks/results/speed.json")
     args = parser.parse_args(argv)

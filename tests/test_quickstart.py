@@ -31,21 +31,21 @@ def finished(tmp_path_factory, overrides):
 def test_report_has_tables_grids_speed_recipe_and_commands(finished):
     md = (finished / "report.md").read_text()
     preset = qs.PRESETS["tiny"]
-    labels = [f"teacher@{preset.teacher_nfe}", "teacher@4", "student@4", "student@2", "student@1", "teacher@1"]
+    labels = [f"teacher@{preset.teacher_nfe}", "teacher@2", "student@2", "student@1", "teacher@1"]
     for heading in ("## Scores", "## Quality against NFE", "## Side by side", "## Speed", "## Distillation",
                     "## Recipe"):
         assert heading in md
     for bench in ("T2I-Bench", "Editing-Bench"):
         section = md.split(f"### {bench}")[1].split("###")[0]
         rows = [line for line in section.splitlines() if line.startswith("| ") and "@" in line.split("|")[1]]
-        assert sorted(r.split("|")[1].strip() for r in rows[:6]) == sorted(labels)
-        ranks = [int(r.split("|")[-2]) for r in rows[:6]]
-        assert sorted(ranks) == [1, 2, 3, 4, 5, 6]
+        assert sorted(r.split("|")[1].strip() for r in rows[:5]) == sorted(labels)
+        ranks = [int(r.split("|")[-2]) for r in rows[:5]]
+        assert sorted(ranks) == [1, 2, 3, 4, 5]
     # quality against NFE: one table row per model and NFE, and the plot
     curve = md.split("## Quality against NFE")[1].split("##")[0]
     assert [line.split("|")[1:3] for line in curve.splitlines() if line.startswith("| student") or
-            line.startswith("| teacher")] == [[" student ", " 1 "], [" student ", " 2 "], [" student ", " 4 "],
-                                              [" teacher ", " 1 "], [" teacher ", " 4 "], [" teacher ", " 6 "]]
+            line.startswith("| teacher")] == [[" student ", " 1 "], [" student ", " 2 "],
+                                              [" teacher ", " 1 "], [" teacher ", " 2 "], [" teacher ", " 6 "]]
     # every table row has a command that reproduces it
     for label in labels:
         assert re.search(rf"- {re.escape(label)}, t2i: `flashdistill bench t2i --model \S+ --nfe \d+ --limit 1", md)
@@ -61,12 +61,12 @@ def test_speed_ratios_are_measured_in_one_run_and_ideal_counts_passes(finished):
     preset = qs.PRESETS["tiny"]
     assert {r["batch"] for r in speed["rows"]} == set(preset.speed_batches)
     for ratio in speed["ratios"]:
-        # tiny recipe: teacher with CFG at 6 NFE = 12 passes, student 4 passes
-        assert ratio["reference_passes"] == 2 * preset.teacher_nfe and ratio["student_passes"] == 4
-        assert ratio["ideal_speedup"] == pytest.approx(2 * preset.teacher_nfe / 4)
+        # tiny recipe: teacher with CFG at 6 NFE = 12 passes, the 2-step student 2 passes
+        assert ratio["reference_passes"] == 2 * preset.teacher_nfe and ratio["student_passes"] == 2
+        assert ratio["ideal_speedup"] == pytest.approx(2 * preset.teacher_nfe / 2)
         assert ratio["above_ideal"] == (ratio["measured_speedup"] > ratio["ideal_speedup"])
         rows = {r["label"]: r for r in speed["rows"] if r["batch"] == ratio["batch"]}
-        measured = rows["student@4"]["images_per_s"] / rows[f"teacher@{preset.teacher_nfe}"]["images_per_s"]
+        measured = rows["student@2"]["images_per_s"] / rows[f"teacher@{preset.teacher_nfe}"]["images_per_s"]
         assert ratio["measured_speedup"] == pytest.approx(measured, rel=0.01)
 
 
@@ -74,7 +74,7 @@ def test_html_is_one_self_contained_file(finished):
     html = (finished / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 3
     assert not re.search(r'src="(?!data:)', html)  # nothing to fetch from disk or network
-    assert "<table>" in html and "student@4" in html
+    assert "<table>" in html and "student@2" in html
 
 
 def test_interrupt_and_rerun_resumes_every_stage(tmp_path, overrides, monkeypatch, capsys):
@@ -141,3 +141,14 @@ def test_sub_schedule_keeps_the_first_step_and_trained_times():
     assert sub_schedule(ts, 1) == [1.0]
     with pytest.raises(UserError):
         sub_schedule(ts, 5)
+
+
+def test_bench_rows_follow_the_recipes_step_count():
+    preset = qs.PRESETS["default"]
+
+    def labels(k):
+        return [r.label for r in qs.bench_rows(preset, k, "teacher:base", qs.Path("run"))]
+
+    assert labels(1) == ["teacher@50", "teacher@1", "student@1", "teacher@8", "teacher@4", "teacher@2"]
+    assert labels(4) == ["teacher@50", "teacher@4", "student@4", "student@2", "student@1", "teacher@8", "teacher@2",
+                         "teacher@1"]

@@ -1,4 +1,4 @@
-"""flashdistill: few-step (4-NFE) distillation of text-to-image + editing flow-matching models with DMD.
+"""flashdistill: few-step (1- to 4-NFE) distillation of text-to-image + editing flow-matching models with DMD.
 
 Implements the system of "Qwen-Image-Flash: Beyond Objective Design" (arXiv 2606.03746): an embedded procedural
 image world with exact ground truth, the paper's two benchmarks with judges, and (later) teachers, the DMD engine

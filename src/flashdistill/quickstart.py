@@ -2,12 +2,13 @@
 
 Four stages, each resumable, run in order into DIR (default `runs/quickstart`):
 
-1. distill  the preset's recipe (`assets/recipes/quickstart.yaml`: step-wise guidance from teacher:base and
-            teacher:specialized, T2I:Edit 5:5) distils the shipped teachers into a 4-NFE student, `DIR/distill/`;
+1. distill  the preset's recipe (`assets/recipes/quickstart.yaml`: guidance from teacher:base and
+            teacher:specialized, first-step supervision, T2I:Edit 5:5) distils the shipped teachers into a student
+            with the recipe's step count K (1: where this world's teacher breaks down), `DIR/distill/`;
 2. bench    slices of T2I-Bench-mini and Editing-Bench-mini (the first cases of each category), world judge, for
-            the base teacher at 50, 8, 4, 2 and 1 NFE and the student at 4, 2 and 1 NFE:
+            the base teacher at 50, 8, 4, 2 and 1 NFE and the student at K and at the powers of two below it:
             `DIR/bench/<bench>-<row>/` (the report plots quality against NFE from them);
-3. speed    images per second of teacher@50 and teacher@4 (both with CFG) and student@4, in the same process,
+3. speed    images per second of teacher@50 and teacher@K (both with CFG) and student@K, in the same process,
             at batch 1 and 32, with the ideal ratio from counting network passes: `DIR/speed.json`;
 4. report   `DIR/report.md` and `DIR/report.html` (one self-contained file): tables in the paper's layout, grids,
             speed, the recipe, and the command behind every number (`flashdistill.report`).
@@ -45,9 +46,7 @@ class Preset:
     t2i_limit: int  # bench cases per T2I category
     edit_limit: int  # bench cases per edit category
     teacher_nfe: int = 50
-    few_nfe: int = 4  # the teacher's few-step row and the student's own step count
-    student_nfes: tuple[int, ...] = (4, 2, 1)  # a K-step student samples at K or fewer steps
-    teacher_curve: tuple[int, ...] = (8, 2, 1)  # more teacher rows, for quality against NFE
+    teacher_curve: tuple[int, ...] = (8, 4, 2, 1)  # more teacher rows, for quality against NFE
     speed_batches: tuple[int, ...] = (1, 32)
     speed_repeats: int = 3
     grid_t2i_rows: int = 2  # T2I grid rows per category
@@ -72,11 +71,20 @@ class Row:
         return f"{bench}-{self.label.replace('@', '-nfe').replace(':', '_')}"
 
 
-def bench_rows(preset: Preset, teacher_spec: str, student_run: Path) -> list[Row]:
+def student_nfes(k: int) -> list[int]:
+    """The NFEs a K-step student is benched at: K, then the powers of two below it (it samples at K or fewer steps
+    on a sub-schedule of its own times)."""
+    return [k] + [n for n in (8, 4, 2, 1) if n < k]
+
+
+def bench_rows(preset: Preset, k: int, teacher_spec: str, student_run: Path) -> list[Row]:
+    """teacher@50 and teacher@K (the comparisons the report leads with), the student at its NFEs, then the rest of
+    the teacher's curve."""
     rows = [Row(f"teacher@{preset.teacher_nfe}", teacher_spec, preset.teacher_nfe),
-            Row(f"teacher@{preset.few_nfe}", teacher_spec, preset.few_nfe)]
-    rows += [Row(f"student@{n}", str(student_run), n) for n in preset.student_nfes]
-    return rows + [Row(f"teacher@{n}", teacher_spec, n) for n in preset.teacher_curve]
+            Row(f"teacher@{k}", teacher_spec, k)]
+    rows += [Row(f"student@{n}", str(student_run), n) for n in student_nfes(k)]
+    return rows + [Row(f"teacher@{n}", teacher_spec, n) for n in preset.teacher_curve
+                   if n not in (k, preset.teacher_nfe)]
 
 
 class State:
@@ -152,7 +160,7 @@ def stage_bench(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
     student = load_student_model(out / "distill", name="student", encoder=encoder)
     bench_slice = WorldSlice({"t2i": preset.t2i_limit, "edit": preset.edit_limit}, teacher.resolution)
     for bench in ("t2i", "edit"):
-        for row in bench_rows(preset, teacher_spec, out / "distill"):
+        for row in bench_rows(preset, recipe.student.nfe, teacher_spec, out / "distill"):
             model = student if row.label.startswith("student") else teacher
             model.name = row.label
             bench_slice.run(bench, model, out / "bench" / row.folder(bench), row.nfe)
@@ -167,7 +175,7 @@ def stage_speed(out: Path, preset: Preset, overrides: list[str], encoder) -> Non
     batch = max(preset.speed_batches)
     teacher = load_teacher(recipe.teachers[recipe.student.init_from], encoder=encoder, batch_size=batch)
     student = load_student_model(out / "distill", encoder=encoder, batch_size=batch)
-    few = preset.few_nfe
+    few = recipe.student.nfe
     samplers = [(f"teacher@{preset.teacher_nfe}", teacher, preset.teacher_nfe), (f"teacher@{few}", teacher, few),
                 (f"student@{few}", student, few)]
     result = compare(samplers, list(preset.speed_batches), preset.speed_repeats,
@@ -181,14 +189,14 @@ def stage_report(out: Path, preset: Preset, overrides: list[str], encoder) -> No
     from flashdistill.report import write_report
 
     recipe = load_quickstart_recipe(preset, overrides)
-    rows = bench_rows(preset, recipe.teachers[recipe.student.init_from], out / "distill")
+    rows = bench_rows(preset, recipe.student.nfe, recipe.teachers[recipe.student.init_from], out / "distill")
     write_report(out, preset, recipe, overrides, read_json_object(out / STATE_FILE, "quickstart record"), rows,
                  recipe_path(preset))
 
 
 RUNNERS = {"distill": stage_distill, "bench": stage_bench, "speed": stage_speed, "report": stage_report}
 DESCRIPTIONS = {
-    "distill": "distil the teachers into a {few}-NFE student (DMD, step-wise guidance, T2I:Edit 5:5)",
+    "distill": "distil the teachers into a {few}-NFE student (DMD, multi-teacher guidance, T2I:Edit {ratio})",
     "bench": "benchmark the teacher and the student at several NFE on both mini bench slices (world judge)",
     "speed": "measure images per second of teacher@{tn}, teacher@{few} and student@{few}",
     "report": "write report.md and report.html",
@@ -200,13 +208,13 @@ def quickstart(out: Path, preset_name: str = "default", overrides: list[str] | N
     if preset_name not in PRESETS:
         raise UserError(f"--preset: unknown preset '{preset_name}' (known: {', '.join(PRESETS)})")
     preset, overrides = PRESETS[preset_name], list(overrides or [])
-    load_quickstart_recipe(preset, overrides)  # a bad override fails here, before anything is written
+    recipe = load_quickstart_recipe(preset, overrides)  # a bad override fails here, before anything is written
     out = Path(out)
     with claim_run(out, "quickstart"):  # another kind of run there, or another process writing it: refused
-        return _run_stages(out, preset, overrides)
+        return _run_stages(out, preset, overrides, recipe)
 
 
-def _run_stages(out: Path, preset: Preset, overrides: list[str]) -> Path:
+def _run_stages(out: Path, preset: Preset, overrides: list[str], recipe) -> Path:
     state = State(out, {"preset": asdict(preset), "overrides": overrides})
     report = out / "report.md"
     if all(state.done(s) for s in STAGES):
@@ -220,7 +228,7 @@ def _run_stages(out: Path, preset: Preset, overrides: list[str]) -> Path:
         if state.done(stage):
             print(f"[{i}/{len(STAGES)}] {stage}: done earlier, skipped")
             continue
-        what = DESCRIPTIONS[stage].format(few=preset.few_nfe, tn=preset.teacher_nfe)
+        what = DESCRIPTIONS[stage].format(few=recipe.student.nfe, tn=preset.teacher_nfe, ratio=recipe.tasks.ratio)
         print(f"[{i}/{len(STAGES)}] {stage}: {what}", flush=True)
         start = time.perf_counter()
         try:

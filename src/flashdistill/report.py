@@ -41,10 +41,9 @@ def _score(judged: dict, case_id: str) -> str:
     return "failed" if score is None else f"{score:.2f}"
 
 
-def t2i_grid(out: Path, preset, rows) -> list[str]:
-    """teacher@50 | teacher@4 | student@4 on the same prompts and seeds; returns the prompts, row by row."""
-    cols = [r for r in rows if r.label in (f"teacher@{preset.teacher_nfe}", f"teacher@{preset.few_nfe}",
-                                           f"student@{preset.few_nfe}")]
+def t2i_grid(out: Path, preset, rows, k: int) -> list[str]:
+    """teacher@50 | teacher@K | student@K on the same prompts and seeds; returns the prompts, row by row."""
+    cols = [r for r in rows if r.label in (f"teacher@{preset.teacher_nfe}", f"teacher@{k}", f"student@{k}")]
     judged = {r.label: _judged(out / "bench" / r.folder("t2i")) for r in cols}
     picked = [c for cat in T2I_CATEGORIES
               for c in [c for c in _cases("t2i", preset.t2i_limit) if c.category == cat][:preset.grid_t2i_rows]]
@@ -55,9 +54,9 @@ def t2i_grid(out: Path, preset, rows) -> list[str]:
     return [f"`{c.id}` (seed {c.seed}): {c.prompt}" for c in picked]
 
 
-def edit_grid(out: Path, preset, rows) -> list[str]:
-    """source | teacher@50 | student@4 | exact target, one row per edit category."""
-    cols = [r for r in rows if r.label in (f"teacher@{preset.teacher_nfe}", f"student@{preset.few_nfe}")]
+def edit_grid(out: Path, preset, rows, k: int) -> list[str]:
+    """source | teacher@50 | teacher@K | student@K | exact target, one row per edit category."""
+    cols = [r for r in rows if r.label in (f"teacher@{preset.teacher_nfe}", f"teacher@{k}", f"student@{k}")]
     judged = {r.label: _judged(out / "bench" / r.folder("edit")) for r in cols}
     cases = _cases("edit", preset.edit_limit)
     picked = [next(c for c in cases if c.category == cat) for cat in EDIT_CATEGORIES]
@@ -86,10 +85,9 @@ def _results(out: Path, rows, bench: str) -> list[dict]:
     return found
 
 
-def summary_lines(ranked: list[dict], speed: dict, preset) -> list[str]:
+def summary_lines(ranked: list[dict], speed: dict, preset, k: int) -> list[str]:
     avg = {(r["bench"], r["model"]): r["average"] for r in ranked}
-    tn, few = f"teacher@{preset.teacher_nfe}", f"teacher@{preset.few_nfe}"
-    stu = f"student@{preset.few_nfe}"
+    tn, few, stu = f"teacher@{preset.teacher_nfe}", f"teacher@{k}", f"student@{k}"
     lines = []
     for bench, name in (("t2i", "T2I"), ("edit", "Editing")):
         s, t, t4 = avg[(bench, stu)], avg[(bench, tn)], avg[(bench, few)]
@@ -176,7 +174,8 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, r
 
     ranked = rank_rows(_results(out, rows, "t2i") + _results(out, rows, "edit"))
     speed = json.loads((out / "speed.json").read_text())
-    prompts, instructions = t2i_grid(out, preset, rows), edit_grid(out, preset, rows)
+    k = recipe.student.nfe
+    prompts, instructions = t2i_grid(out, preset, rows, k), edit_grid(out, preset, rows, k)
     distill_cmd = f"flashdistill distill {recipe_file} --out {out / 'distill'}" + \
         (" --set " + " ".join(overrides) if overrides else "")
     limits = {"t2i": preset.t2i_limit, "edit": preset.edit_limit}
@@ -184,11 +183,11 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, r
     md = [
         "# flashdistill quickstart report", "",
         f"The teachers ({', '.join(f'`{n}`: {s}' for n, s in recipe.teachers.items())}) distilled into a "
-        f"{preset.few_nfe}-NFE student that does text-to-image and editing, with DMD, step-wise multi-teacher "
-        f"guidance and a T2I:Edit {recipe.tasks.ratio} task mixture, then judged by the world judge against its "
+        f"{k}-NFE student that does text-to-image and editing, with DMD, {'step-wise ' if k > 1 else ''}"
+        f"multi-teacher guidance and a T2I:Edit {recipe.tasks.ratio} task mixture, then judged by the world judge against its "
         f"teacher. Preset `{preset.name}`; stages took " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in
                                                                    seconds.items()) + ".", "",
-        *summary_lines(ranked, speed, preset), "",
+        *summary_lines(ranked, speed, preset, k), "",
         "## Scores", "",
         f"World judge (1-5), slices of the mini benches: the first {preset.t2i_limit} cases of each T2I-Bench-mini "
         f"category and the first {preset.edit_limit} of each Editing-Bench-mini category (the full benches are "
@@ -202,11 +201,11 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, r
         *nfe_section(out, ranked), "",
         "## Side by side", "",
         "Text-to-image, same prompt and seed in each row; the world judge's score under each image.", "",
-        f"![T2I: teacher@{preset.teacher_nfe} | teacher@{preset.few_nfe} | student@{preset.few_nfe}](grids/t2i.png)",
+        f"![T2I: teacher@{preset.teacher_nfe} | teacher@{k} | student@{k}](grids/t2i.png)",
         "",
         *[f"- {p}" for p in prompts], "",
         "Editing, one row per category: the source, the outputs, and the world's exact target.", "",
-        f"![Editing: source | teacher@{preset.teacher_nfe} | student@{preset.few_nfe} | exact target](grids/edit.png)",
+        f"![Editing: source | teacher@{preset.teacher_nfe} | teacher@{k} | student@{k} | exact target](grids/edit.png)",
         "",
         *[f"- {p}" for p in instructions], "",
         "## Speed", "",

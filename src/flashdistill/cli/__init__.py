@@ -22,12 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="flashdistill",
         description="Few-step distillation toolkit (Qwen-Image-Flash recipe). Subcommands:\n"
-                    "  quickstart  the main job: shipped teachers -> 4-NFE student -> benchmarks -> report\n"
+                    "  quickstart  the main job: shipped teachers -> 1-NFE student -> benchmarks -> report\n"
                     "  world   the embedded procedural image world: sample renders, measure legibility\n"
                     "  bench   T2I-Bench / Editing-Bench: run a model, build tables, make case files, calibrate\n"
                     "  judge   train and evaluate the world judge's reader network\n"
                     "  teacher train a base teacher, or specialize one (flow matching, T2I + editing)\n"
-                    "  distill DMD distillation into a 4-NFE student from a recipe (configs/flash.yaml)\n"
+                    "  distill DMD distillation into a few-step student from a recipe (configs/flash.yaml)\n"
                     "  study   the paper's three studies: arms x training seeds, tables with 95% CIs, verdicts\n"
                     "  generate / edit   sample images from a teacher or a distilled student\n"
                     "  qwen / cache / plan   Qwen-Image folders: tiny test folders, embedding caches, memory plan",

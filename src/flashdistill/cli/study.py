@@ -16,10 +16,11 @@ def cmd_quickstart(args) -> None:
 
 def add_quickstart(top) -> None:
     """Register `quickstart` on the top-level subparsers `top`."""
-    p = top.add_parser("quickstart", help="distil the shipped teachers into a 4-NFE student, benchmark it against "
+    p = top.add_parser("quickstart", help="distil the shipped teachers into a 1-NFE student, benchmark it against "
                                           "its teacher, measure speed, write report.md/.html (~15 min on a CPU)",
                        description="The whole system in one command: distillation (quickstart recipe), bench "
-                                   "slices for teacher@50, teacher@4 and the student at 4/2/1 NFE, speed, and a "
+                                   "slices for teacher:base at 50, 8, 4, 2 and 1 NFE and the student at its step count K "
+                                   "(the recipe's: 1) and below, speed, and a "
                                    "report. Ctrl-C and the same command again resume where it stopped.")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
     p.add_argument("--preset", default="default", help="default (sized for ~15 min on a 2-core CPU) or tiny "
