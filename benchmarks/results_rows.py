@@ -2,7 +2,8 @@
 
     python benchmarks/results_rows.py teachers --out runs/results      # teacher:base / :specialized at 50 and 4 NFE
     python benchmarks/results_rows.py base --out runs/results          # teacher:base at 50 and 4 NFE
-    python benchmarks/results_rows.py student --student runs/flash --out runs/results
+    python benchmarks/results_rows.py student --student runs/flash --out runs/results   # K-step student: at K and
+                                                # the powers of two below, teacher:base at 50, K and 1
     python benchmarks/results_rows.py specialized --out runs/results  # its target subset only: text, text_editing
 
 Each row is one `flashdistill bench t2i|edit --model M --nfe N` on the full mini benches with the world judge,
@@ -36,8 +37,19 @@ def rows_for(name: str, student: str | None) -> list[tuple[str, int]]:
     if name == "student":
         if not student:
             raise SystemExit("error: the student set needs --student RUN_DIR")
-        return [(student, 4), (student, 2), (student, 1), ("teacher:base", 50), ("teacher:base", 4)]
+        from flashdistill.quickstart import student_nfes
+
+        k = student_steps(student)
+        teacher = [("teacher:base", n) for n in dict.fromkeys((50, k, 1))]
+        return [(student, n) for n in student_nfes(k)] + teacher
     return SETS[name]
+
+
+def student_steps(student: str) -> int:
+    """The step count K a distillation run (or student export) was trained for."""
+    from flashdistill.distill.export import load_student
+
+    return len(load_student(student).timesteps)
 
 
 def folder_name(bench: str, model: str, nfe: int, category: str | None = None) -> str:
