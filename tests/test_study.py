@@ -96,7 +96,8 @@ def test_every_study_names_recipes_that_load_and_findings_on_its_arms():
         keys = {a.key for a in study.arms}
         for arm in study.arms:
             raw, recipe = runner.load_arm(recipes, arm.recipe, [])
-            assert recipe.dmd.seed == 0
+            assert recipe.dmd.seed == 0 and recipe.student.nfe == 1  # the embedded recipes' step count
+            assert runner.load_arm(recipes / "4nfe", arm.recipe, [])[1].student.nfe == 4  # the earlier studies'
         for f in study.findings:
             assert f.a in keys and (f.b is None or f.b in keys) and f.direction in (1, -1)
             assert f.bench in (*study.benches, "curve")
@@ -160,6 +161,26 @@ def test_report_has_table_findings_verdicts_and_curves(finished):
     assert "± " in text and "## Findings" in text and "specialized only (direct)" in text
     assert "**inconclusive**" in text or "**confirmed**" in text or "**refuted**" in text
     assert (out / "curves.png").stat().st_size > 5000
+
+
+def test_a_study_continued_with_other_recipes_is_refused(finished, tmp_path, sets, encoder):
+    """Adding seeds to a study with other recipe files (another --recipes, or files edited since) would put runs of
+    two recipes in one table: refused, naming the finished run."""
+    import shutil
+
+    out = tmp_path / "tg"
+    shutil.copytree(finished[0], out)
+    recipes = tmp_path / "recipes"
+    shutil.copytree(runner.default_recipes(), recipes)
+    again = runner.run_study("teacher-guidance", out, seeds=2, preset="tiny", overrides=sets, encoder=encoder,
+                             arms=ARMS, recipes=recipes)  # the same recipes elsewhere: nothing to do, accepted
+    assert again.is_file()
+    path = recipes / "tg1_base.yaml"
+    path.write_text(path.read_text().replace("ratio: \"1:0\"", "ratio: \"5:5\""))
+    with pytest.raises(UserError, match=r"tg1_base[/\\]seed0: finished with another recipe"):
+        runner.run_study("teacher-guidance", out, seeds=3, preset="tiny", overrides=sets, encoder=encoder,
+                         arms=ARMS, recipes=recipes)
+    assert not runner.seed_dir(out, "tg1_base", 2).exists()  # refused before anything ran
 
 
 def test_an_interrupted_study_reruns_only_what_did_not_finish(tmp_path, sets, encoder, monkeypatch):

@@ -140,6 +140,33 @@ class StudyState:
             write_json_atomic(self.path, {"identity": identity})
 
 
+def check_finished_runs(out: Path, study: Study, size: Preset, recipes: Path, overrides: list[str]) -> None:
+    """Every finished run in `out` was trained on the recipe the arm's file gives now (compared as --resume compares,
+    without the resumable keys): so that a study continued with other recipes (`--recipes`, or recipe files
+    edited since it began) is refused instead of mixing runs of two recipes in one table."""
+    from flashdistill.distill.recipe import recipe_from_raw, resume_fingerprint
+    from flashdistill.files import read_json_object
+
+    for arm in study.arms:
+        raw = None
+        for folder in sorted((out / "arms" / arm.key).glob("seed*")):
+            if not (folder / DONE_FILE).is_file() or not folder.name[4:].isdigit():
+                continue
+            if raw is None:
+                raw, _ = load_arm(recipes, arm.recipe, [])
+            seed = int(folder.name[4:])
+            record = folder / "distill" / "student" / "student.json"
+            saved = read_json_object(record, "student record").get("recipe")
+            try:
+                ran = resume_fingerprint(recipe_from_raw(saved, []))
+            except (UserError, TypeError, AttributeError):
+                raise UserError(f"{record}: its 'recipe' does not read back; use another --out") from None
+            _, now = load_arm(recipes, arm.recipe, run_overrides(out, size, raw, seed, overrides))
+            if ran != resume_fingerprint(now):
+                raise UserError(f"{folder}: finished with another recipe than {recipes / arm.recipe} gives now; "
+                                f"continue this study with the recipes it ran from (--recipes), or use another --out")
+
+
 def is_done(out: Path, arm: str, seed: int) -> bool:
     return (seed_dir(out, arm, seed) / DONE_FILE).is_file()
 
@@ -223,6 +250,7 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
     with claim_run(out, "study"):  # another kind of run there, or another process writing it: refused
         StudyState(out, {"study": name, "preset": preset, "overrides": overrides,
                          "teachers": teacher_digests(list(loaded.values()))})
+        check_finished_runs(out, study, size, recipes, overrides)
         _run_arms(study, size, out, chosen, seeds, recipes, overrides, encoder)
         return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
 
