@@ -3,11 +3,12 @@
 Every arm is the quickstart recipe (`src/flashdistill/assets/recipes/quickstart.yaml`, 150 iterations unless the arm
 says otherwise) with `student.nfe=1`, one guidance row per category (text and text editing: 0.4 base + 0.6
 specialized, the 4-step recipe's last row) and `dmd.first_step_fm=0`, plus the arm's overrides. (The quickstart
-recipe has since become arm D: 1 NFE with first-step supervision 0.5. The overrides pin every arm as it ran.) Each student is benched at 1 NFE on slices of
-both mini benches (the first 20 cases of each T2I category, 10 of each edit category: 60 + 60 cases), world judge,
-with what each average is made of (the judge's sub-scores; on T2I the distance to the nearest clean render);
-teacher:base is benched on the same slices at 1, 2, 4, 8 and 50 NFE, and the quickstart's own 4-step student (given
-with --k4-student; arm Q-K4 is its recipe, the quickstart's before it became 1-NFE) at 1, 2 and 4. An arm whose results exist in --out-dir is read back, not run again, so the script
+recipe has since become arm D: 1 NFE with first-step supervision 0.5. The overrides pin every arm as it ran.)
+Each student is benched at 1 NFE on slices of both mini benches (the first 20 cases of each T2I category, 10 of
+each edit category: 60 + 60 cases), world judge, with what each average is made of (the judge's sub-scores; on T2I
+the distance to the nearest clean render); teacher:base is benched on the same slices at 1, 2, 4, 8 and 50 NFE,
+and the quickstart's own 4-step student (given with --k4-student; arm Q-K4 is its recipe, the quickstart's before
+it became 1-NFE) at 1, 2 and 4. An arm whose results exist in --out-dir is read back, not run again, so the script
 resumes and a partial table can be printed at any time:
 
     python benchmarks/few_step_levers.py --out-dir runs/levers --k4-student runs/quickstart/distill \
@@ -31,7 +32,8 @@ ONE_STEP = ["student.nfe=1", "guidance.text={base: 0.4, specialized: 0.6}",
 TWO_STEP = ["student.nfe=2", "guidance.text=[{base: 1.0}, {base: 0.4, specialized: 0.6}]",
             "guidance.text_editing=[{base: 1.0}, {base: 0.4, specialized: 0.6}]", "dmd.first_step_fm=0",
             "run.threads=1"]
-STEPWISE_4 = "[{base: 1.0}, {base: 0.7, specialized: 0.3}, {base: 0.4, specialized: 0.6}, {base: 0.4, specialized: 0.6}]"
+STEPWISE_4 = ("[{base: 1.0}, {base: 0.7, specialized: 0.3}, {base: 0.4, specialized: 0.6}, "
+              "{base: 0.4, specialized: 0.6}]")
 FOUR_STEP = ["student.nfe=4", f"guidance.text={STEPWISE_4}", f"guidance.text_editing={STEPWISE_4}",
              "dmd.first_step_fm=0", "run.threads=1"]
 ARMS = {  # name: (recipe overrides, the NFEs to bench at)

@@ -184,9 +184,9 @@ def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, r
         "# flashdistill quickstart report", "",
         f"The teachers ({', '.join(f'`{n}`: {s}' for n, s in recipe.teachers.items())}) distilled into a "
         f"{k}-NFE student that does text-to-image and editing, with DMD, {'step-wise ' if k > 1 else ''}"
-        f"multi-teacher guidance and a T2I:Edit {recipe.tasks.ratio} task mixture, then judged by the world judge against its "
-        f"teacher. Preset `{preset.name}`; stages took " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in
-                                                                   seconds.items()) + ".", "",
+        f"multi-teacher guidance and a T2I:Edit {recipe.tasks.ratio} task mixture, then judged by the world judge "
+        f"against its teacher. Preset `{preset.name}`; stages took " +
+        ", ".join(f"{stage} {secs / 60:.1f} min" for stage, secs in seconds.items()) + ".", "",
         *summary_lines(ranked, speed, preset, k), "",
         "## Scores", "",
         f"World judge (1-5), slices of the mini benches: the first {preset.t2i_limit} cases of each T2I-Bench-mini "

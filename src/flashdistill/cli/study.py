@@ -19,9 +19,9 @@ def add_quickstart(top) -> None:
     p = top.add_parser("quickstart", help="distil the shipped teachers into a 1-NFE student, benchmark it against "
                                           "its teacher, measure speed, write report.md/.html (~15 min on a CPU)",
                        description="The whole system in one command: distillation (quickstart recipe), bench "
-                                   "slices for teacher:base at 50, 8, 4, 2 and 1 NFE and the student at its step count K "
-                                   "(the recipe's: 1) and below, speed, and a "
-                                   "report. Ctrl-C and the same command again resume where it stopped.")
+                                   "slices for teacher:base at 50, 8, 4, 2 and 1 NFE and the student at its step "
+                                   "count K (the recipe's: 1) and below, speed, and a report. Ctrl-C and the same "
+                                   "command again resume where it stopped.")
     p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
     p.add_argument("--preset", default="default", help="default (sized for ~15 min on a 2-core CPU) or tiny "
                                                        "(seconds; a smoke test)")
