@@ -11,7 +11,7 @@ from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.models.text import TextEncoder
 from flashdistill.studies import runner
-from flashdistill.studies.report import drift, judge_finding
+from flashdistill.studies.report import drift, drop, judge_drop_pair, judge_finding
 from flashdistill.studies.spec import PAPER, STUDIES, Finding
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,6 +62,21 @@ def test_drift_is_second_half_minus_first_half():
     assert drift([(10, 2.0), (20, 1.0), (30, 0.5), (40, 0.5)]) == pytest.approx(0.5 - 1.5)
     assert drift([(10, 1.0), (20, 9.0), (30, 2.0)]) == pytest.approx(1.0)  # the middle point is left out
     assert math.isnan(drift([(10, 1.0)]))
+
+
+def test_drop_is_last_minus_best_and_pairs_are_judged_per_seed():
+    assert drop([(10, 2.0), (20, 3.0), (30, 2.5)]) == pytest.approx(-0.5)
+    assert drop([(10, 1.0), (20, 2.0)]) == 0.0  # ends at its best
+    assert math.isnan(drop([]))
+    # a ends at its best in every seed; b falls 0.4, 0.5, 0.6 from a peak: a - b = 0.4, 0.5, 0.6,
+    # mean 0.5, sd 0.1, t(2 df) 4.303 * 0.1 / sqrt(3) = ± 0.2484 -> excludes 0: confirmed
+    runs = {"a": {s: _run(3.0, 2.0, [1.0, 2.0]) for s in range(3)},
+            "b": {s: _run(3.0, 2.0, [1.0, 2.0, 2.0 - d]) for s, d in enumerate((0.4, 0.5, 0.6))}}
+    res = judge_drop_pair("a", "b", runs)
+    assert [round(v, 6) for v in res["per_seed"].values()] == [0.4, 0.5, 0.6]
+    assert res["interval"]["mean"] == pytest.approx(0.5) and res["interval"]["half"] == pytest.approx(0.2484, abs=1e-3)
+    assert res["verdict"] == "confirmed"
+    assert judge_drop_pair("b", "a", runs)["verdict"] == "refuted"
 
 
 def _run(t2i_avg: float, text: float, curve: list[float]) -> dict:
@@ -161,6 +176,10 @@ def test_report_has_table_findings_verdicts_and_curves(finished):
     assert "± " in text and "## Findings" in text and "specialized only (direct)" in text
     assert "**inconclusive**" in text or "**confirmed**" in text or "**refuted**" in text
     assert (out / "curves.png").stat().st_size > 5000
+    # the best-to-last drop of every arm and seed, and the drop pair on these arms (base only vs direct)
+    assert set(result["drop"]) == set(ARMS) and set(result["drop"]["tg1_base"]["per_seed"]) == {"0", "1"}
+    assert [(p["a"], p["b"]) for p in result["drop_pairs"]] == [("tg1_base", "tg2_specialized")]
+    assert "drop (last − best)" in text and "base only − specialized only (direct)" in text
 
 
 def test_a_study_continued_with_other_recipes_is_refused(finished, tmp_path, sets, encoder):

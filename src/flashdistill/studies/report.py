@@ -8,7 +8,9 @@
   inconclusive otherwise. Beside it the per-case paired difference of the seed-averaged scores (wins/ties/losses
   over the bench cases; it shows the bench slice's noise, not the training noise, and gives no verdict).
 - Stability: the quick-eval score (val split) over iterations for every arm and seed; the drift of a curve is the
-  mean of its second half minus the mean of its first half (an odd middle evaluation is left out).
+  mean of its second half minus the mean of its first half (an odd middle evaluation is left out); its drop is
+  the last evaluation minus the best one (0 when it ends at its best, negative when it fell from a peak). A study
+  may name pairs of arms whose drops are compared per seed (`Study.drop_pairs`), judged as the findings are.
 """
 
 from __future__ import annotations
@@ -57,6 +59,28 @@ def drift(points: list[tuple[int, float]]) -> float:
     if half < 1:
         return float("nan")
     return statistics.fmean(values[-half:]) - statistics.fmean(values[:half])
+
+
+def drop(points: list[tuple[int, float]]) -> float:
+    """The last evaluation minus the best (highest) one: 0 when the curve ends at its best, negative when it fell
+    from a peak; nan without points. On a noisy curve it is biased below 0 (the best of several noisy points is
+    high by chance), so one arm's drop says little alone and arms are compared with each other (`drop_pairs`)."""
+    values = [v for _, v in points]
+    return float("nan") if not values else values[-1] - max(values)
+
+
+def best_point(points: list[tuple[int, float]]) -> tuple[int, float] | None:
+    """(iteration, score) of a curve's best evaluation (the first, on a tie)."""
+    return max(points, key=lambda p: p[1]) if points else None
+
+
+def judge_drop_pair(a: str, b: str, runs: dict) -> dict:
+    """drop(a) - drop(b) per shared seed, its interval and verdict (+1: a falls less from its best than b)."""
+    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+    diffs = [drop(runs[a][s]["curve"]) - drop(runs[b][s]["curve"]) for s in seeds]
+    interval = mean_ci(diffs, LEVEL)
+    return {"a": a, "b": b, "per_seed": dict(zip(seeds, diffs)), "interval": interval.to_json(),
+            "interval_text": interval.text(3), "verdict": verdict(interval, 1)}
 
 
 def collect(study: Study, out: Path, seeds: int, arms: list[str]) -> dict:
@@ -163,8 +187,13 @@ def analyse(study: Study, runs: dict, arms: list[str]) -> dict:
     arm_set = set(arms)
     findings = [judge_finding(f, runs) for f in study.findings if f.a in arm_set and (f.b is None or f.b in arm_set)]
     drifts = {a: mean_ci([drift(r["curve"]) for r in runs.get(a, {}).values()]) for a in arms}
+    drops = {a: mean_ci([drop(r["curve"]) for r in runs.get(a, {}).values()]) for a in arms}
+    best = {a: {s: {"best": best_point(r["curve"]), "last": (r["curve"] or [None])[-1], "drop": drop(r["curve"])}
+                for s, r in runs.get(a, {}).items()} for a in arms}
     return {"tables": {b: arm_table(study, runs, arms, b) for b in study.benches}, "findings": findings,
             "drift": {a: {**i.to_json(), "text": i.text(3)} for a, i in drifts.items()},
+            "drop": {a: {**i.to_json(), "text": i.text(3), "per_seed": best[a]} for a, i in drops.items()},
+            "drop_pairs": [judge_drop_pair(a, b, runs) for a, b in study.drop_pairs if {a, b} <= arm_set],
             "curves": {a: {s: r["curve"] for s, r in runs.get(a, {}).items()} for a in arms}}
 
 
@@ -271,8 +300,23 @@ def render_markdown(study: Study, result: dict) -> str:
                      f" | {_paper_cell(f['paper'].get('gpt'))} | {f['interval_text']} | {per_case} | "
                      f"**{f['verdict']}** |")
     lines += ["", "## Stability over training", "", "![quick-eval curves](curves.png)", "",
-              "| arm | drift (second half − first half of the quick-eval curve), mean ± 95% CI |", "|---|---:|"]
-    lines += [f"| {study.arm(a).label} | {d['text']} |" for a, d in result["drift"].items()]
+              "Drift: the mean of the second half of the quick-eval curve minus the mean of its first half. Drop: "
+              "the last evaluation minus the best one (≤ 0; biased below 0 by the curve's noise, so compare arms). "
+              "Per seed: the best evaluation (iteration: score) → the last.", "",
+              "| arm | drift, mean ± 95% CI | drop (last − best), mean ± 95% CI | per seed: best → last |",
+              "|---|---:|---:|---|"]
+    for a, d in result["drift"].items():
+        drops = result["drop"][a]
+        seeds = "; ".join(f"s{s}: {v['best'][0]}: {v['best'][1]:.2f} → {v['last'][1]:.2f}"
+                          for s, v in drops["per_seed"].items() if v["best"] is not None)
+        lines.append(f"| {study.arm(a).label} | {d['text']} | {drops['text']} | {seeds or '—'} |")
+    if result["drop_pairs"]:
+        lines += ["", "Drops compared per training seed (a − b > 0: a falls less from its best than b; verdict at "
+                  "95% as for the findings):", "", "| a − b | per seed | mean ± 95% CI | verdict |", "|---|---|---:|---|"]
+        for p in result["drop_pairs"]:
+            per_seed = ", ".join(f"{v:+.3f}" for v in p["per_seed"].values()) or "—"
+            lines.append(f"| {study.arm(p['a']).label} − {study.arm(p['b']).label} | {per_seed} | "
+                         f"{p['interval_text']} | **{p['verdict']}** |")
     return "\n".join(lines) + "\n"
 
 

@@ -49,6 +49,7 @@ class Study:
     curve: str  # the quick-eval key plotted and used for drift: t2i | edit | score (their mean)
     paper_tables: dict = field(default_factory=dict)  # bench -> paper table caption
     paper_extra: dict = field(default_factory=dict)  # bench -> {row label: {judge: [categories..., average]}}
+    drop_pairs: tuple[tuple[str, str], ...] = ()  # (a, b): a's drop from its best compared with b's, per seed
 
     def arm(self, key: str) -> Arm:
         return next(a for a in self.arms if a.key == key)
@@ -134,6 +135,9 @@ TEACHER_GUIDANCE = Study(
      Finding("fm-costs-quality", "first-step flow matching costs some quality", "tg4_stepwise_fm", "tg3_stepwise",
              "t2i", "average", -1, "§6.1 (qualitative)")),
     curve="t2i",
+    # Figure 3's claim is about the course of training: does direct guidance fall from its best while step-wise
+    # (and base alone) hold? Compared per seed as last-minus-best drops, added for the 1-NFE runs (issue 26).
+    drop_pairs=(("tg3_stepwise", "tg2_specialized"), ("tg1_base", "tg2_specialized")),
     paper_tables={"t2i": "Table 2 (T2I-Bench; the paper has numbers for the step-wise student and the teachers "
                          "only)"},
     paper_extra={"t2i": TEACHERS_T2I})
