@@ -340,3 +340,30 @@ def test_a_diverged_run_stops_the_study_with_exit_1_and_says_how_to_continue(tmp
     assert code == 1 and err.startswith("error: distillation diverged: ")
     assert "tg1_base/seed0" in err and "--resume" in err
     assert not runner.is_done(tmp_path / "s", "tg1_base", 0)
+
+
+def test_study_seeds_says_how_many_seeds_resolve_a_difference(tmp_path, capsys):
+    """benchmarks/study_seeds.py: the smallest m with t_{m-1} · sd / sqrt(m) <= the difference, from study.json."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "study_seeds.py"
+    spec = importlib.util.spec_from_file_location("study_seeds", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    # sd 0.1: m=3 gives 4.303*0.1/1.732 = 0.248; m=4 0.159; m=5 0.124; m=6 0.105; m=7 0.0925 -> 7 for ± 0.1
+    assert mod.seeds_needed(0.1, 0.1) == 7
+    assert mod.seeds_needed(0.01, 0.1) == 2  # 12.706 * 0.01 / 1.414 = 0.0898
+    assert mod.seeds_needed(float("nan"), 0.1) is None and mod.seeds_needed(10.0, 0.1) is None
+    study = {"study": "s", "findings": [{"key": "k", "per_seed": {"0": 0.1, "1": 0.2, "2": 0.3}, "verdict": "x",
+                                         "interval": {"mean": 0.2, "half": 0.248}}],
+             "runs": {"a": {"0": {"bench": {"t2i": {"average": 2.0}}}, "1": {"bench": {"t2i": {"average": 2.2}}}}}}
+    folder = tmp_path / "study"
+    folder.mkdir()
+    (folder / "study.json").write_text(json.dumps(study))
+    assert mod.main([str(folder), "--out", str(tmp_path / "seeds.json")]) == 0
+    rows = json.loads((tmp_path / "seeds.json").read_text())
+    assert rows["findings"][0]["seeds_for_resolve"] == 7 and rows["findings"][0]["seeds_for_measured"] == 4
+    assert rows["arm_spreads"][0]["sd"] == pytest.approx(0.1414, abs=1e-4)
+    assert "| s | k | 3 | +0.200 ± 0.248 |" in capsys.readouterr().out
+    assert mod.main([str(tmp_path / "missing")]) == 2  # not a study folder: one line, exit 2
