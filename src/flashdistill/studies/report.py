@@ -75,12 +75,10 @@ def best_point(points: list[tuple[int, float]]) -> tuple[int, float] | None:
 
 
 def judge_drop_pair(a: str, b: str, runs: dict) -> dict:
-    """drop(a) - drop(b) per shared seed, its interval and verdict (+1: a falls less from its best than b)."""
-    seeds = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-    diffs = [drop(runs[a][s]["curve"]) - drop(runs[b][s]["curve"]) for s in seeds]
-    interval = mean_ci(diffs, LEVEL)
-    return {"a": a, "b": b, "per_seed": dict(zip(seeds, diffs)), "interval": interval.to_json(),
-            "interval_text": interval.text(3), "verdict": verdict(interval, 1)}
+    """drop(a) - drop(b) per shared seed, its interval and verdict (+1: a falls less from its best than b): judged
+    as a finding on the curves' `drop` column."""
+    return judge_finding(Finding(f"drop:{a}-{b}", f"{a} falls less from its best than {b}", a, b, "curve", "drop"),
+                         runs)
 
 
 def collect(study: Study, out: Path, seeds: int, arms: list[str]) -> dict:
@@ -126,7 +124,7 @@ def _case_rows(folder: Path) -> dict[str, tuple[str, float]]:
 
 def metric(run: dict, bench: str, column: str) -> float:
     if bench == "curve":
-        return drift(run["curve"])
+        return drop(run["curve"]) if column == "drop" else drift(run["curve"])
     result = run["bench"][bench]
     value = result["average"] if column == "average" else result["per_category"].get(column)
     return float("nan") if value is None else float(value)
@@ -187,9 +185,9 @@ def analyse(study: Study, runs: dict, arms: list[str]) -> dict:
     arm_set = set(arms)
     findings = [judge_finding(f, runs) for f in study.findings if f.a in arm_set and (f.b is None or f.b in arm_set)]
     drifts = {a: mean_ci([drift(r["curve"]) for r in runs.get(a, {}).values()]) for a in arms}
-    drops = {a: mean_ci([drop(r["curve"]) for r in runs.get(a, {}).values()]) for a in arms}
     best = {a: {s: {"best": best_point(r["curve"]), "last": (r["curve"] or [None])[-1], "drop": drop(r["curve"])}
                 for s, r in runs.get(a, {}).items()} for a in arms}
+    drops = {a: mean_ci([v["drop"] for v in best[a].values()]) for a in arms}
     return {"tables": {b: arm_table(study, runs, arms, b) for b in study.benches}, "findings": findings,
             "drift": {a: {**i.to_json(), "text": i.text(3)} for a, i in drifts.items()},
             "drop": {a: {**i.to_json(), "text": i.text(3), "per_seed": best[a]} for a, i in drops.items()},

@@ -34,7 +34,7 @@ class Finding:
     a: str
     b: str | None
     bench: str  # t2i | edit | curve
-    column: str  # a category, "average", or "drift" (bench "curve")
+    column: str  # a category, "average", or "drift" | "drop" (bench "curve")
     direction: int = 1
     where: str = ""  # where the paper says it
 
