@@ -68,6 +68,14 @@ ARMS = {  # name: (recipe overrides, the NFEs to bench at)
     "D-fm0.5-seed1": (ONE_STEP + ["dmd.first_step_fm=0.5", "dmd.seed=1"], [1]),
     "W-seed1": (ONE_STEP + ["dmd.regression=4", "dmd.regression_nfe=4", "dmd.lr=5e-5", "dmd.iterations=1200",
                             "dmd.seed=1", "run.threads=2"], [1]),
+    # issue 36: roles.mode lora (the full-scale layout) against full roles (D) at D's budget
+    "LA-lora-lr1e-4": (ONE_STEP + ["dmd.first_step_fm=0.5", "roles.mode=lora", "dmd.lr=1e-4", "critic.lr=1e-4"], [1]),
+    "LB-lora-lr3e-4": (ONE_STEP + ["dmd.first_step_fm=0.5", "roles.mode=lora", "dmd.lr=3e-4", "critic.lr=3e-4"], [1]),
+    "LC-lora-lr3e-4-fullcritic": (ONE_STEP + ["dmd.first_step_fm=0.5", "roles.mode=lora", "dmd.lr=3e-4",
+                                              "critic.lora=false"], [1]),
+    "LD-lora-r16-a32-lr3e-4": (ONE_STEP + ["dmd.first_step_fm=0.5", "roles.mode=lora", "roles.lora_rank=16",
+                                           "roles.lora_alpha=32", "dmd.lr=3e-4", "critic.lr=3e-4"], [1]),
+    "LE-lora-lr1e-3": (ONE_STEP + ["dmd.first_step_fm=0.5", "roles.mode=lora", "dmd.lr=1e-3", "critic.lr=1e-3"], [1]),
     "J-K2": (TWO_STEP, [2, 1]),
     "Q-K4": (FOUR_STEP, [4, 2, 1]),
 }

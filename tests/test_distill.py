@@ -383,7 +383,7 @@ def test_gan_term_trains_checkpoints_and_resumes_exactly(teachers, cache_dir, en
 
 
 @pytest.mark.parametrize("sets, key", [(["gan.generator_weight=0.01"], "gan.critic_weight"),
-                                       (["gan.critic_weight=0.1", "gan.layer=99"], "gan.layer")])
+                                       (["gan.critic_weight=0.1", "gan.layers=[99]"], "gan.layers")])
 def test_gan_settings_are_checked(teachers, cache_dir, encoder, tmp_path, sets, key):
     with pytest.raises(UserError, match=re.escape(key)):
         recipe = tiny(teachers, cache_dir, *sets)

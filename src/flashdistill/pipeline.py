@@ -29,12 +29,11 @@ import numpy as np
 import torch
 
 from flashdistill.errors import UserError
-from flashdistill.files import read_json_object
 from flashdistill.flow import to_image, to_model_space
 from flashdistill.conditioning import Cond
 from flashdistill.distill.export import Student, load_student
 from flashdistill.models.mmdit import FlowModel
-from flashdistill.models.shipped import teacher_folder
+from flashdistill.models.shipped import recorded_sampling, teacher_folder
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule
 
 DEFAULT_TEACHER_NFE = 50
@@ -155,20 +154,16 @@ class FlowPipeline:
                            [c.category for c in cases])
 
 
-def _number(sampling, key: str, default: float, path: Path) -> float:
-    value = sampling.get(key, default) if isinstance(sampling, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
-        raise UserError(f"{path}: sampling.{key} must be a number >= 0, got {value!r}")
-    return float(value)
+def teacher_sampling(folder: str | Path) -> SamplingSpec:
+    """The shift and CFG scale a teacher folder's teacher.json records (defaults without one)."""
+    shift, cfg_scale = recorded_sampling(folder, DEFAULT_CFG_SCALE)
+    return SamplingSpec(shift=shift, cfg_scale=cfg_scale)
 
 
 def load_teacher(spec: str, cfg_scale: float | None = None, encoder=None, batch_size: int = 32) -> FlowPipeline:
     """A teacher as a pipeline, with the shift and CFG scale its teacher.json records (CLI values win)."""
     folder = teacher_folder(spec)
-    info_path = folder / "teacher.json"
-    sampling = read_json_object(info_path, "teacher record").get("sampling", {}) if info_path.is_file() else {}
-    spec_ = SamplingSpec(shift=_number(sampling, "shift", 1.0, info_path),
-                         cfg_scale=_number(sampling, "cfg_scale", DEFAULT_CFG_SCALE, info_path))
+    spec_ = teacher_sampling(folder)
     if cfg_scale is not None:
         spec_ = replace(spec_, cfg_scale=float(cfg_scale))
     name = spec if cfg_scale is None else f"{spec}@cfg{cfg_scale:g}"

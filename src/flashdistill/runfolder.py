@@ -64,6 +64,7 @@ KINDS = {
                                              "report.html"), (), (("quickstart.json", "quickstart.json"),)),
     "cache": Kind("a condition cache", ("index.json",), (),
                   (("shard-*.safetensors", "condition-cache shards"),)),
+    "pairs": Kind("a pairs cache", ("index.json",), (), (("pairs-*.safetensors", "pairs shards"),)),
     "study": Kind("a study", ("study-state.json", "arms", "study.json", "study.md", "curves.png"), (),
                   (("study-state.json", "study-state.json"),)),
 }

@@ -24,7 +24,8 @@ def network_passes(nfe: int, cfg_scale: float) -> int:
     return nfe * (2 if cfg_scale != 1.0 else 1)
 
 
-def _concat_cond(a: Cond, b: Cond) -> Cond:
+def concat_cond(a: Cond, b: Cond) -> Cond:
+    """The rows of `a`, then those of `b`, text padded to the longer length (padding is masked out)."""
     length = max(a.text.shape[1], b.text.shape[1])
 
     def pad(x: Tensor) -> Tensor:
@@ -44,7 +45,7 @@ def guided_velocity(model, z_t: Tensor, t: Tensor, cond: Cond, uncond: Cond | No
     (v_c, v_u, w) -> v replaces v_u + w·(v_c - v_u), e.g. Qwen-Image's norm-preserving true CFG."""
     if uncond is None or cfg_scale == 1.0:
         return model(z_t, t, cond)
-    v = model(torch.cat([z_t, z_t]), torch.cat([t, t]), _concat_cond(cond, uncond))
+    v = model(torch.cat([z_t, z_t]), torch.cat([t, t]), concat_cond(cond, uncond))
     v_c, v_u = v.chunk(2)
     return v_u + cfg_scale * (v_c - v_u) if rule is None else rule(v_c, v_u, cfg_scale)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flashdistill.cli import bench, judge, plan, qwen, sample, study, world
+from flashdistill.cli import bench, judge, pairs, plan, qwen, sample, study, world
 from flashdistill.cli.args import Parser
 from flashdistill.cli.exits import exit_code, main_rank
 
@@ -28,16 +28,18 @@ def build_parser() -> argparse.ArgumentParser:
                     "  judge   train and evaluate the world judge's reader network\n"
                     "  teacher train a base teacher, or specialize one (flow matching, T2I + editing)\n"
                     "  distill DMD distillation into a few-step student from a recipe (configs/flash.yaml)\n"
+                    "  pairs   cache the teachers' many-step images for DMD's paired regression (pairs.folder)\n"
                     "  study   the paper's three studies: arms x training seeds, tables with 95% CIs, verdicts\n"
                     "  generate / edit   sample images from a teacher or a distilled student\n"
                     "  qwen / cache / plan   Qwen-Image folders: tiny test folders, embedding caches, memory plan",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,study,generate,edit,qwen,cache,plan}")
+    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,pairs,study,generate,edit,qwen,cache,plan}")
     study.add_quickstart(top)
     world.add_commands(top)
     bench.add_commands(top)
     judge.add_commands(top)
     _add_training(top)
+    pairs.add_command(top)
     study.add_study(top)
     sample.add_commands(top)
     qwen.add_commands(top)

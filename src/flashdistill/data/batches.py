@@ -164,8 +164,12 @@ def choose_items(step: int, batch_size: int, mix: TaskMix, seed: int) -> list[tu
 def make_batch(step: int, batch_size: int, mix: TaskMix, seed: int, split: str = "train",
                resolution: int = 32) -> Batch:
     """Batch `step` of a run seeded `seed`: targets, sources, texts, categories and tasks (see module docstring)."""
+    return batch_of(choose_items(step, batch_size, mix, seed), split, resolution)
+
+
+def batch_of(rows: list[tuple[str, str, int]], split: str = "train", resolution: int = 32) -> Batch:
+    """The batch of these (task, category, index) rows: each item rendered from its pool."""
     check_resolution(resolution)
-    rows = choose_items(step, batch_size, mix, seed)
     targets, sources, texts = [], [], []
     blank = np.zeros((resolution, resolution, 3), np.float32)
     for task, cat, index in rows:

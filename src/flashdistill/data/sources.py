@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flashdistill.data.batches import TaskMix, choose_items, make_batch
+from flashdistill.data.batches import TaskMix, batch_of, choose_items
+from flashdistill.world.pools import edit_item, t2i_item
 from flashdistill.data.cache import pad_rows
 from flashdistill.errors import UserError
 from flashdistill.conditioning import Cond
@@ -58,12 +59,22 @@ class WorldSource:
         self.empty = cache.empty_embedding()  # (1, L, D), (1, L): the empty prompt
 
     def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
-        b = make_batch(step, batch_size, self.mix, self.seed, "train", self.resolution)
-        emb, mask = self.cache.get(b.texts[rows])  # (b, L, D), (b, L)
-        cond = Cond(emb, mask, b.source[rows], b.has_source[rows], b.category[rows])
+        return self.items(choose_items(step, batch_size, self.mix, self.seed)[rows])
+
+    def items(self, keys: list[tuple[str, str, int]]) -> TrainBatch:
+        """The batch of these (task, category, index) items of the training pools (the pairs cache names them)."""
+        b = batch_of(keys, "train", self.resolution)
+        emb, mask = self.cache.get(b.texts)  # (b, L, D), (b, L)
+        cond = Cond(emb, mask, b.source, b.has_source, b.category)
         u_emb, u_mask = self.empty
         n = len(cond.category)
-        return TrainBatch(b.x[rows], cond, _uncond(cond, u_emb.expand(n, -1, -1), u_mask.expand(n, -1)))
+        return TrainBatch(b.x, cond, _uncond(cond, u_emb.expand(n, -1, -1), u_mask.expand(n, -1)))
+
+    def text(self, key: tuple[str, str, int]) -> str:
+        """The prompt or instruction of item `key` (what a pairs cache checks its items by)."""
+        task, category, index = key
+        return t2i_item(category, index, "train").prompt if task == "t2i" else \
+            edit_item(category, index, "train").instruction
 
     def flush(self) -> None:
         self.cache.flush()  # so a resumed run finds this run's embeddings on disk
@@ -76,7 +87,7 @@ class FileSource:
                  rows_per_rank: int | None = None):
         self.mix, self.seed, self.cache, self.shape = mix, seed, cache, tuple(latent_shape)
         self.encoder = None
-        self.items = {"t2i": _by_category(prompts), "edit": _by_category(edits)}
+        self.by_key = {"t2i": _by_category(prompts), "edit": _by_category(edits)}
         # Before the first iteration: every item a batch can draw is cached (else a UserError naming the command),
         # and the edit sources' latent sizes are known (a batch stacks its sources, so one rank's rows need one).
         drawn_p = [p for p in prompts if mix.t2i_weight > 0 and mix.composition.get(p.category, 0) > 0]
@@ -94,8 +105,17 @@ class FileSource:
 
     def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
         self.check_rows(len(range(batch_size)[rows]))
-        chosen = choose_items(step, batch_size, self.mix, self.seed)[rows]
-        items = [self.items[task][cat][index] for task, cat, index in chosen]
+        return self.items(choose_items(step, batch_size, self.mix, self.seed)[rows])
+
+    def text(self, key: tuple[str, str, int]) -> str:
+        """The prompt or instruction of item `key` (what a pairs cache checks its items by)."""
+        task, category, index = key
+        return self.by_key[task][category][index].text
+
+    def items(self, keys: list[tuple[str, str, int]]) -> TrainBatch:
+        """The batch of these (task, category, index) items of the files (a batch, or the rows a pairs cache
+        names)."""
+        items = [self.by_key[task][cat][index] for task, cat, index in keys]
         t2i = [i for i, item in enumerate(items) if not item.is_edit]
         edit = [i for i, item in enumerate(items) if item.is_edit]
         emb, neg = [None] * len(items), [None] * len(items)

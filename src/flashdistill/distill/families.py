@@ -108,6 +108,14 @@ class Embedded:
 
         return export_student(roles.ema, folder, timesteps, info)
 
+    def sampling_sigmas(self, spec: str, nfe: int) -> torch.Tensor:
+        """The base teacher's own `nfe`-step Euler grid (nfe + 1 times, last 0): the shift its teacher.json records,
+        as `flashdistill generate` and the benches sample it."""
+        from flashdistill.flow import euler_timesteps
+        from flashdistill.models.shipped import recorded_sampling
+
+        return euler_timesteps(nfe, recorded_sampling(self.resolve(spec, "teachers"), 1.0)[0])
+
 
 def resolve_teacher(spec: str, key: str) -> Path:
     """A teacher folder from its recipe spec: a path, or `teacher:NAME` for the shipped teacher NAME."""
@@ -195,6 +203,12 @@ class QwenImageFolder:
         edits = read_edits(d.edits, check_images=False) if d.edits else []
         shape = (config.channels, config.resolution, config.resolution)
         return FileSource(recipe.task_mix(), recipe.dmd.seed, prompts, edits, cache, shape)
+
+    def sampling_sigmas(self, spec: str, nfe: int) -> torch.Tensor:
+        """The pipeline's own `nfe`-step sigmas at data.resolution (its scheduler's dynamic shift; last 0)."""
+        from flashdistill.models.qwen_image import pipeline_sigmas
+
+        return pipeline_sigmas(self.folder, nfe, self.resolution // 8, self.resolution // 8)
 
     def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
         from flashdistill.distill.qwen_export import export_qwen_student

@@ -1,12 +1,13 @@
 """What a distillation run's result depends on besides its recipe, named for runtime/inputs.py to fingerprint: every
-teacher of the recipe (its path given by the family, distill/families.py) and the recipe's data files, an edits
-file with the source images it names. Tests: `pytest tests/test_inputs.py`."""
+teacher of the recipe (its path given by the family, distill/families.py), the recipe's data files (an edits
+file with the source images it names) and the index of its pairs cache. Tests: `pytest tests/test_inputs.py`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from flashdistill.data.files import read_edits
+from flashdistill.distill.pairs import index_path
 from flashdistill.runtime.inputs import fingerprint_inputs
 
 
@@ -15,6 +16,8 @@ def input_fingerprint(recipe, family) -> dict:
     and the data files of `recipe.data`. Pure: reads files, writes nothing; equal inputs give equal dicts."""
     teachers = {f"teachers.{name}": spec for name, spec in recipe.teachers.items()}
     data = {f"data.{key}": getattr(recipe.data, key) for key in ("prompts", "edits")}
+    if recipe.pairs.enabled():  # its index holds every shard's sha256: a rebuilt or extended cache is another input
+        data["pairs.folder"] = str(index_path(recipe.pairs.folder))
     return fingerprint_inputs(teachers, family.resolve, data, _named_images)
 
 

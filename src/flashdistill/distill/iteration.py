@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 import torch
 
 from flashdistill.conditioning import Cond
-from flashdistill.distill import dmd, gan
+from flashdistill.distill import dmd, gan, pairs
+from flashdistill.distill.pairs import PairsCache
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import Recipe
 from flashdistill.distill.layouts import fsdp
@@ -41,10 +42,11 @@ from flashdistill.flow import interpolate
 from flashdistill.runtime.dist import Dist
 from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
 from flashdistill.runtime.steps import ema_update, step_generator
-from flashdistill.sampling import guided_velocity
+from flashdistill.sampling import concat_cond, guided_velocity
 
-SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_gan",
-           "loss_gan_critic", "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic", "step_time")
+SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_pairs",
+           "loss_gan", "loss_gan_critic", "gan_acc", "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic",
+           "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
 
@@ -58,10 +60,15 @@ class Draws:
     xi: torch.Tensor  # (B, C, H, W) DMD perturbation noise
     critic_t: torch.Tensor  # (U, B)
     critic_eps: torch.Tensor  # (U, B, C, H, W)
+    # The GAN's own draws (distill/gan.py), drawn after the others and only with the GAN on, so a run without it
+    # draws exactly the numbers it always did: row 0 for the generator's term, rows 1..U for the critic updates.
+    gan_t: torch.Tensor | None = None  # (1 + U, B)
+    gan_eps: torch.Tensor | None = None  # (1 + U, B, C, H, W)
 
     def rows(self, sl: slice, device) -> Draws:
+        gan = [None if d is None else d[:, sl].to(device) for d in (self.gan_t, self.gan_eps)]
         return Draws(self.k, self.noises[:, sl].to(device), self.t[sl].to(device), self.xi[sl].to(device),
-                     self.critic_t[:, sl].to(device), self.critic_eps[:, sl].to(device))
+                     self.critic_t[:, sl].to(device), self.critic_eps[:, sl].to(device), *gan)
 
 
 def draw(gen: torch.Generator, recipe: Recipe, batch_size: int, shape: tuple[int, ...]) -> Draws:
@@ -74,7 +81,11 @@ def draw(gen: torch.Generator, recipe: Recipe, batch_size: int, shape: tuple[int
     critic_t = torch.stack([dmd.sample_dmd_t(batch_size, gen, times.t_min, times.t_max, times.t_shift)
                             for _ in range(u)])
     critic_eps = torch.randn((u, batch_size, *shape), generator=gen)
-    return Draws(k, noises, t, xi, critic_t, critic_eps)
+    if not recipe.gan.enabled():
+        return Draws(k, noises, t, xi, critic_t, critic_eps)
+    gan_t = torch.stack([gan.sample_t(batch_size, gen, recipe.gan) for _ in range(1 + u)])
+    gan_eps = torch.randn((1 + u, batch_size, *shape), generator=gen)
+    return Draws(k, noises, t, xi, critic_t, critic_eps, gan_t, gan_eps)
 
 
 @dataclass
@@ -91,6 +102,8 @@ class Context:
     peeked: dict[str, torch.Tensor] = field(default_factory=dict)
     terms: dict[str, list[float]] = field(default_factory=dict)  # this iteration's optional terms (regression, GAN)
     gan_snapshot: Snapshot = field(default_factory=Snapshot)  # the GAN head before the critic updates
+    step: int = 0  # the iteration being run (0-based): the GAN's warm-up and the pairs' weight read it
+    pairs: PairsCache | None = None  # the teachers' cached images the student regresses onto (distill/pairs.py)
 
     @contextmanager
     def timed(self, part: str):
@@ -126,7 +139,7 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
     r.opt_student.zero_grad(set_to_none=True)
     n = cond.batch_size
     parts = micro_batches(n, rc.dmd.micro_batch)
-    xs, loss_sum, ran, dmd_norm = [], 0.0, [], 0.0
+    xs, loss_sum, ran, dmd_norm = [], pairs_update(ctx), [], 0.0
     for j, sl in enumerate(parts):
         with grad_sync(r.student_train, j == len(parts) - 1):
             x, loss, names, norms = generator_rows(ctx, None if x_data is None else x_data[sl], cond.rows(sl),
@@ -140,6 +153,31 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
     with ctx.timed("student"):
         ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, rc.dmd.grad_clip, ctx.dist)
     return torch.cat(xs), loss_sum, norm, ok, ran, dmd_norm
+
+
+def pairs_update(ctx: Context) -> float:
+    """The paired regression's backward (distill/pairs.py), before the DMD's micro-batches so that their last,
+    synchronised backward carries its gradient to every rank; returns its weighted loss (0.0 when off)."""
+    rc, r, cache = ctx.recipe, ctx.roles, ctx.pairs
+    weight = rc.pairs.weight_at(ctx.step, rc.dmd.iterations) if cache is not None else 0.0
+    if weight <= 0:
+        return 0.0
+    size, dev = rc.pairs.batch_size or rc.dmd.batch_size, ctx.dist.device
+    gen = step_generator(rc.dmd.seed, ctx.step, stream=2)
+    positions = torch.randint(len(cache), (size,), generator=gen)[ctx.dist.rows(size)].tolist()
+    eps = torch.randn((size, *ctx.source.shape), generator=gen)[ctx.dist.rows(size)].to(dev)
+    with ctx.timed("data"):
+        indices, keys, target = cache.get(positions)
+        cond = ctx.source.items(keys).cond.to(dev)
+        z = pairs.pair_noise(cache.identity["seed"], indices, ctx.source.shape).to(dev)
+    with ctx.timed("student"), grad_sync(r.student_train, False):
+        x0 = pairs.student_x0(r.student_train, z, rc.timesteps[0], cond, rc.dmd.bf16)
+        layers = gan.head_layers(r.critic.config.num_layers, rc.gan)
+        term = pairs.regression_distance(x0, target.to(dev), rc.pairs.distance, r.critic, cond, layers, eps,
+                                         rc.dmd.bf16)
+        (weight * term).backward()
+    ctx.terms.setdefault("loss_pairs", []).append(term.item())
+    return weight * term.item()
 
 
 def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond: Cond, draws: Draws,
@@ -173,11 +211,13 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
             term = dmd.regression_loss(x, target)
             ctx.terms.setdefault("loss_reg", []).append(term.item())
             loss = loss + rc.dmd.regression * term
-    if r.gan_head is not None and rc.gan.generator_weight > 0:
-        with ctx.timed("critic"):  # D(x_θ_t) through the critic, with a graph back to the student
-            term = gan.generator_gan_loss(gan.logits(r.critic, r.gan_head, x, draws.xi, draws.t, cond, rc.dmd.bf16))
+    weight = rc.gan.weight_at(ctx.step)
+    if r.gan_head is not None and weight > 0:
+        with ctx.timed("critic"):  # D(x_θ_s) through the critic, with a graph back to the student
+            fake = gan.logits(r.critic, r.gan_head, x, draws.gan_eps[0], draws.gan_t[0], cond, rc.dmd.bf16)
+            term = gan.generator_gan_loss(fake)
         ctx.terms.setdefault("loss_gan", []).append(term.item())
-        loss = loss + rc.gan.generator_weight * term
+        loss = loss + weight * term
     if first and ctx.peek:
         ctx.peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
                       for name, value in (("x", x), ("x0_real", x0_real), ("x0_fake", x0_fake))}
@@ -255,24 +295,29 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
 def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draws: Draws, u: int, sl: slice,
                 cond: Cond) -> torch.Tensor:
     """One micro-batch of critic update `u`: flow matching on the student's samples (eq. 2), plus with the GAN
-    term the classifier's loss on real against fake rows at the same (t, eps) (distill/gan.py)."""
+    term the classifier's loss on real against fake rows, both noised to the GAN's own (s, eps) of this update,
+    in one forward (distill/gan.py)."""
     r, rc = ctx.roles, ctx.recipe
     eps, t, rows = draws.critic_eps[u, sl], draws.critic_t[u, sl], cond.rows(sl)
     loss = dmd.critic_loss(r.critic_train, x, eps, t, rows, rc.dmd.bf16)
     if r.gan_head is None or rc.gan.critic_weight == 0 or x_real is None:
         return loss
-    real = gan.logits(r.critic_train, r.gan_head, x_real, eps, t, rows, rc.dmd.bf16)
-    fake = gan.logits(r.critic_train, r.gan_head, x.detach(), eps, t, rows, rc.dmd.bf16)
+    s, eps_s = draws.gan_t[1 + u, sl], draws.gan_eps[1 + u, sl]
+    both = gan.logits(r.critic_train, r.gan_head, torch.cat([x_real, x.detach()]), torch.cat([eps_s, eps_s]),
+                      torch.cat([s, s]), concat_cond(rows, rows), rc.dmd.bf16)
+    real, fake = both.chunk(2)
     term = gan.classifier_loss(real, fake)
     ctx.terms.setdefault("loss_gan_critic", []).append(term.item())
+    ctx.terms.setdefault("gan_acc", []).append(gan.accuracy(real, fake))
     return loss + rc.gan.critic_weight * term
+
 
 
 def train_iteration(ctx: Context, step: int) -> dict:
     """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
     start = time.perf_counter()
     ctx.timers.clear()
-    ctx.peeked, ctx.terms = {}, {}
+    ctx.peeked, ctx.terms, ctx.step = {}, {}, step
     with ctx.timed("data"):
         x_data, cond, uncond, draws = build_inputs(ctx, step)
     x, loss_g, norm_g, ok_g, ran, dmd_norm = generator_update(ctx, x_data, cond, uncond, draws)
@@ -306,6 +351,22 @@ def build_context(recipe: Recipe, roles: Roles, dist: Dist, out, encoder=None) -
     if hasattr(source, "check_rows"):  # before the first iteration: can a rank's batch stack its edit sources?
         source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
     guidance = Guidance(recipe.guidance, list(recipe.teachers))
-    return Context(recipe, roles, guidance, source, dist, {}, family)
+    ctx = Context(recipe, roles, guidance, source, dist, {}, family)
+    if recipe.pairs.enabled():
+        ctx.pairs = open_pairs(recipe.pairs.folder, family, source)
+    return ctx
+
+
+def open_pairs(folder: str, family, source) -> PairsCache:
+    """The recipe's pairs cache, checked against the run: family, target shape, and every pair's item."""
+    cache = PairsCache(folder)
+    where = f"pairs.folder {folder}"
+    if cache.identity.get("family") != family.name or tuple(cache.identity.get("shape", ())) != source.shape:
+        raise UserError(f"{where}: built for {cache.identity.get('family')} targets of shape "
+                        f"{cache.identity.get('shape')}, this run trains {family.name} at {list(source.shape)}")
+    if len(cache) == 0:
+        raise UserError(f"{where}: holds no pairs yet; build them with `{cache.command}`")
+    cache.check_items(source)
+    return cache
 
 

@@ -21,8 +21,10 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                vlm_api_key_env, vlm_concurrency (bench/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
-    gan:       generator_weight, critic_weight, layer, lr: DMD2's GAN term on the critic's features (0 = off;
-               the embedded world only, see `flashdistill.distill.gan`)
+    gan:       generator_weight, critic_weight, layers, lr, t_min/t_max/t_shift (its own noise levels), warmup:
+               DMD2's GAN term on the critic's features (0 = off; the embedded world only, `flashdistill.distill.gan`)
+    pairs:     folder (a pairs cache of `flashdistill pairs`), weight, final_weight, batch_size, distance (mse |
+               critic): regression onto the teachers' own many-step images from the same noise (`distill/pairs.py`)
     roles:     mode (full | lora: one frozen base, student/critic adapters; critic.lora false = full critic),
                lora_rank, lora_alpha, gradient_checkpointing, frozen_dtype (auto | bf16 | fp32: what is frozen;
                what trains is fp32)
@@ -41,6 +43,7 @@ from pathlib import Path
 from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
 from flashdistill.distill.gan import GanSection
 from flashdistill.distill.guidance import parse_guidance
+from flashdistill.distill.pairs import PairsSection
 from flashdistill.distill.recipe_eval import EvalSection
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
@@ -54,8 +57,8 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
                   "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit",
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
-                  "eval.vlm_api_key_env", "eval.vlm_concurrency", "dmd.lr", "critic.lr", "dmd.weight_decay",
-                  "critic.weight_decay", "dmd.grad_clip")
+                  "eval.vlm_api_key_env", "eval.vlm_concurrency", "pairs.folder", "dmd.lr", "critic.lr",
+                  "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
 # Tables of weights a resume compares whole: a changed weight is reported as `data.composition`, not per category.
 WHOLE_TABLES = ("composition", "edit_mix")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
@@ -263,6 +266,7 @@ class Recipe:
     run: RunSection = field(default_factory=RunSection)  # cadence, device, parallel layout
     roles: RolesSection = field(default_factory=RolesSection)  # full or lora, precision of what is frozen
     gan: GanSection = field(default_factory=GanSection)  # DMD2's GAN term on the critic's features (off)
+    pairs: PairsSection = field(default_factory=PairsSection)  # regression onto cached teacher images (off)
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
 
     def check(self) -> Recipe:
@@ -273,7 +277,7 @@ class Recipe:
                      f"{', '.join(self.teachers)}")
         t2i_known, edit_known = self.data.categories()
         self.data.check(t2i_known)
-        for section in (self.student, self.critic, self.dmd, self.run, self.roles, self.gan):
+        for section in (self.student, self.critic, self.dmd, self.run, self.roles, self.gan, self.pairs):
             section.check()
         require(not self.gan.enabled() or not self.data.uses_files(), "gan", "the GAN term needs real images: "
                 "the embedded world's; data files hold prompts and edit sources only (set its weights to 0)")
@@ -382,10 +386,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 # Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
 # run.parallel (ddp was every checkpoint's layout), roles.frozen_dtype (auto is fp32 on a CPU), gan (off),
-# dmd.regression (off) and its dmd.regression_nfe.
+# dmd.regression (off) and its dmd.regression_nfe, pairs (off).
 LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"),
                    ("gan", lambda g: g == asdict(GanSection())), ("dmd.regression", lambda v: v == 0),
-                   ("dmd.regression_nfe", lambda v: v == 8))
+                   ("dmd.regression_nfe", lambda v: v == 8), ("pairs", lambda p: p == asdict(PairsSection())))
 
 
 def resume_fingerprint(recipe: Recipe) -> dict:

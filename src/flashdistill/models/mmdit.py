@@ -131,9 +131,10 @@ class FlowModel(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, z_t: Tensor, t: Tensor, cond: Cond, hidden_layer: int | None = None):
+    def forward(self, z_t: Tensor, t: Tensor, cond: Cond, hidden_layer: int | tuple[int, ...] | None = None):
         """v (B, C, H, W); with `hidden_layer` = j also the target tokens' hidden states after block j (1-based),
-        (B, N, D), for representation alignment (teacher/repa.py)."""
+        (B, N, D), for representation alignment (teacher/repa.py); with a tuple of blocks, theirs stacked
+        (B, L, N, D) (the GAN's classifier, distill/gan.py)."""
         b = z_t.shape[0]
         t = torch.as_tensor(t, device=z_t.device, dtype=torch.float32).expand(b)  # (B,)
         if cond.batch_size != b:
@@ -170,7 +171,7 @@ class FlowModel(nn.Module):
         return v + 0.0 * other.sum()
 
     def _group(self, z_t: Tensor, t: Tensor, text: Tensor, text_mask: Tensor, source: Tensor | None,
-               hidden_layer: int | None = None) -> tuple[Tensor, Tensor | None]:
+               hidden_layer: int | tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
         """One forward of the transformer for rows that all have (or all lack) an edit source: (v, hidden or None)."""
         b, _, h, w = z_t.shape
         p = self.config.patch_size
@@ -182,11 +183,10 @@ class FlowModel(nn.Module):
         if source is not None:
             tokens = torch.cat([tokens, pack(source.to(z_t.dtype), p)], dim=1)  # (B, N + N_src, C·p²)
             shapes.append((1, source.shape[2] // p, source.shape[3] // p))
-        captured = []
-        hook = None
-        if hidden_layer is not None:  # a block returns (text states, image states)
-            block = self.transformer.transformer_blocks[hidden_layer - 1]
-            hook = block.register_forward_hook(lambda _m, _i, out: captured.append(out[1][:, :n]))
+        layers = () if hidden_layer is None else (hidden_layer,) if isinstance(hidden_layer, int) else hidden_layer
+        captured: dict[int, Tensor] = {}
+        hooks = [self.transformer.transformer_blocks[j - 1].register_forward_hook(  # a block returns (text, image)
+            lambda _m, _i, out, j=j: captured.__setitem__(j, out[1][:, :n])) for j in dict.fromkeys(layers)]
         try:
             out = self.transformer(
                 hidden_states=tokens.to(dtype),
@@ -197,10 +197,12 @@ class FlowModel(nn.Module):
                 return_dict=False,
             )[0]
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         v = unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
-        return v, (captured[0] if captured else None)
+        if not layers:
+            return v, None
+        return v, captured[layers[0]] if isinstance(hidden_layer, int) else torch.stack([captured[j] for j in layers], 1)
 
     def save_pretrained(self, folder: str | Path) -> None:
         """A LoRA model (models.lora) writes its adapter and the name of its base; any other the full weights."""

@@ -253,16 +253,8 @@ class QwenImageFamily:
 
     def sigmas(self, nfe: int, height: int, width: int) -> Tensor:
         """The pipeline's nfe + 1 sigmas (float32, last 0) at this size: dynamic shift from calculate_shift."""
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
-
         _, h, w = self.latent_shape(height, width)
-        cfg = self.pipe.scheduler.config
-        mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256),
-                             cfg.get("max_image_seq_len", 4096), cfg.get("base_shift", 0.5),
-                             cfg.get("max_shift", 1.15))
-        scheduler = type(self.pipe.scheduler).from_config(cfg)  # a private copy: the pipeline's keeps its state
-        retrieve_timesteps(scheduler, nfe, "cpu", sigmas=np.linspace(1.0, 1 / nfe, nfe), mu=mu)
-        return scheduler.sigmas.float()
+        return scheduler_sigmas(self.pipe.scheduler, nfe, h, w)
 
     @staticmethod
     def cfg(v_cond: Tensor, v_neg: Tensor, scale: float, p: int = 2) -> Tensor:
@@ -282,6 +274,30 @@ class QwenImageFamily:
         h, w = source_size or (None, None)
         latents = torch.cat([self.encode_images(self.vae_pixels(s, h, w)) for s in sources])
         return Cond(emb, mask, latents, category=categories)
+
+
+def scheduler_sigmas(scheduler, nfe: int, h: int, w: int) -> Tensor:
+    """A Qwen-Image scheduler's nfe + 1 sigmas (float32, last 0) for latents h x w: the pipelines' schedule
+    `linspace(1, 1/nfe, nfe)` with the dynamic shift `mu = calculate_shift(image_seq_len, ...)`."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift, retrieve_timesteps
+
+    cfg = scheduler.config
+    mu = calculate_shift((h // 2) * (w // 2), cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                         cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+    private = type(scheduler).from_config(cfg)  # a copy: the caller's scheduler keeps its state
+    retrieve_timesteps(private, nfe, "cpu", sigmas=np.linspace(1.0, 1 / nfe, nfe), mu=mu)
+    return private.sigmas.float()
+
+
+def pipeline_sigmas(folder: str | Path, nfe: int, h: int, w: int) -> Tensor:
+    """`scheduler_sigmas` of the scheduler a pipeline folder holds (scheduler/scheduler_config.json)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    try:
+        scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(str(folder), subfolder="scheduler")
+    except (OSError, ValueError) as err:
+        raise UserError(f"{folder}: its scheduler does not load ({' '.join(str(err).split())[:160]})") from None
+    return scheduler_sigmas(scheduler, nfe, h, w)
 
 
 def folder_identity(folder: str | Path, pipeline_class: str) -> str:

@@ -7,9 +7,11 @@ engine resolve names without importing inference code.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from flashdistill.errors import UserError
+from flashdistill.files import read_json_object
 from flashdistill.models.folders import CONFIG_FILE
 
 TEACHERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "teachers"
@@ -32,3 +34,17 @@ def teacher_folder(spec: str) -> Path:
     if not (folder / CONFIG_FILE).is_file():
         raise UserError(f"--model {spec}: not a model name and not a folder holding {CONFIG_FILE}")
     return folder
+
+
+def recorded_sampling(folder: str | Path, default_cfg: float) -> tuple[float, float]:
+    """(shift, cfg_scale) a teacher folder's teacher.json records under `sampling` (1.0 and `default_cfg` when
+    absent); a value that is not a number >= 0 is a UserError naming the file and key."""
+    info_path = Path(folder) / "teacher.json"
+    sampling = read_json_object(info_path, "teacher record").get("sampling", {}) if info_path.is_file() else {}
+    out = []
+    for key, default in (("shift", 1.0), ("cfg_scale", default_cfg)):
+        value = sampling.get(key, default) if isinstance(sampling, dict) else None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise UserError(f"{info_path}: sampling.{key} must be a number >= 0, got {value!r}")
+        out.append(float(value))
+    return out[0], out[1]

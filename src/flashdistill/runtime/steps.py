@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 
-def step_generator(seed: int, step: int) -> torch.Generator:
-    """The torch.Generator for every random draw of step `step`: independent of make_batch's stream."""
-    state = np.random.SeedSequence([int(seed), int(step), 1]).generate_state(1, np.uint64)[0]
+def step_generator(seed: int, step: int, stream: int = 1) -> torch.Generator:
+    """The torch.Generator for every random draw of step `step`: independent of make_batch's stream. Another
+    `stream` gives an independent generator for the same step (e.g. the pairs a distillation step regresses on)."""
+    state = np.random.SeedSequence([int(seed), int(step), int(stream)]).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
 
 
