@@ -2,9 +2,11 @@
 
 Export layout (`<run>/student/`):
 
-    pytorch_lora_weights.safetensors   (roles.mode lora) the EMA student adapter in diffusers' LoRA format:
+    pytorch_lora_weights.safetensors   (roles.mode lora) the EMA student adapter in diffusers' LoRA format, its
+                                       scale alpha/rank folded into lora_B (`lora_layers`): diffusers'
                                        `QwenImagePipeline.load_lora_weights(DIR)` (and the Edit / Edit-Plus
-                                       pipelines) load it onto the base
+                                       pipelines) and ComfyUI's LoRA loader load it onto the base at its trained
+                                       strength, whatever `roles.lora_alpha` was
     transformer/                       the merged student: `QwenImageTransformer2DModel.from_pretrained(DIR,
                                        subfolder="transformer")` (base + adapter fused, or the full student)
     scheduler/scheduler_config.json    FlowMatchEulerDiscreteScheduler that gives the student's sigmas at its NFE
@@ -24,7 +26,7 @@ checked (`read_student_record`: base, timesteps, resolution; one UserError namin
 exported transformer's config against the base's (`check_same_architecture`); an image of NaN is an error, never a
 black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training side, or at any
 multiple of 16 asked for with `--resolution` (`set_resolution`).
-Tests: `pytest tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
+Tests: `pytest tests/test_qwen_export.py tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
 """
 
 from __future__ import annotations
@@ -103,10 +105,44 @@ def merged_transformer(view):
     return merged.eval()
 
 
+def lora_layers(transformer, adapter: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of `adapter` with each layer's scale (alpha / rank) folded into lora_B, and the diffusers adapter
+    metadata that says so (lora_alpha = r: scale 1).
+
+    Why fold: the clients read alpha differently, and only a scale of 1 means the same to all of them. diffusers
+    reads it from the header's `lora_adapter_metadata` and, without one, takes alpha = rank; ComfyUI ignores the
+    header and reads a `<module>.alpha` tensor, scale 1 without one; and an `.alpha` tensor beside diffusers-style
+    `transformer.` keys sends diffusers' Qwen-Image loader down its conversion path for other trainers' files, which
+    then matches no module (NoMatchingPeftModuleError). With B·(alpha/r) and no `.alpha` tensor every client applies
+    exactly the trained delta B·A·alpha/r, at any alpha (fractional included), and a user's strength (diffusers'
+    `set_adapters(..., weights)`, ComfyUI's strength_model) multiplies that delta in both. The metadata (only the
+    keys every peft LoraConfig takes) makes diffusers build that scale-1 adapter instead of inferring it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import get_peft_model_state_dict
+
+    layers = dict(get_peft_model_state_dict(transformer, adapter_name=adapter))
+    folded = set()
+    for name, module in transformer.named_modules():
+        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "scaling", {}):
+            scale = float(module.scaling[adapter])
+            for key in (f"{name}.lora_B.weight", f"{name}.lora_B.bias"):  # peft scales lora_B's bias too
+                if key in layers:
+                    layers[key] = (layers[key].float() * scale).to(layers[key].dtype)
+                    folded.add(key)
+    unfolded = sorted(k for k in layers if ".lora_B." in k and k not in folded)
+    if unfolded:  # a layer whose scale was not found would load at the wrong strength: never write it
+        raise RuntimeError(f"LoRA export: no scale found for {unfolded[0]} ({len(unfolded)} tensors)")
+    ranks = {v.shape[0] for k, v in layers.items() if k.endswith(".lora_A.weight")}
+    if len(ranks) != 1:
+        raise RuntimeError(f"LoRA export: one rank expected, the adapter has {sorted(ranks)}")
+    rank = ranks.pop()
+    targets = sorted({k.rsplit(".lora_", 1)[0] for k in layers})
+    return layers, {"r": rank, "lora_alpha": rank, "target_modules": targets}
+
+
 def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict, base_folder: Path) -> Path:
     """Write `folder` (layout above) atomically: a temporary sibling renamed into place."""
     from diffusers import QwenImagePipeline
-    from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}-tmp-{uuid.uuid4().hex[:8]}"
@@ -114,8 +150,9 @@ def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict,
     ema = roles.ema
     lora = None
     if getattr(ema, "adapter", None):  # roles.mode lora: an AdapterView on the shared base
-        layers = get_peft_model_state_dict(ema.base.transformer, adapter_name=ema.adapter)
-        QwenImagePipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE)
+        layers, metadata = lora_layers(ema.base.transformer, ema.adapter)
+        QwenImagePipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,
+                                            transformer_lora_adapter_metadata=metadata)
         lora = LORA_FILE
         transformer = merged_transformer(ema)
     else:
@@ -236,11 +273,14 @@ class QwenStudent:
             if source is not None:
                 kwargs["image"] = Image.fromarray((np.clip(source, 0, 1) * 255).round().astype(np.uint8))
             torch.manual_seed(int(seed))  # the scheduler's re-noising draws come from the global generator
-            image = pipe(**kwargs).images[0].astype(np.float32)
+            image = pipe(**kwargs).images[0]
             if not np.isfinite(image).all():  # the pipeline's clamp keeps NaN: it would be saved as black
                 raise UserError(f"model {self.name} produced NaN/Inf for seed {seed}: its weights are broken, e.g. "
                                 f"saved by a diverged run; no image was written")
-            out.append(image)
+            # 8 bits as diffusers rounds them (what a diffusers user's `.images[0]` holds), so a PNG written of it
+            # is the diffusers user's PNG pixel for pixel: imageio.to_uint8 maps k/255 back to k exactly
+            pil = pipe.image_processor.numpy_to_pil(image[None])[0]
+            out.append(np.asarray(pil, dtype=np.float32) / 255.0)
         return out
 
 
