@@ -219,7 +219,9 @@ DROP = object()
 @pytest.mark.parametrize("change, message", [
     ({"resolution": DROP}, "missing key 'resolution'"),
     ({"resolution": "64"}, "key 'resolution' must be an integer"),
-    ({"resolution": 50}, "key 'resolution' must be a multiple of 16"),
+    ({"resolution": 50}, "key 'resolution' must be a side or [height, width], each a multiple of 16"),
+    ({"resolution": [48, 50]}, "got [48, 50]"),
+    ({"resolution": [48]}, "key 'resolution' must be a side or [height, width]"),
     ({"timesteps": DROP}, "missing key 'timesteps'"),
     ({"timesteps": [0.5, 0.9]}, "'timesteps' must be a decreasing list"),
     ({"base": DROP}, "missing key 'base'"),
@@ -246,11 +248,18 @@ def test_student_cfg_refused_resolution_honoured(student, tmp_path, capsys):
     _one_error_line(capsys, "--cfg 3", "distilled student")
     assert _generate(folder, tmp_path / "a.png", "--resolution", "50") == 2
     _one_error_line(capsys, "--resolution 50", "multiple of 16")
+    assert _generate(folder, tmp_path / "a.png", "--resolution", "48x50") == 2
+    _one_error_line(capsys, "--resolution 48x50", "multiple of 16")
+    with pytest.raises(SystemExit) as stopped:  # argparse's refusal: one line, exit code 2
+        _generate(folder, tmp_path / "a.png", "--resolution", "48x")
+    assert stopped.value.code == 2
+    _one_error_line(capsys, "--resolution", "must be an integer, got ''")
     assert _generate(folder, tmp_path / "a.png") == 0 and _generate(folder, tmp_path / "b.png", "--resolution",
                                                                       "48") == 0
-    for name, side in (("a.png", 64), ("b.png", 48)):  # the student's own side, then the one asked for
+    assert _generate(folder, tmp_path / "c.png", "--resolution", "32x48") == 0
+    for name, size in (("a.png", (64, 64)), ("b.png", (48, 48)), ("c.png", (48, 32))):  # own, then asked (W, H)
         with Image.open(tmp_path / name) as img:
-            assert img.size == (side, side)
+            assert img.size == size
 
 
 def test_embedded_student_refuses_cfg_and_another_resolution(tmp_path, capsys):
@@ -263,6 +272,9 @@ def test_embedded_student_refuses_cfg_and_another_resolution(tmp_path, capsys):
     _one_error_line(capsys, "--cfg 2", "distilled student")
     assert _generate(tmp_path / "s", tmp_path / "a.png", "--resolution", "64") == 2
     _one_error_line(capsys, "--resolution 64", "works at 32 px only")
+    for model in (str(tmp_path / "s"), "teacher:base"):  # non-square is a Qwen-Image student's only
+        assert _generate(model, tmp_path / "a.png", "--resolution", "32x48") == 2
+        _one_error_line(capsys, "--resolution 32x48", "samples squares only")
 
 
 def test_student_of_another_base_or_broken_weights(student, tmp_path, capsys):

@@ -42,6 +42,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def image_size(text: str) -> int | tuple[int, int]:
+    """A side (`64`: a square) or HEIGHTxWIDTH (`768x1024`), each at least 1; whether the model takes it is the
+    model's to say (a Qwen-Image student takes multiples of 16)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"must be a side or HEIGHTxWIDTH, got {text!r}")
+    sides = [positive_int(part) for part in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def nonneg_int(text: str) -> int:
     value = _int(text)
     if value < 0:

@@ -24,8 +24,8 @@ from the base folder with the exported transformer and scheduler: T2I through `Q
 edit base), edits through the base's Edit / Edit-Plus pipeline. Before anything loads, student.json's keys are
 checked (`read_student_record`: base, timesteps, resolution; one UserError naming the file and key) and the
 exported transformer's config against the base's (`check_same_architecture`); an image of NaN is an error, never a
-black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training side, or at any
-multiple of 16 asked for with `--resolution` (`set_resolution`).
+black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training size, or at any
+other size of multiples of 16 asked for with `--resolution` (a side, or HEIGHTxWIDTH: `set_resolution`).
 Tests: `pytest tests/test_qwen_export.py tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
 """
 
@@ -45,7 +45,6 @@ from flashdistill.files import read_json_object, swap_in
 from flashdistill.records import read_record
 
 STUDENT_FILE = "student.json"
-MAX_SIDE = 4096  # pixels: 65536 image tokens, far past the sizes Qwen-Image was trained at
 LORA_FILE = "pytorch_lora_weights.safetensors"
 FAMILY = "qwen-image"
 
@@ -179,12 +178,12 @@ def qwen_student_folder(path: str | Path) -> Path | None:
 def read_student_record(folder: Path) -> dict:
     """student.json of a qwen-image export with every key sampling needs checked (records.py), and its base."""
     from flashdistill.distill.export import check_timesteps
-    from flashdistill.models.qwen_image import read_model_index
+    from flashdistill.models.qwen_image import image_size, read_model_index
 
     path = folder / STUDENT_FILE
-    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": int})
+    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": (int, list)})
     check_timesteps(meta["timesteps"], str(path))
-    check_resolution(meta["resolution"], f"student record {path}: key 'resolution'")
+    image_size(meta["resolution"], f"student record {path}: key 'resolution'")
     try:
         read_model_index(meta["base"])
     except UserError as err:
@@ -192,17 +191,12 @@ def read_student_record(folder: Path) -> dict:
     return meta
 
 
-def check_resolution(px, where: str) -> int:
-    """A side the Qwen-Image pipelines sample exactly: a multiple of 16 (VAE factor 8 x patch 2), at most 4096."""
-    if isinstance(px, bool) or not isinstance(px, int) or not 16 <= px <= MAX_SIDE or px % 16:
-        raise UserError(f"{where} must be a multiple of 16 (the VAE's factor 8 x the patch 2) in [16, {MAX_SIDE}], "
-                        f"got {px!r}")
-    return px
-
-
 class QwenStudent:
     """An exported qwen-image student sampled by diffusers' pipelines: `sample(texts, sources, seeds, nfe)` gives
-    images (H, W, 3) float32 in [0, 1] (sources: (H, W, 3) arrays or None), as `flashdistill generate` expects."""
+    images (H, W, 3) float32 in [0, 1] (sources: (H, W, 3) arrays of any size, or None), as `flashdistill
+    generate` expects, at `size` (height, width): the training size, or what `set_resolution` asked for."""
+
+    source_side = None  # an edit source goes to the pipelines as it is: they resize it, aspect kept
 
     def __init__(self, path: str | Path, name: str | None = None):
         folder = qwen_student_folder(path)
@@ -211,13 +205,17 @@ class QwenStudent:
         self.folder, self.meta = folder, read_student_record(folder)
         self.name = name or str(path)
         self.timesteps = [float(t) for t in self.meta["timesteps"]]
-        self.resolution = int(self.meta["resolution"])
+        self.set_resolution(self.meta["resolution"], f"student record {folder / STUDENT_FILE}: key 'resolution'")
         self.default_nfe = len(self.timesteps)
         self._pipes: dict[bool, object] = {}
 
-    def set_resolution(self, px: int, flag: str = "--resolution") -> None:
-        """Sample at px x px instead of the training resolution (the pipelines take any multiple of 16)."""
-        self.resolution = check_resolution(px, f"{flag} {px}: a Qwen-Image student's side")
+    def set_resolution(self, value, where: str) -> None:
+        """Sample at `value` (a side, or (height, width)) instead of the training size (the pipelines take any
+        multiple of 16); `resolution` is its record form (a side for a square). `where` leads a refusal."""
+        from flashdistill.models.qwen_image import image_size, size_value
+
+        self.size = image_size(value, where)
+        self.resolution = size_value(self.size)
 
     def pipeline(self, edit: bool):
         """The base's pipeline class (edit) or QwenImagePipeline (T2I) with the student transformer and scheduler."""
@@ -266,7 +264,7 @@ class QwenStudent:
         out = []
         for text, source, seed in zip(texts, sources, seeds):
             pipe = self.pipeline(source is not None)
-            kwargs = dict(prompt=text, height=self.resolution, width=self.resolution, num_inference_steps=nfe,
+            kwargs = dict(prompt=text, height=self.size[0], width=self.size[1], num_inference_steps=nfe,
                           sigmas=self.sigmas(nfe), true_cfg_scale=1.0,  # a DMD student runs unguided
                           generator=torch.Generator().manual_seed(int(seed)),
                           output_type="np")
