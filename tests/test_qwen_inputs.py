@@ -120,6 +120,23 @@ def test_damaged_shard_named_then_reencoded_by_cache(cache_copy, capsys, damage)
 
 
 # ---- sources the pipelines cannot take; edit sizes and missing entries before the first iteration ---------------
+@pytest.mark.parametrize("key", ["data.prompts", "data.edits", "eval.prompts", "eval.edits"])
+def test_a_lone_surrogate_in_a_data_file_is_one_line_naming_it(qwen_world, capsys, key):
+    """Defect: `{"prompt": "\\ud800 ..."}` (valid JSON) ended `flashdistill cache` in a UnicodeEncodeError
+    traceback; every reader of user text now names the file and line, exit code 2."""
+    root, sets = qwen_world
+    field = "instruction" if key.endswith("edits") else "prompt"
+    lines = (root / f"{key.split('.')[1]}.jsonl").read_text().splitlines()
+    row = json.loads(lines[1])
+    lines[1] = json.dumps({**row, field: "\ud800" + row[field]})  # written as the 6 characters \ud800
+    bad = root / f"surrogate-{key}.jsonl"  # beside the edits' images
+    bad.write_text("\n".join(lines) + "\n")
+    argv = ["cache", str(RECIPE), "--set", *_replace(sets, **{key.replace(".", "__"): bad}), "--vae-area", "4096",
+            "--dtype", "float32"]
+    assert main(argv) == 2
+    _one_error_line(capsys, f"{bad}:2: '{field}' holds '\\ud800' at character 1, a lone UTF-16 surrogate")
+
+
 def test_zero_side_source_refused_before_encoding(qwen_world, tmp_path, capsys):
     root, _ = qwen_world
     Image.new("RGB", (4000, 1), (200, 10, 10)).save(tmp_path / "wide.png")

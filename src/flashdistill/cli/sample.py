@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flashdistill.cli.args import image_size, nonneg_float, nonneg_int, positive_int
+from flashdistill.cli.args import image_size, model_text, nonneg_float, nonneg_int, positive_int
 from flashdistill.errors import UserError
 from flashdistill.files import out_file
 
@@ -99,12 +99,12 @@ def _add_sampling_args(p, what: str) -> None:
 def add_commands(top) -> None:
     """Register `generate` and `edit` on the top-level subparsers `top`."""
     p = top.add_parser("generate", help="text-to-image: one prompt -> PNG")
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, type=model_text)
     _add_sampling_args(p, "generate")
     p.set_defaults(func=cmd_generate)
     p = top.add_parser("edit", help="instruction-guided editing: source PNG + instruction -> PNG")
     p.add_argument("--image", required=True, help="source PNG (resized to the model's resolution; a Qwen-Image "
                    "student's pipeline resizes it itself, aspect kept)")
-    p.add_argument("--instruction", required=True)
+    p.add_argument("--instruction", required=True, type=model_text)
     _add_sampling_args(p, "edit into")
     p.set_defaults(func=cmd_edit)
