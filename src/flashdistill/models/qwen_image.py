@@ -75,10 +75,13 @@ def size_value(size: tuple[int, int]):
 def vae_factor(folder: str | Path) -> int:
     """Pixels per latent of a pipeline folder's VAE, as the pipelines compute `vae_scale_factor` (2 to the number of
     its `temperal_downsample` stages, read from vae/config.json without loading it): 8 for Qwen-Image's VAE, 4 for
-    the tiny one of diffusers' own tests."""
+    the tiny one of diffusers' own tests; 8 for a folder without a VAE config, as the pipelines take it without a
+    VAE (training needs none: the cache holds what the VAE gave)."""
     from flashdistill.files import read_json_object
 
     path = Path(folder) / "vae" / "config.json"
+    if not path.exists():
+        return 8
     stages = read_json_object(path, "VAE config").get("temperal_downsample", [False, True, True])  # class default
     if not isinstance(stages, list):
         raise UserError(f"VAE config {path}: key 'temperal_downsample' must be a list, got {stages!r}"[:200])
