@@ -105,9 +105,13 @@ def cases(f: dict, server: HostileServer | None = None) -> list[Case]:
 
 def data_cases(f) -> list[Case]:
     bad = ("latin1", "binary", "bad-json", "list-line", "missing-field", "unknown-field", "empty-text", "number",
-           "empty-file", "deep")
+           "empty-file", "deep", "lone-surrogate")
     out = [distill(f, f"prompts-{b}", f"data.prompts={f[f'prompts:{b}']}", group="data",
                    names=f"prompts-{b}.jsonl") for b in bad]
+    out += [cache(f, "prompts-lone-surrogate-cache", group="data", names="prompts-lone-surrogate.jsonl:",
+                  sets=fx.sets(f, prompts=f["prompts:lone-surrogate"])),
+            cache(f, "edits-lone-surrogate", group="data", names="edits-lone-surrogate.jsonl:",
+                  sets=fx.sets(f, edits=f["edits:lone-surrogate"]))]
     images = ("image-missing", "image-text", "image-bomb", "image-4000x1", "image-folder")
     out += [cache(f, f"edits-{b}", group="data", sets=fx.sets(f, edits=f[f"edits:{b}"]), names=f"edits-{b}.jsonl")
             for b in images]
@@ -194,6 +198,9 @@ def export_cases(f) -> list[Case]:
                     f"student-{k}") for k in kinds]
     out += [generate(f, "cfg-on-student", "--cfg", 3, names="--cfg"),  # a DMD student runs unguided
             generate(f, "resolution-on-student", "--resolution", 128, expect="accept"),  # honoured (test_qwen_inputs)
+            generate(f, "resolution-hxw-on-student", "--resolution", "48x80", expect="accept"),  # non-square
+            generate(f, "resolution-hxw-not-16", "--resolution", "48x50", names="--resolution 48x50"),
+            generate(f, "prompt-not-utf8", "--prompt", "a \udcff lake", names="--prompt"),  # a byte 0xff in argv
             generate(f, "nfe-0", "--nfe", 0, names="--nfe"),
             generate(f, "nfe-beyond-student", "--nfe", 9, names="NFE"),
             generate(f, "n-0", "--n", 0, names="--n"),

@@ -142,10 +142,10 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict], summary: dict) -> str:
-    lines = [f"{'':4} {'outcome':9} {'exit':>4} {'case':<44} last line / what is wrong"]
+    lines = [f"{'':4} {'outcome':10} {'exit':>4} {'case':<44} last line / what is wrong"]
     for r in rows:
         why = "; ".join(r["flags"]) if r["flags"] else r["last_line"]
-        lines.append(f"{'ok' if r['ok'] else 'FAIL':4} {r['outcome']:9} {str(r['exit_code']):>4} "
+        lines.append(f"{'ok' if r['ok'] else 'FAIL':4} {r['outcome']:10} {str(r['exit_code']):>4} "
                      f"{r['group'] + ':' + r['name']:<44} {why[:140]}")
     lines.append("")
     lines.append(f"{summary['ok']}/{summary['cases']} ok; " + ", ".join(
