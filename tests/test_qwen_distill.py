@@ -231,7 +231,7 @@ def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
     assert seen == [torch.bfloat16] and v.isfinite().all()
 
 
-def test_non_square_targets_train_evaluate_and_edit(world, tmp_path, monkeypatch):
+def test_non_square_targets_train_evaluate_and_edit(world, tmp_path, monkeypatch, capsys):
     """data.resolution [height, width]: joint T2I + edit training on 48 x 64 targets beside 64 x 64 sources, the
     eval samples of both tasks at that size, and `edit` keeping a non-square source's aspect (the pipeline resizes
     it, not flashdistill)."""
@@ -259,3 +259,8 @@ def test_non_square_targets_train_evaluate_and_edit(world, tmp_path, monkeypatch
     assert seen == [(96, 40)]  # the source as it is, not squashed to the student's size
     with Image.open(out) as img:
         assert img.size == (64, 48)
+    Image.new("RGB", (4000, 1)).save(tmp_path / "line.png")  # a side of 0 once the pipeline keeps its aspect
+    assert main(["edit", "--model", str(run), "--image", str(tmp_path / "line.png"), "--instruction", "x",
+                 "--out", str(tmp_path / "f.png")]) == 2
+    assert seen == [(96, 40)] and not (tmp_path / "f.png").exists()
+    assert f"error: --image {tmp_path / 'line.png'} is 4000x1 px" in capsys.readouterr().err

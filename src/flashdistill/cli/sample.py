@@ -75,6 +75,8 @@ def cmd_edit(args) -> None:
     model = _pipeline(args)
     # resized to the model's side, unless the model resizes sources itself (a Qwen-Image student: aspect kept)
     source = load_png(args.image, getattr(model, "source_side", model.resolution), what="--image")
+    if hasattr(model, "check_source"):  # one the pipeline cannot resize (4000x1) is refused, naming the file
+        model.check_source((source.shape[1], source.shape[0]), f"--image {args.image}")
     seeds = [args.seed + i for i in range(args.n)]
     images = model.sample([args.instruction] * args.n, [source] * args.n, seeds, args.nfe)
     _save_outputs(images, args.out, seeds)

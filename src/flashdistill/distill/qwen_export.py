@@ -244,6 +244,15 @@ class QwenStudent:
         self._pipes[edit] = pipe
         return pipe
 
+    def check_source(self, size: tuple[int, int], what: str = "edit source") -> None:
+        """Refuse a source (width, height) the base's edit pipeline cannot resize (models/qwen_image.py
+        `check_edit_source`: e.g. 4000x1), before anything runs; `what` leads the message (e.g. `--image PATH`)."""
+        from flashdistill.models.qwen_image import KIND, check_edit_source, read_model_index
+
+        kind = KIND[read_model_index(self.meta["base"])["_class_name"]]
+        if kind != "t2i":  # a T2I base is refused by `pipeline`, naming it
+            check_edit_source(size, kind, what=what)
+
     def sigmas(self, nfe: int) -> list[float] | None:
         """What to pass as `sigmas=` for `nfe` steps: None at the full NFE of a constant-shift scheduler."""
         from flashdistill.sampling import sub_schedule
@@ -268,7 +277,8 @@ class QwenStudent:
                           sigmas=self.sigmas(nfe), true_cfg_scale=1.0,  # a DMD student runs unguided
                           generator=torch.Generator().manual_seed(int(seed)),
                           output_type="np")
-            if source is not None:
+            if source is not None:  # as it is: the pipeline resizes it (aspect kept), if it can
+                self.check_source((source.shape[1], source.shape[0]))
                 kwargs["image"] = Image.fromarray((np.clip(source, 0, 1) * 255).round().astype(np.uint8))
             torch.manual_seed(int(seed))  # the scheduler's re-noising draws come from the global generator
             image = pipe(**kwargs).images[0]

@@ -88,6 +88,22 @@ def vae_factor(folder: str | Path) -> int:
     return 2 ** len(stages)
 
 
+def check_edit_source(size: tuple[int, int], kind: str, area: int = VAE_AREA, what: str = "edit source") -> None:
+    """Refuse a source (width, height) the edit pipelines of `kind` (edit | edit-plus) cannot take: they resize it,
+    aspect kept, to `area` for the VAE and to their condition area for Qwen2.5-VL, in sides of multiples of 32
+    (`calculate_dimensions`); a very wide or tall image (4000x1) gets a side of 0 there, and Qwen2.5-VL's processor
+    refuses aspect ratios over 200."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+    w, h = size
+    vl_area = VAE_AREA if kind == "edit" else CONDITION_AREA
+    for stage, stage_area in (("the VAE", area), ("Qwen2.5-VL", vl_area)):
+        sw, sh = calculate_dimensions(stage_area, w / h)[:2]
+        if min(sw, sh) == 0 or max(sw, sh) / min(sw, sh) > 200:
+            raise UserError(f"{what} is {w}x{h} px: the pipeline resizes it to {sw}x{sh} for {stage} (area "
+                            f"{stage_area}, aspect kept), which it cannot encode; crop or pad it nearer to square")
+
+
 def read_model_index(folder: str | Path) -> dict:
     """The folder's model_index.json: a Qwen-Image pipeline class and a [library, class] entry for every component
     the pipeline reads (records.py: a damaged file or a missing key is a UserError naming both)."""
@@ -157,22 +173,11 @@ class QwenImageFamily:
         return self.pipe.image_processor.resize(image, h, w)
 
     def check_source(self, size: tuple[int, int], area: int = VAE_AREA, what: str = "edit source") -> None:
-        """Refuse, before anything is encoded, a source (width, height) this pipeline cannot take: the edit
-        pipelines resize it, aspect kept, to `area` for the VAE and to their condition area for Qwen2.5-VL, in
-        sides of multiples of 32 (`calculate_dimensions`); a very wide or tall image (4000x1) gets a side of 0
-        there, and Qwen2.5-VL's processor refuses aspect ratios over 200."""
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
-
+        """Refuse, before anything is encoded, a source (width, height) this pipeline cannot take
+        (`check_edit_source`), or any source when this is a T2I pipeline."""
         if self.kind == "t2i":
             raise UserError(f"{what}: {self.folder} is a {self.pipeline_class}: it cannot encode an edit source")
-        w, h = size
-        vl_area = VAE_AREA if self.kind == "edit" else CONDITION_AREA
-        for stage, stage_area in (("the VAE", area), ("Qwen2.5-VL", vl_area)):
-            sw, sh = calculate_dimensions(stage_area, w / h)[:2]
-            if min(sw, sh) == 0 or max(sw, sh) / min(sw, sh) > 200:
-                raise UserError(f"{what} is {w}x{h} px: the pipeline resizes it to {sw}x{sh} for {stage} (area "
-                                f"{stage_area}, aspect kept), which it cannot encode; crop or pad it nearer to "
-                                f"square")
+        check_edit_source(size, self.kind, area, what)
 
     @torch.no_grad()
     def encode_prompts(self, texts: list[str], sources: list | None = None,
