@@ -86,7 +86,7 @@ def random_family(folder: Path, resolution: int, device: torch.device, seed: int
             return FileSource(recipe.task_mix(), recipe.dmd.seed, read_prompts(recipe.data.prompts),
                               read_edits(recipe.data.edits, check_images=False), cache, shape)
 
-    return RandomFolder(folder, resolution)
+    return RandomFolder(folder, (resolution, resolution))
 
 
 class RandomCache:

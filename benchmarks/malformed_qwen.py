@@ -8,10 +8,12 @@ files, the condition cache, resume on changed inputs, exported students, `plan`,
 `plan`, `qwen`, `generate` and `edit`, and the VLM judge against a local server that misbehaves on purpose
 (`benchmarks/hostile_vlm.py`). Every case runs `python -m flashdistill ARGS` and is classified:
 
-- outcome: `clean` (exit 2, one stderr line starting `error:`, no traceback), `accepted` (exit 0), `traceback`,
+- outcome: `clean` (exit 2, one stderr line starting `error:`, no traceback), `incomplete` (exit 1, one such line:
+  the input was fine, the result is not, e.g. a judge that scored nothing), `accepted` (exit 0), `traceback`,
   `hang` (past the case's time limit) or `other`;
-- `ok` when the outcome is the expected one (`refuse`: clean, naming the file, key or value in `names`; `accept`:
-  accepted; `note`: clean, or accepted with a line on stderr saying what was done; `either`: clean or accepted)
+- `ok` when the outcome is the expected one (`refuse`: clean, naming the file, key or value in `names`; `fail`:
+  incomplete, naming `names`; `accept`: accepted; `note`: clean, or accepted with a line on stderr saying what was
+  done; `either`: clean or accepted)
   and, whatever the outcome:
   no file of another run was touched (`guard`: the finished run, the world's inputs, and each case's victim are
   hashed before and after), the fake API key in the environment is in no output and no file the case wrote, and no
@@ -103,9 +105,13 @@ def cases(f: dict, server: HostileServer | None = None) -> list[Case]:
 
 def data_cases(f) -> list[Case]:
     bad = ("latin1", "binary", "bad-json", "list-line", "missing-field", "unknown-field", "empty-text", "number",
-           "empty-file", "deep")
+           "empty-file", "deep", "lone-surrogate")
     out = [distill(f, f"prompts-{b}", f"data.prompts={f[f'prompts:{b}']}", group="data",
                    names=f"prompts-{b}.jsonl") for b in bad]
+    out += [cache(f, "prompts-lone-surrogate-cache", group="data", names="prompts-lone-surrogate.jsonl:",
+                  sets=fx.sets(f, prompts=f["prompts:lone-surrogate"])),
+            cache(f, "edits-lone-surrogate", group="data", names="edits-lone-surrogate.jsonl:",
+                  sets=fx.sets(f, edits=f["edits:lone-surrogate"]))]
     images = ("image-missing", "image-text", "image-bomb", "image-4000x1", "image-folder")
     out += [cache(f, f"edits-{b}", group="data", sets=fx.sets(f, edits=f[f"edits:{b}"]), names=f"edits-{b}.jsonl")
             for b in images]
@@ -192,6 +198,9 @@ def export_cases(f) -> list[Case]:
                     f"student-{k}") for k in kinds]
     out += [generate(f, "cfg-on-student", "--cfg", 3, names="--cfg"),  # a DMD student runs unguided
             generate(f, "resolution-on-student", "--resolution", 128, expect="accept"),  # honoured (test_qwen_inputs)
+            generate(f, "resolution-hxw-on-student", "--resolution", "48x80", expect="accept"),  # non-square
+            generate(f, "resolution-hxw-not-16", "--resolution", "48x50", names="--resolution 48x50"),
+            generate(f, "prompt-not-utf8", "--prompt", "a \udcff lake", names="--prompt"),  # a byte 0xff in argv
             generate(f, "nfe-0", "--nfe", 0, names="--nfe"),
             generate(f, "nfe-beyond-student", "--nfe", 9, names="NFE"),
             generate(f, "n-0", "--n", 0, names="--n"),
@@ -280,13 +289,15 @@ def cli_cases(f) -> list[Case]:
 def vlm_cases(f, server: HostileServer) -> list[Case]:
     url = server.url
     keyed = url("ok").replace("http://", f"http://{FAKE_KEY}@")
-    return [judge(f, "reply-echoes-the-key", url("echo")),  # every case malformed: all failed
+    # a judge that fails every case of a category at run time (malformed, HTML, out of range, down): exit 1
+    return [judge(f, "reply-echoes-the-key", url("echo"), expect="fail"),  # every case malformed: all failed
             judge(f, "reasoning-quotes-the-key", url("echo-reasoning"), expect="accept"),
             judge(f, "key-in-base-url", keyed, expect="either"),  # refuse it, or run and write the key nowhere
-            judge(f, "one-category-all-failed", url("fail-one-category"), names="text"),
-            judge(f, "endpoint-down", "http://127.0.0.1:9/v1", names="127.0.0.1"),
-            judge(f, "html-instead-of-json", url("html")), judge(f, "key-rejected", url("unauthorized")),
-            judge(f, "score-out-of-range", url("score-7")), judge(f, "reply-5mb", url("huge"), expect="accept"),  # a valid score: its reasoning is kept to 4000 chars
+            judge(f, "one-category-all-failed", url("fail-one-category"), names="text", expect="fail"),
+            judge(f, "endpoint-down", "http://127.0.0.1:9/v1", names="127.0.0.1", expect="fail"),
+            judge(f, "html-instead-of-json", url("html"), expect="fail"),
+            judge(f, "key-rejected", url("unauthorized")),  # refused before any case: a bad key is bad input
+            judge(f, "score-out-of-range", url("score-7"), expect="fail"), judge(f, "reply-5mb", url("huge"), expect="accept"),  # a valid score: its reasoning is kept to 4000 chars
             judge(f, "reply-trickled", url("trickle"), expect="accept", timeout=160.0)]  # a 120 s limit per request
 
 

@@ -125,6 +125,7 @@ def data_files(root: Path, img: dict[str, Path]) -> dict[str, Path]:
                "empty-text": b'{"prompt": "  ", "category": "landscape"}\n',
                "number": b'{"prompt": 5, "category": "landscape"}\n', "empty-file": None,
                "deep": ("[" * 20000 + "]" * 20000 + "\n").encode(),
+               "lone-surrogate": b'{"prompt": "\\ud800 a lake", "category": "landscape"}\n',  # valid JSON, no text
                "uncached": b'{"prompt": "never cached", "category": "landscape"}\n'}
     f = {}
     for name, line in prompts.items():
@@ -139,6 +140,9 @@ def data_files(root: Path, img: dict[str, Path]) -> dict[str, Path]:
         f[f"edits:{name}"] = root / f"edits-{name}.jsonl"
         f[f"edits:{name}"].write_text(good_edits + json.dumps({"image": str(image), "instruction": "blue",
                                                                "category": "style"}) + "\n")
+    f["edits:lone-surrogate"] = root / "edits-lone-surrogate.jsonl"  # json.dumps writes the \\udc00 escape
+    f["edits:lone-surrogate"].write_text(good_edits + json.dumps({"image": str(img["image:text"]), "instruction":
+                                                                  "blue \udc00", "category": "style"}) + "\n")
     return f
 
 

@@ -28,7 +28,7 @@ class Case:
     name: str
     group: str
     argv: tuple[str, ...]
-    expect: str = "refuse"  # refuse | accept | note | either (see malformed_qwen.py's docstring)
+    expect: str = "refuse"  # refuse | fail | accept | note | either (see malformed_qwen.py's docstring)
     names: str = ""  # a word the error line must hold
     guard: tuple[str, ...] = ()  # paths another run wrote: left exactly as they were
     forbid: tuple[str, ...] = ()  # paths that must not exist afterwards
@@ -64,16 +64,19 @@ def judge_row(case: Case, code: int | None, out: str, err: str, seconds: float, 
         outcome = "traceback"
     elif code == 2 and len(lines) == 1 and lines[0].startswith("error:"):
         outcome = "clean"
+    elif code == 1 and len(lines) == 1 and lines[0].startswith("error:"):
+        outcome = "incomplete"
     elif code == 0:
         outcome = "accepted"
     else:
         outcome = "other"
     said = [line for line in lines if not PROGRESS.search(line)]  # a progress bar says nothing of the input
-    wanted = {"refuse": outcome == "clean", "accept": outcome == "accepted", "either": outcome in ("clean", "accepted"),
+    wanted = {"refuse": outcome == "clean", "fail": outcome == "incomplete", "accept": outcome == "accepted",
+              "either": outcome in ("clean", "accepted"),
               "note": outcome == "clean" or (outcome == "accepted" and bool(said))}[case.expect]
     flags = [] if wanted else ["silent acceptance" if case.expect == "refuse" and outcome == "accepted" else
                                f"expected {case.expect}, got {outcome}"]
-    if outcome == "clean" and case.names and case.names not in lines[0]:
+    if outcome in ("clean", "incomplete") and case.names and case.names not in lines[0]:
         flags.append(f"the line does not name {case.names!r}")
     flags += [f"touched {p}" for p in touched[:3]] + ["the API key reached an output"] * leak
     flags += [f"refused after training began ({Path(p).name} exists)" for p in case.forbid if Path(p).exists()]
@@ -127,7 +130,7 @@ def _in_process(case: Case) -> tuple[int, str, str]:
 
 
 def summarize(rows: list[dict]) -> dict:
-    outcomes = ("clean", "accepted", "traceback", "hang", "other")
+    outcomes = ("clean", "incomplete", "accepted", "traceback", "hang", "other")
     groups = sorted({r["group"] for r in rows})
     return {"cases": len(rows), "ok": sum(r["ok"] for r in rows),
             **{o: sum(r["outcome"] == o for r in rows) for o in outcomes},
@@ -139,14 +142,15 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def table(rows: list[dict], summary: dict) -> str:
-    lines = [f"{'':4} {'outcome':9} {'exit':>4} {'case':<44} last line / what is wrong"]
+    lines = [f"{'':4} {'outcome':10} {'exit':>4} {'case':<44} last line / what is wrong"]
     for r in rows:
         why = "; ".join(r["flags"]) if r["flags"] else r["last_line"]
-        lines.append(f"{'ok' if r['ok'] else 'FAIL':4} {r['outcome']:9} {str(r['exit_code']):>4} "
+        lines.append(f"{'ok' if r['ok'] else 'FAIL':4} {r['outcome']:10} {str(r['exit_code']):>4} "
                      f"{r['group'] + ':' + r['name']:<44} {why[:140]}")
     lines.append("")
     lines.append(f"{summary['ok']}/{summary['cases']} ok; " + ", ".join(
-        f"{k} {summary[k]}" for k in ("clean", "accepted", "traceback", "hang", "other", "silent_acceptances",
+        f"{k} {summary[k]}" for k in ("clean", "incomplete", "accepted", "traceback", "hang", "other",
+                                      "silent_acceptances",
                                       "touched_another_run", "key_leaks")))
     lines.append("per group (ok/cases): " + ", ".join(f"{g} {v}" for g, v in summary["groups"].items()))
     return "\n".join(lines)

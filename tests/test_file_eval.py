@@ -12,6 +12,7 @@ best/ and `eval.patience` stops the run, and the API key reaches no file.
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,8 +27,14 @@ EVAL = [("a red barn", "landscape"), ("a woman with glasses", "portrait"), ("a p
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def diffusers_t2i_folder(out: Path) -> Path:
-    """A tiny QwenImagePipeline built from the library classes and saved by diffusers itself."""
+# The VAE of diffusers' own Qwen-Image pipeline tests: 4 latent channels, 2 spatial downsamplings (factor 4, not 8)
+DIFFUSERS_TEST_VAE = dict(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
+                          latents_mean=[0.0] * 4, latents_std=[1.0] * 4)
+
+
+def diffusers_t2i_folder(out: Path, vae: dict | None = None) -> Path:
+    """A tiny QwenImagePipeline built from the library classes and saved by diffusers itself, with our tiny VAE or
+    `vae` (the transformer packs 4 x its z_dim channels in, z_dim out)."""
     from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
                            QwenImageTransformer2DModel)
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -37,10 +44,13 @@ def diffusers_t2i_folder(out: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()
+    vae = vae or vae_config(0)
+    z = vae["z_dim"]
     pipe = QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(**scheduler_config()),
-                             vae=AutoencoderKLQwenImage(**vae_config(0)),
+                             vae=AutoencoderKLQwenImage(**vae),
                              text_encoder=Qwen2_5_VLForConditionalGeneration(text_encoder_config(tokenizer)).eval(),
-                             tokenizer=tokenizer, transformer=QwenImageTransformer2DModel(**transformer_config()))
+                             tokenizer=tokenizer, transformer=QwenImageTransformer2DModel(
+                                 **{**transformer_config(), "in_channels": 4 * z, "out_channels": z}))
     pipe.save_pretrained(out, safe_serialization=True)
     return out
 
@@ -50,12 +60,11 @@ def _jsonl(path: Path, rows: list[tuple[str, str]]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def t2i(tmp_path_factory):
+def _t2i_world(root: Path, vae: dict | None = None) -> tuple[Path, list[str]]:
+    """A diffusers-built T2I folder, a random LoRA teacher on it, prompt and eval files, their cache: the --set."""
     from flashdistill.models.qwen_tiny import write_random_lora
 
-    root = tmp_path_factory.mktemp("t2i-files")
-    base = diffusers_t2i_folder(root / "base")
+    base = diffusers_t2i_folder(root / "base", vae)
     assert json.loads((base / "model_index.json").read_text())["_class_name"] == "QwenImagePipeline"
     lora = write_random_lora(base, root / "specialized.safetensors", rank=4)
     sets = [f"teachers.base={base}", f"teachers.specialized={lora}",
@@ -64,6 +73,11 @@ def t2i(tmp_path_factory):
             f"eval.prompts={_jsonl(root / 'eval.jsonl', EVAL)}"]
     assert main(["cache", RECIPE, "--set", *sets, "--vae-area", "4096", "--dtype", "float32"]) == 0
     return root, sets
+
+
+@pytest.fixture(scope="module")
+def t2i(tmp_path_factory):
+    return _t2i_world(tmp_path_factory.mktemp("t2i-files"))
 
 
 def test_shipped_recipe_on_a_t2i_folder_writes_eval_samples_and_generates(t2i, tmp_path, capsys):
@@ -140,3 +154,26 @@ def test_two_fsdp_ranks_both_sample_and_rank0_writes(t2i, tmp_path):
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(list((run / "eval" / "step-000001" / "t2i").glob("*.png"))) == len(EVAL)
+
+
+def test_diffusers_test_vae_and_a_non_square_size_through_training_eval_and_generate(tmp_path_factory, tmp_path):
+    """Defect: the eval drew its noise with 16 channels, square sides and the latent side resolution // 8, so
+    `eval.every` crashed on a folder with diffusers' own test VAE (z_dim 4, factor 4) and could not follow a
+    non-square `data.resolution`: the latent shape now comes from the folder (channels, VAE factor, both sides)."""
+    from PIL import Image
+
+    root, sets = _t2i_world(tmp_path_factory.mktemp("z4-files"), DIFFUSERS_TEST_VAE)
+    run = tmp_path / "run"
+    assert main(["distill", RECIPE, "--out", str(run), "--set", *sets, *FAST, "data.resolution=[48, 64]",
+                 "eval.every=1", "dmd.iterations=1", "run.checkpoint_every=1"]) == 0
+    pngs = sorted((run / "eval" / "step-000001" / "t2i").glob("*.png"))
+    assert len(pngs) == len(EVAL)
+    for png in pngs:
+        with Image.open(png) as img:
+            assert img.size == (64, 48) and np.asarray(img).std() > 0  # PIL: (width, height)
+    assert json.loads((run / "student" / "student.json").read_text())["resolution"] == [48, 64]
+    for extra, size in (([], (64, 48)), (["--resolution", "32x80"], (80, 32)), (["--resolution", "32"], (32, 32))):
+        out = tmp_path / f"g{len(extra)}{size[0]}.png"
+        assert main(["generate", "--model", str(run), "--prompt", "a lake", "--out", str(out), *extra]) == 0
+        with Image.open(out) as img:
+            assert img.size == size

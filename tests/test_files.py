@@ -36,6 +36,9 @@ def test_prompts_and_edits(tmp_path):
     ({"prompt": 3, "category": "a"}, ":1: 'prompt' must be a string, got int"),
     ({"prompt": "  ", "category": "a"}, ":1: 'prompt' is empty"),
     ({"prompt": "x", "category": "a", "seed": 1}, ":1: unknown field(s) seed"),
+    ('{"prompt": "\\ud800 a sign", "category": "text"}', ":1: 'prompt' holds '\\ud800' at character 1, a lone"),
+    ('{"prompt": "a sign", "category": "t\\udcff"}', ":1: 'category' holds '\\udcff' at character 2"),
+    ('{"prompt": "a sign", "category": "text", "\\ud83d": 1}', ":1: the key '\\ud83d' holds"),
 ])
 def test_bad_prompt_lines(tmp_path, line, message):
     p = _write(tmp_path / "p.jsonl", [line])
@@ -83,3 +86,13 @@ def test_images_pil_refuses_and_high_bit_depth(tmp_path, monkeypatch):
                                         r"\(PIL mode I;16"):
         read_edits(e)
     assert len(read_edits(e, check_images=False)) == 2  # the check is the image's, not the line's
+
+
+def test_a_lone_surrogate_in_an_edit_instruction_names_the_line(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    good = {"image": "a.png", "instruction": "make it blue \U0001F600", "category": "style"}  # a real pair: text
+    e = _write(tmp_path / "e.jsonl", [good, '{"image": "a.png", "instruction": "make it \\udc00", "category": "s"}'])
+    with pytest.raises(UserError, match=r"e\.jsonl:2: 'instruction' holds '\\udc00' at character 9, a lone UTF-16"):
+        read_edits(e)
+    assert read_edits(_write(tmp_path / "ok.jsonl", [good, '{"image": "a.png", "instruction": "\\ud83d\\ude00", '
+                                                          '"category": "s"}']))[1].text == "\U0001F600"

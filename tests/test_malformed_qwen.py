@@ -69,6 +69,9 @@ def _case(**kw) -> Case:
     ({}, 1, "Traceback (most recent call last):\n  ...\nValueError: x\n", "traceback", "got traceback"),
     ({}, None, "", "hang", "got hang"),
     ({}, 2, "warning: x\nerror: y\n", "other", "got other"),
+    ({"expect": "fail"}, 1, "error: every case of text failed\n", "incomplete", None),  # a judge that scored nothing
+    ({}, 1, "error: every case of text failed\n", "incomplete", "expected refuse, got incomplete"),
+    ({"expect": "fail"}, 2, "error: --x: bad\n", "clean", "expected fail, got clean"),
     ({"expect": "accept"}, 0, "", "accepted", None),
     ({"expect": "note"}, 0, "", "accepted", "expected note"),  # converted without a word
     ({"expect": "note"}, 0, "note: converted to RGB\n", "accepted", None),

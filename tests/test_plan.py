@@ -77,6 +77,7 @@ def test_peak_counts_states_grads_and_the_worst_micro_batch():
     assert two.activations == pytest.approx(2 * one.activations)  # linear in the micro-batch's tokens
     t2i = peak.Workload(micro_batch=1, edits=False)
     assert t2i.pass_tokens() == 4096 + 256 and peak.Workload(micro_batch=1).pass_tokens() == 2 * 4096 + 512
+    assert peak.Workload(micro_batch=1, resolution=(768, 1024), edits=False).pass_tokens() == 48 * 64 + 256
     assert 55 < one.total / GIB < 60 and two.total / GIB < 72  # the recipe's micro-batch 2 fits an 80 GB GPU
 
 

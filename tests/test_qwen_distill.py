@@ -67,10 +67,13 @@ def test_recipe_takes_the_files_categories(world):
     assert r.tasks.edit_mix == {"style": 1.0, "text_editing": 1.0}  # default: the edits file's categories
     assert r.timesteps == [1.0, 0.9, 0.75, 0.5] and r.roles.mode == "lora"
     assert r.task_mix().composition == {"landscape": 1, "portrait": 1, "text": 1}
+    assert r.data.size() == (64, 64) and load_recipe(RECIPE, sets + ["data.resolution=[48, 64]"]).data.size() == (48, 64)
     for extra, key in (("data.composition={landscape: 1, sky: 1}", "data.composition.sky"),
                        ("guidance.sky={base: 1.0}", "guidance.sky"),
                        ("tasks.edit_mix={object_manipulation: 1}", "tasks.edit_mix.object_manipulation"),
-                       ("dmd.first_step_fm=0.5", "dmd.first_step_fm"), ("eval.every=5", "eval.every")):
+                       ("dmd.first_step_fm=0.5", "dmd.first_step_fm"), ("eval.every=5", "eval.every"),
+                       ("data.resolution=[48, 50]", "data.resolution"), ("data.resolution=64x48", "data.resolution"),
+                       ("data.resolution=[48, 64, 80]", "data.resolution"), ("data.resolution=[]", "data.resolution")):
         with pytest.raises(UserError, match=key.replace(".", r"\.")):
             load_recipe(RECIPE, sets + [extra])
     t2i_only = load_recipe(RECIPE, sets + ["data.edits=null", "guidance={default: {base: 1.0}}"])  # cache can run
@@ -226,3 +229,38 @@ def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
         v = roles.student(torch.randn(1, 16, 8, 8), torch.tensor([0.5]), c)
     assert seen == [torch.bfloat16] and v.isfinite().all()
+
+
+def test_non_square_targets_train_evaluate_and_edit(world, tmp_path, monkeypatch, capsys):
+    """data.resolution [height, width]: joint T2I + edit training on 48 x 64 targets beside 64 x 64 sources, the
+    eval samples of both tasks at that size, and `edit` keeping a non-square source's aspect (the pipeline resizes
+    it, not flashdistill)."""
+    root, sets = world
+    run = tmp_path / "run"
+    assert main(["distill", str(RECIPE), "--out", str(run), "--set", *sets, "data.resolution=[48, 64]",
+                 "dmd.iterations=1", "eval.every=1", f"eval.prompts={root / 'prompts.jsonl'}",
+                 f"eval.edits={root / 'edits.jsonl'}"]) == 0
+    step = run / "eval" / "step-000001"
+    for task, n, size in (("t2i", 5, (64, 48)), ("edit", 3, (128, 48))):  # an edit tile: source | output
+        pngs = sorted((step / task).glob("*.png"))
+        assert len(pngs) == n
+        with Image.open(pngs[0]) as img:
+            assert img.size == size
+    wide = tmp_path / "wide.png"
+    Image.fromarray((np.random.default_rng(1).random((40, 96, 3)) * 255).astype(np.uint8)).save(wide)
+    from diffusers import QwenImageEditPlusPipeline
+
+    seen, call = [], QwenImageEditPlusPipeline.__call__
+    monkeypatch.setattr(QwenImageEditPlusPipeline, "__call__",
+                        lambda pipe, **kw: seen.append(kw["image"].size) or call(pipe, **kw))
+    out = tmp_path / "e.png"
+    assert main(["edit", "--model", str(run), "--image", str(wide), "--instruction", "make it winter",
+                 "--out", str(out)]) == 0
+    assert seen == [(96, 40)]  # the source as it is, not squashed to the student's size
+    with Image.open(out) as img:
+        assert img.size == (64, 48)
+    Image.new("RGB", (4000, 1)).save(tmp_path / "line.png")  # a side of 0 once the pipeline keeps its aspect
+    assert main(["edit", "--model", str(run), "--image", str(tmp_path / "line.png"), "--instruction", "x",
+                 "--out", str(tmp_path / "f.png")]) == 2
+    assert seen == [(96, 40)] and not (tmp_path / "f.png").exists()
+    assert f"error: --image {tmp_path / 'line.png'} is 4000x1 px" in capsys.readouterr().err

@@ -120,6 +120,23 @@ def test_damaged_shard_named_then_reencoded_by_cache(cache_copy, capsys, damage)
 
 
 # ---- sources the pipelines cannot take; edit sizes and missing entries before the first iteration ---------------
+@pytest.mark.parametrize("key", ["data.prompts", "data.edits", "eval.prompts", "eval.edits"])
+def test_a_lone_surrogate_in_a_data_file_is_one_line_naming_it(qwen_world, capsys, key):
+    """Defect: `{"prompt": "\\ud800 ..."}` (valid JSON) ended `flashdistill cache` in a UnicodeEncodeError
+    traceback; every reader of user text now names the file and line, exit code 2."""
+    root, sets = qwen_world
+    field = "instruction" if key.endswith("edits") else "prompt"
+    lines = (root / f"{key.split('.')[1]}.jsonl").read_text().splitlines()
+    row = json.loads(lines[1])
+    lines[1] = json.dumps({**row, field: "\ud800" + row[field]})  # written as the 6 characters \ud800
+    bad = root / f"surrogate-{key}.jsonl"  # beside the edits' images
+    bad.write_text("\n".join(lines) + "\n")
+    argv = ["cache", str(RECIPE), "--set", *_replace(sets, **{key.replace(".", "__"): bad}), "--vae-area", "4096",
+            "--dtype", "float32"]
+    assert main(argv) == 2
+    _one_error_line(capsys, f"{bad}:2: '{field}' holds '\\ud800' at character 1, a lone UTF-16 surrogate")
+
+
 def test_zero_side_source_refused_before_encoding(qwen_world, tmp_path, capsys):
     root, _ = qwen_world
     Image.new("RGB", (4000, 1), (200, 10, 10)).save(tmp_path / "wide.png")
@@ -219,7 +236,9 @@ DROP = object()
 @pytest.mark.parametrize("change, message", [
     ({"resolution": DROP}, "missing key 'resolution'"),
     ({"resolution": "64"}, "key 'resolution' must be an integer"),
-    ({"resolution": 50}, "key 'resolution' must be a multiple of 16"),
+    ({"resolution": 50}, "key 'resolution' must be a side or [height, width], each a multiple of 16"),
+    ({"resolution": [48, 50]}, "got [48, 50]"),
+    ({"resolution": [48]}, "key 'resolution' must be a side or [height, width]"),
     ({"timesteps": DROP}, "missing key 'timesteps'"),
     ({"timesteps": [0.5, 0.9]}, "'timesteps' must be a decreasing list"),
     ({"base": DROP}, "missing key 'base'"),
@@ -246,11 +265,18 @@ def test_student_cfg_refused_resolution_honoured(student, tmp_path, capsys):
     _one_error_line(capsys, "--cfg 3", "distilled student")
     assert _generate(folder, tmp_path / "a.png", "--resolution", "50") == 2
     _one_error_line(capsys, "--resolution 50", "multiple of 16")
+    assert _generate(folder, tmp_path / "a.png", "--resolution", "48x50") == 2
+    _one_error_line(capsys, "--resolution 48x50", "multiple of 16")
+    with pytest.raises(SystemExit) as stopped:  # argparse's refusal: one line, exit code 2
+        _generate(folder, tmp_path / "a.png", "--resolution", "48x")
+    assert stopped.value.code == 2
+    _one_error_line(capsys, "--resolution", "must be an integer, got ''")
     assert _generate(folder, tmp_path / "a.png") == 0 and _generate(folder, tmp_path / "b.png", "--resolution",
                                                                       "48") == 0
-    for name, side in (("a.png", 64), ("b.png", 48)):  # the student's own side, then the one asked for
+    assert _generate(folder, tmp_path / "c.png", "--resolution", "32x48") == 0
+    for name, size in (("a.png", (64, 64)), ("b.png", (48, 48)), ("c.png", (48, 32))):  # own, then asked (W, H)
         with Image.open(tmp_path / name) as img:
-            assert img.size == (side, side)
+            assert img.size == size
 
 
 def test_embedded_student_refuses_cfg_and_another_resolution(tmp_path, capsys):
@@ -263,6 +289,9 @@ def test_embedded_student_refuses_cfg_and_another_resolution(tmp_path, capsys):
     _one_error_line(capsys, "--cfg 2", "distilled student")
     assert _generate(tmp_path / "s", tmp_path / "a.png", "--resolution", "64") == 2
     _one_error_line(capsys, "--resolution 64", "works at 32 px only")
+    for model in (str(tmp_path / "s"), "teacher:base"):  # non-square is a Qwen-Image student's only
+        assert _generate(model, tmp_path / "a.png", "--resolution", "32x48") == 2
+        _one_error_line(capsys, "--resolution 32x48", "samples squares only")
 
 
 def test_student_of_another_base_or_broken_weights(student, tmp_path, capsys):

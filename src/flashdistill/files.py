@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 
 from flashdistill.errors import UserError
-from flashdistill.parsing import load_json, load_yaml
+from flashdistill.parsing import load_json, load_yaml, lone_surrogate
 
 
 def read_text(path: str | Path, what: str = "file") -> str:
@@ -49,8 +49,15 @@ def read_json(path: str | Path, what: str = "file"):
 
 
 def parse_json(text: str, where: str):
-    """The JSON value of `text` (a JSONL line); UserError `WHERE: ...` for whatever the parser refuses."""
-    return load_json(text, where)
+    """The JSON value of `text` (a JSONL line of prompts, edits or cases: text for a model); UserError `WHERE: ...`
+    for whatever the parser refuses, and for a string holding a lone surrogate (`"\\ud800"` is valid JSON, but no
+    text: it would end in a UnicodeEncodeError at the tokenizer or the cache key)."""
+    value = load_json(text, where)
+    bad = lone_surrogate(value)
+    if bad:
+        raise UserError(f"{where}: {bad}, a lone UTF-16 surrogate, which is not text; write the character itself "
+                        f"(or both halves of its \\uXXXX pair)")
+    return value
 
 
 def read_json_object(path: str | Path, what: str = "file") -> dict:

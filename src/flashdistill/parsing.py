@@ -167,6 +167,27 @@ def _json_depth(value) -> int:
     return deepest
 
 
+def lone_surrogate(value) -> str | None:
+    """Where the first string of a parsed value (keys included) holds a lone UTF-16 surrogate, as a phrase
+    (`'prompt' holds '\\ud800' at character 1`), else None. JSON's `\\ud800` escape and YAML's are valid syntax, but
+    the string is not text: encoding it (a cache key, a tokenizer) raises UnicodeEncodeError."""
+    stack = [(value, "")]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as err:
+                return f"{path or 'the value'} holds {item[err.start]!r} at character {err.start + 1}"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                stack.append((key, f"the key {key!r}"))
+                stack.append((child, f"{path}.{key}" if path else repr(key)))
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
+    return None
+
+
 def load_json(text: str, what: str):
     """The value of the JSON text; UserError starting with `what` when invalid, with a duplicate key, or nested
     more than MAX_DEPTH levels."""

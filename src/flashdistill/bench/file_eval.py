@@ -59,7 +59,7 @@ class FileEval:
         self.folder, self.out, self.device, self.judge = family.folder, Path(out), device, judge
         self.timesteps, self.bf16 = recipe.timesteps, recipe.dmd.bf16
         self.chunk = recipe.dmd.micro_batch or 1
-        self.side = family.resolution // 8  # latents: the VAE's factor 8
+        self.sides = family.latent_sides()  # (h, w) of the targets' latents, as the training batches have them
         self.decoder = None
 
     def __call__(self, ema, iteration: int, dist) -> dict | None:
@@ -88,17 +88,19 @@ class FileEval:
 
     @torch.no_grad()
     def _sample(self, ema, items: list, make_cond) -> torch.Tensor:
-        """Latents (N, 16, side, side) of `items`, `self.chunk` rows per forward, from seed = the item's index."""
+        """Latents (N, C, h, w) of `items` (C the student's channels, (h, w) the targets' latent sides), `self.chunk`
+        rows per forward, from seed = the item's index."""
+        shape = (ema.config.channels, *self.sides)
         out = []
         for start in range(0, len(items), self.chunk):
             rows = list(range(start, min(start + self.chunk, len(items))))
             cond = make_cond([items[i] for i in rows]).to(self.device)
-            noise = torch.stack([_noise(i, 0, self.side) for i in rows]).to(self.device)
-            renoise = [torch.stack([_noise(i, k, self.side) for i in rows]).to(self.device)
+            noise = torch.stack([_noise(i, 0, shape) for i in rows]).to(self.device)
+            renoise = [torch.stack([_noise(i, k, shape) for i in rows]).to(self.device)
                        for k in range(1, len(self.timesteps))]
             with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
                 out.append(few_step_sample(ema, noise, cond, self.timesteps, renoise=renoise).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, 16, self.side, self.side)
+        return torch.cat(out) if out else torch.zeros(0, *shape)
 
     def _decode(self, latents: torch.Tensor) -> list[np.ndarray]:
         if len(latents) == 0:
@@ -140,10 +142,11 @@ class FileEval:
         return result
 
 
-def _noise(index: int, step: int, side: int) -> torch.Tensor:
-    """The fixed noise of eval item `index` at sampling step `step` (0: the start, k: the k-th re-noising)."""
+def _noise(index: int, step: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The fixed noise (C, h, w) of eval item `index` at sampling step `step` (0: the start, k: the k-th
+    re-noising)."""
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([index, step, 7]).generate_state(1)[0]))
-    return torch.randn(16, side, side, generator=gen)
+    return torch.randn(shape, generator=gen)
 
 
 def write_samples(folder: Path, images: dict[str, list[np.ndarray]], sources: list[np.ndarray]) -> Path:

@@ -88,8 +88,8 @@ def _delegated(argv: list[str]):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The `flashdistill` command (also `python -m flashdistill`): returns its exit code (0 done, 1 diverged, 2 bad
-    input, 130 interrupted; `cli.exits`)."""
+    """The `flashdistill` command (also `python -m flashdistill`): returns its exit code (0 done, 1 diverged or an
+    incomplete result, 2 bad input, 130 interrupted; `cli.exits`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     delegated = _delegated(argv)
     if delegated is not None:

@@ -42,6 +42,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def model_text(text: str) -> str:
+    """Text for a model (a prompt, an instruction): UTF-8. A byte that is not UTF-8 reaches Python's argv as a lone
+    surrogate (surrogateescape), which the tokenizer refuses with a traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else repr(text[err.start])
+        raise argparse.ArgumentTypeError(f"not UTF-8 text ({what} at character {err.start + 1})") from None
+    return text
+
+
+def image_size(text: str) -> int | tuple[int, int]:
+    """A side (`64`: a square) or HEIGHTxWIDTH (`768x1024`), each at least 1; whether the model takes it is the
+    model's to say (a Qwen-Image student takes multiples of 16)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"must be a side or HEIGHTxWIDTH, got {text!r}")
+    sides = [positive_int(part) for part in parts]
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
 def nonneg_int(text: str) -> int:
     value = _int(text)
     if value < 0:

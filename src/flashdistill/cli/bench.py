@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flashdistill.bench.cases import BUILTIN_CASES, MINI_SIZES
 from flashdistill.cli.args import nonneg_float, positive_int
-from flashdistill.errors import UserError
+from flashdistill.errors import Incomplete, UserError
 from flashdistill.files import out_dir, out_file
 from flashdistill.runfolder import check_run
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
@@ -63,10 +63,12 @@ def cmd_bench_run(args) -> None:
     print(f"{results['bench']} {results['model']}: average {results['average']} over {results['n_cases']} cases "
           f"({results['n_failed']} failed) -> {Path(args.out) / 'results.json'}")
     if results["unscored_categories"]:  # no average: a script must not take this run for a complete one
-        print(f"error: every case of {', '.join(results['unscored_categories'])} failed, so the bench has no "
-              f"average (first error: {_first_case_error(Path(args.out) / 'cases.jsonl')}); see "
-              f"{Path(args.out) / 'cases.jsonl'}, then rerun with --retry-failed", file=sys.stderr)
-        sys.exit(2)  # the judge named on the command line scored nothing: an input to fix, as a bad URL is
+        # Exit 1, not 2: the command was valid (a key, model or URL the endpoint refuses outright is a UserError
+        # before any case, vlm.py), but the judge failed at run time (down, 5xx, replies it cannot parse), so the
+        # result is incomplete and --retry-failed completes it, as --resume continues a diverged run (cli/exits.py)
+        raise Incomplete(f"every case of {', '.join(results['unscored_categories'])} failed, so the bench has no "
+                         f"average (first error: {_first_case_error(Path(args.out) / 'cases.jsonl')}); see "
+                         f"{Path(args.out) / 'cases.jsonl'}, then rerun with --retry-failed")
 
 
 def cmd_bench_table(args) -> None:

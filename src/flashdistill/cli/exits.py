@@ -1,9 +1,11 @@
 """The one place where a command's exceptions become exit codes.
 
 Every command runs through `exit_code`: 0 when it finishes; 2 for bad input (a UserError, or an OSError: a path the
-user named cannot be read or written) after one `error: ...` line on stderr, not a traceback; 1 when training
-diverged (TrainingDiverged, `error: <what> diverged: ...`). Under torchrun every rank returns the same code and only
-rank 0 prints. Anything else (KeyboardInterrupt, SystemExit, a bug's exception) propagates.
+user named cannot be read or written) after one `error: ...` line on stderr, not a traceback; 1 when the input was
+fine but the run did not complete its result: training diverged (TrainingDiverged, `error: <what> diverged: ...`),
+or an `Incomplete` result (a bench whose judge scored no case of a category: `error: ...`, then `--retry-failed`).
+Under torchrun every rank returns the same code and only rank 0 prints. Anything else (KeyboardInterrupt,
+SystemExit, a bug's exception) propagates.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from flashdistill.errors import UserError, one_line
+from flashdistill.errors import Incomplete, UserError, one_line
 
 
 def main_rank() -> bool:
@@ -41,6 +43,9 @@ def exit_code(action: Callable[[], object], what: str = "distillation") -> int:
     except OSError as err:  # a path the user named cannot be read or written: still one line, not a traceback
         _say(f"error: {os_error_line(err)}")
         return 2
+    except Incomplete as err:
+        _say(f"error: {one_line(err)}")
+        return 1
     except Exception as err:
         from flashdistill.runtime.resume import TrainingDiverged  # torch: imported only once something failed
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 
-from flashdistill.cli.args import nonneg_int, positive_float, positive_int, torch_device
+from flashdistill.cli.args import model_text, nonneg_int, positive_float, positive_int, torch_device
 from flashdistill.errors import UserError
 
 
@@ -133,7 +133,7 @@ def _add_cache(top) -> None:
     p.add_argument("--prompts", default=None, help="prompts JSONL (default: the recipe's data.prompts)")
     p.add_argument("--edits", default=None, help="edits JSONL (default: the recipe's data.edits)")
     p.add_argument("--out", default=None, help="cache folder (default: the recipe's run.text_cache)")
-    p.add_argument("--negative-prompt", default=" ", help="the negative prompt of true CFG (default: ' ')")
+    p.add_argument("--negative-prompt", default=" ", type=model_text, help="the negative prompt of true CFG (default: ' ')")
     p.add_argument("--vae-area", type=positive_int, default=1024 * 1024,
                    help="pixel area of a source image at the VAE, aspect kept (default 1024*1024, the pipelines')")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")

@@ -294,7 +294,7 @@ class ConditionCache:
         return emb.expand(batch_size, -1, -1), mask.expand(batch_size, -1)
 
     def edits(self, items: list) -> dict[str, Tensor]:
-        """emb, mask, neg, neg_mask (B, L, D)/(B, L) and latents (B, 16, h, w) of edit items (data.files.Item)."""
+        """emb, mask, neg, neg_mask (B, L, D)/(B, L) and latents (B, z, h, w) of edit items (data.files.Item)."""
         emb, neg, latents = [], [], []
         for item in items:
             key = self._edit_key(item)

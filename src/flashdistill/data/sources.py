@@ -11,8 +11,9 @@ A source turns batch `step` into model-space tensors and conditioning, so the en
   source + instruction and of source + negative prompt, and the normalised VAE latents of the sources (edit rows).
   No encoder is loaded: a missing entry raises a UserError naming the cache command. The unconditional branch is
   the negative prompt, as the Qwen-Image pipelines' true CFG uses it. Files hold no target images (`x` is None).
-  Every row's target is `data.resolution`² (latents `shape`); an edit's source keeps the latent size the cache
-  gave it (the VAE area of `flashdistill cache`, the source's aspect), so one batch's sources share a size.
+  Every row's target is `data.resolution` (a side or [height, width]; latents `shape`, read from the base folder:
+  its channels and VAE factor); an edit's source keeps the latent size the cache gave it (the VAE area of
+  `flashdistill cache`, the source's aspect), so one batch's sources share a size.
   Checked when it is built, before the first iteration: every item a batch can draw is in the cache, and edit
   sources of several latent sizes are refused when a rank's batch holds 2 rows or more (`rows_per_rank`, else at
   the first batch).
@@ -127,7 +128,7 @@ class FileSource:
                 emb[i], neg[i] = e[j][m[j]], n[0][nm[0]]
         if edit:
             got = self.cache.edits([items[i] for i in edit])
-            source = torch.zeros(len(items), *got["latents"].shape[1:])  # (b, 16, h_src, w_src), zeros on T2I rows
+            source = torch.zeros(len(items), *got["latents"].shape[1:])  # (b, z, h_src, w_src), zeros on T2I rows
             for j, i in enumerate(edit):
                 emb[i], neg[i] = got["emb"][j][got["mask"][j]], got["neg"][j][got["neg_mask"][j]]
                 source[i] = got["latents"][j]

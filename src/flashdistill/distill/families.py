@@ -42,7 +42,7 @@ def family_for(recipe):
     """The family of the recipe's base teacher (see the module docstring)."""
     spec = recipe.teachers[recipe.student.init_from]
     if (Path(spec) / "model_index.json").is_file():
-        family = QwenImageFolder(Path(spec), recipe.data.resolution or DEFAULT_RESOLUTION)
+        family = QwenImageFolder(Path(spec), recipe.data.size(DEFAULT_RESOLUTION))
     else:
         family = Embedded()
     family.check(recipe)
@@ -130,12 +130,16 @@ class QwenImageFolder:
 
     name = "qwen-image"
 
-    def __init__(self, folder: Path, resolution: int):
-        from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
+    def __init__(self, folder: Path, size: tuple[int, int]):
+        from flashdistill.models.qwen_image import QwenImageFamily, read_model_index, vae_factor
 
         self.folder = folder.resolve()
         self.index = read_model_index(self.folder)
-        self.resolution = resolution  # pixels
+        self.size = size  # (height, width) of the targets in pixels
+        self.factor = vae_factor(self.folder)  # pixels per latent, as the pipelines compute it
+        if any(px % (2 * self.factor) for px in size):
+            raise UserError(f"data.resolution {list(size)}: the VAE of {self.folder} has factor {self.factor}, so "
+                            f"with 2x2 patches each side must be a multiple of {2 * self.factor}")
         self.cfg_rule = QwenImageFamily.cfg
 
     def check(self, recipe) -> None:
@@ -164,8 +168,7 @@ class QwenImageFolder:
             transformer.load_lora_adapter(str(adapter[0]), weight_name=adapter[1], prefix=adapter[2])
             transformer.fuse_lora()
             transformer.unload_lora()
-        side = self.resolution // 8  # latents: the VAE's factor 8
-        return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
+        return FlowModel(MMDiTConfig.from_transformer(transformer, self.latent_sides()[0]), transformer)
 
     @staticmethod
     def read_transformer(folder: Path, dtype: torch.dtype):
@@ -182,10 +185,16 @@ class QwenImageFolder:
         config = QwenImageTransformer2DModel.load_config(folder / TRANSFORMER_FOLDER)
         with torch.device("meta"):
             transformer = QwenImageTransformer2DModel.from_config(config).to(dtype)
-        return FlowModel(MMDiTConfig.from_transformer(transformer, self.resolution // 8), transformer)
+        return FlowModel(MMDiTConfig.from_transformer(transformer, self.latent_sides()[0]), transformer)
 
     def is_lora(self, path: Path) -> bool:
         return Path(path).is_file()
+
+    def latent_sides(self) -> tuple[int, int]:
+        """(h, w) of a target's latents: `size` over the VAE's factor (8 for Qwen-Image, 4 for diffusers' test VAE).
+        Their channels are the transformer's (`MMDiTConfig.channels`: what the VAE encodes, z_dim 16 for
+        Qwen-Image, 4 in diffusers' tests)."""
+        return self.size[0] // self.factor, self.size[1] // self.factor
 
     def lora_adapter(self, path: Path, base_path: Path):
         path = Path(path)
@@ -201,8 +210,8 @@ class QwenImageFolder:
         cache = ConditionCache(recipe.run.text_cache, folder_identity(self.folder, self.index["_class_name"]))
         prompts = read_prompts(d.prompts) if d.prompts else []
         edits = read_edits(d.edits, check_images=False) if d.edits else []
-        shape = (config.channels, config.resolution, config.resolution)
-        return FileSource(recipe.task_mix(), recipe.dmd.seed, prompts, edits, cache, shape)
+        return FileSource(recipe.task_mix(), recipe.dmd.seed, prompts, edits, cache,
+                          (config.channels, *self.latent_sides()))
 
     def sampling_sigmas(self, spec: str, nfe: int) -> torch.Tensor:
         """The pipeline's own `nfe`-step sigmas at data.resolution (its scheduler's dynamic shift; last 0)."""
@@ -213,4 +222,7 @@ class QwenImageFolder:
     def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
         from flashdistill.distill.qwen_export import export_qwen_student
 
-        return export_qwen_student(roles, folder, timesteps, {**info, "resolution": self.resolution}, self.folder)
+        from flashdistill.models.qwen_image import size_value
+
+        return export_qwen_student(roles, folder, timesteps, {**info, "resolution": size_value(self.size)},
+                                   self.folder)

@@ -2,9 +2,11 @@
 
 Export layout (`<run>/student/`):
 
-    pytorch_lora_weights.safetensors   (roles.mode lora) the EMA student adapter in diffusers' LoRA format:
+    pytorch_lora_weights.safetensors   (roles.mode lora) the EMA student adapter in diffusers' LoRA format, its
+                                       scale alpha/rank folded into lora_B (`lora_layers`): diffusers'
                                        `QwenImagePipeline.load_lora_weights(DIR)` (and the Edit / Edit-Plus
-                                       pipelines) load it onto the base
+                                       pipelines) and ComfyUI's LoRA loader load it onto the base at its trained
+                                       strength, whatever `roles.lora_alpha` was
     transformer/                       the merged student: `QwenImageTransformer2DModel.from_pretrained(DIR,
                                        subfolder="transformer")` (base + adapter fused, or the full student)
     scheduler/scheduler_config.json    FlowMatchEulerDiscreteScheduler that gives the student's sigmas at its NFE
@@ -22,9 +24,9 @@ from the base folder with the exported transformer and scheduler: T2I through `Q
 edit base), edits through the base's Edit / Edit-Plus pipeline. Before anything loads, student.json's keys are
 checked (`read_student_record`: base, timesteps, resolution; one UserError naming the file and key) and the
 exported transformer's config against the base's (`check_same_architecture`); an image of NaN is an error, never a
-black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training side, or at any
-multiple of 16 asked for with `--resolution` (`set_resolution`).
-Tests: `pytest tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
+black PNG. A student samples unguided (`generate --cfg` is refused by the CLI) at its training size, or at any
+other size of multiples of 16 asked for with `--resolution` (a side, or HEIGHTxWIDTH: `set_resolution`).
+Tests: `pytest tests/test_qwen_export.py tests/test_qwen_distill.py tests/test_qwen_inputs.py`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from flashdistill.files import read_json_object, swap_in
 from flashdistill.records import read_record
 
 STUDENT_FILE = "student.json"
-MAX_SIDE = 4096  # pixels: 65536 image tokens, far past the sizes Qwen-Image was trained at
 LORA_FILE = "pytorch_lora_weights.safetensors"
 FAMILY = "qwen-image"
 
@@ -103,10 +104,44 @@ def merged_transformer(view):
     return merged.eval()
 
 
+def lora_layers(transformer, adapter: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors of `adapter` with each layer's scale (alpha / rank) folded into lora_B, and the diffusers adapter
+    metadata that says so (lora_alpha = r: scale 1).
+
+    Why fold: the clients read alpha differently, and only a scale of 1 means the same to all of them. diffusers
+    reads it from the header's `lora_adapter_metadata` and, without one, takes alpha = rank; ComfyUI ignores the
+    header and reads a `<module>.alpha` tensor, scale 1 without one; and an `.alpha` tensor beside diffusers-style
+    `transformer.` keys sends diffusers' Qwen-Image loader down its conversion path for other trainers' files, which
+    then matches no module (NoMatchingPeftModuleError). With B·(alpha/r) and no `.alpha` tensor every client applies
+    exactly the trained delta B·A·alpha/r, at any alpha (fractional included), and a user's strength (diffusers'
+    `set_adapters(..., weights)`, ComfyUI's strength_model) multiplies that delta in both. The metadata (only the
+    keys every peft LoraConfig takes) makes diffusers build that scale-1 adapter instead of inferring it."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import get_peft_model_state_dict
+
+    layers = dict(get_peft_model_state_dict(transformer, adapter_name=adapter))
+    folded = set()
+    for name, module in transformer.named_modules():
+        if isinstance(module, BaseTunerLayer) and adapter in getattr(module, "scaling", {}):
+            scale = float(module.scaling[adapter])
+            for key in (f"{name}.lora_B.weight", f"{name}.lora_B.bias"):  # peft scales lora_B's bias too
+                if key in layers:
+                    layers[key] = (layers[key].float() * scale).to(layers[key].dtype)
+                    folded.add(key)
+    unfolded = sorted(k for k in layers if ".lora_B." in k and k not in folded)
+    if unfolded:  # a layer whose scale was not found would load at the wrong strength: never write it
+        raise RuntimeError(f"LoRA export: no scale found for {unfolded[0]} ({len(unfolded)} tensors)")
+    ranks = {v.shape[0] for k, v in layers.items() if k.endswith(".lora_A.weight")}
+    if len(ranks) != 1:
+        raise RuntimeError(f"LoRA export: one rank expected, the adapter has {sorted(ranks)}")
+    rank = ranks.pop()
+    targets = sorted({k.rsplit(".lora_", 1)[0] for k in layers})
+    return layers, {"r": rank, "lora_alpha": rank, "target_modules": targets}
+
+
 def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict, base_folder: Path) -> Path:
     """Write `folder` (layout above) atomically: a temporary sibling renamed into place."""
     from diffusers import QwenImagePipeline
-    from peft.utils import get_peft_model_state_dict
 
     folder = Path(folder)
     tmp = folder.parent / f".{folder.name}-tmp-{uuid.uuid4().hex[:8]}"
@@ -114,8 +149,9 @@ def export_qwen_student(roles, folder: Path, timesteps: list[float], info: dict,
     ema = roles.ema
     lora = None
     if getattr(ema, "adapter", None):  # roles.mode lora: an AdapterView on the shared base
-        layers = get_peft_model_state_dict(ema.base.transformer, adapter_name=ema.adapter)
-        QwenImagePipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE)
+        layers, metadata = lora_layers(ema.base.transformer, ema.adapter)
+        QwenImagePipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,
+                                            transformer_lora_adapter_metadata=metadata)
         lora = LORA_FILE
         transformer = merged_transformer(ema)
     else:
@@ -142,12 +178,12 @@ def qwen_student_folder(path: str | Path) -> Path | None:
 def read_student_record(folder: Path) -> dict:
     """student.json of a qwen-image export with every key sampling needs checked (records.py), and its base."""
     from flashdistill.distill.export import check_timesteps
-    from flashdistill.models.qwen_image import read_model_index
+    from flashdistill.models.qwen_image import image_size, read_model_index
 
     path = folder / STUDENT_FILE
-    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": int})
+    meta = read_record(path, "student record", {"base": str, "timesteps": list, "resolution": (int, list)})
     check_timesteps(meta["timesteps"], str(path))
-    check_resolution(meta["resolution"], f"student record {path}: key 'resolution'")
+    image_size(meta["resolution"], f"student record {path}: key 'resolution'")
     try:
         read_model_index(meta["base"])
     except UserError as err:
@@ -155,17 +191,12 @@ def read_student_record(folder: Path) -> dict:
     return meta
 
 
-def check_resolution(px, where: str) -> int:
-    """A side the Qwen-Image pipelines sample exactly: a multiple of 16 (VAE factor 8 x patch 2), at most 4096."""
-    if isinstance(px, bool) or not isinstance(px, int) or not 16 <= px <= MAX_SIDE or px % 16:
-        raise UserError(f"{where} must be a multiple of 16 (the VAE's factor 8 x the patch 2) in [16, {MAX_SIDE}], "
-                        f"got {px!r}")
-    return px
-
-
 class QwenStudent:
     """An exported qwen-image student sampled by diffusers' pipelines: `sample(texts, sources, seeds, nfe)` gives
-    images (H, W, 3) float32 in [0, 1] (sources: (H, W, 3) arrays or None), as `flashdistill generate` expects."""
+    images (H, W, 3) float32 in [0, 1] (sources: (H, W, 3) arrays of any size, or None), as `flashdistill
+    generate` expects, at `size` (height, width): the training size, or what `set_resolution` asked for."""
+
+    source_side = None  # an edit source goes to the pipelines as it is: they resize it, aspect kept
 
     def __init__(self, path: str | Path, name: str | None = None):
         folder = qwen_student_folder(path)
@@ -174,13 +205,17 @@ class QwenStudent:
         self.folder, self.meta = folder, read_student_record(folder)
         self.name = name or str(path)
         self.timesteps = [float(t) for t in self.meta["timesteps"]]
-        self.resolution = int(self.meta["resolution"])
+        self.set_resolution(self.meta["resolution"], f"student record {folder / STUDENT_FILE}: key 'resolution'")
         self.default_nfe = len(self.timesteps)
         self._pipes: dict[bool, object] = {}
 
-    def set_resolution(self, px: int, flag: str = "--resolution") -> None:
-        """Sample at px x px instead of the training resolution (the pipelines take any multiple of 16)."""
-        self.resolution = check_resolution(px, f"{flag} {px}: a Qwen-Image student's side")
+    def set_resolution(self, value, where: str) -> None:
+        """Sample at `value` (a side, or (height, width)) instead of the training size (the pipelines take any
+        multiple of 16); `resolution` is its record form (a side for a square). `where` leads a refusal."""
+        from flashdistill.models.qwen_image import image_size, size_value
+
+        self.size = image_size(value, where)
+        self.resolution = size_value(self.size)
 
     def pipeline(self, edit: bool):
         """The base's pipeline class (edit) or QwenImagePipeline (T2I) with the student transformer and scheduler."""
@@ -209,6 +244,15 @@ class QwenStudent:
         self._pipes[edit] = pipe
         return pipe
 
+    def check_source(self, size: tuple[int, int], what: str = "edit source") -> None:
+        """Refuse a source (width, height) the base's edit pipeline cannot resize (models/qwen_image.py
+        `check_edit_source`: e.g. 4000x1), before anything runs; `what` leads the message (e.g. `--image PATH`)."""
+        from flashdistill.models.qwen_image import KIND, check_edit_source, read_model_index
+
+        kind = KIND[read_model_index(self.meta["base"])["_class_name"]]
+        if kind != "t2i":  # a T2I base is refused by `pipeline`, naming it
+            check_edit_source(size, kind, what=what)
+
     def sigmas(self, nfe: int) -> list[float] | None:
         """What to pass as `sigmas=` for `nfe` steps: None at the full NFE of a constant-shift scheduler."""
         from flashdistill.sampling import sub_schedule
@@ -229,18 +273,22 @@ class QwenStudent:
         out = []
         for text, source, seed in zip(texts, sources, seeds):
             pipe = self.pipeline(source is not None)
-            kwargs = dict(prompt=text, height=self.resolution, width=self.resolution, num_inference_steps=nfe,
+            kwargs = dict(prompt=text, height=self.size[0], width=self.size[1], num_inference_steps=nfe,
                           sigmas=self.sigmas(nfe), true_cfg_scale=1.0,  # a DMD student runs unguided
                           generator=torch.Generator().manual_seed(int(seed)),
                           output_type="np")
-            if source is not None:
+            if source is not None:  # as it is: the pipeline resizes it (aspect kept), if it can
+                self.check_source((source.shape[1], source.shape[0]))
                 kwargs["image"] = Image.fromarray((np.clip(source, 0, 1) * 255).round().astype(np.uint8))
             torch.manual_seed(int(seed))  # the scheduler's re-noising draws come from the global generator
-            image = pipe(**kwargs).images[0].astype(np.float32)
+            image = pipe(**kwargs).images[0]
             if not np.isfinite(image).all():  # the pipeline's clamp keeps NaN: it would be saved as black
                 raise UserError(f"model {self.name} produced NaN/Inf for seed {seed}: its weights are broken, e.g. "
                                 f"saved by a diverged run; no image was written")
-            out.append(image)
+            # 8 bits as diffusers rounds them (what a diffusers user's `.images[0]` holds), so a PNG written of it
+            # is the diffusers user's PNG pixel for pixel: imageio.to_uint8 maps k/255 back to k exactly
+            pil = pipe.image_processor.numpy_to_pil(image[None])[0]
+            out.append(np.asarray(pil, dtype=np.float32) / 255.0)
         return out
 
 

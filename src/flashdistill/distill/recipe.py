@@ -14,7 +14,7 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     data:      composition {category: weight} or counts {category: number of prompts} (paper §3, E1-E5);
                prompts / edits: the user's JSONL files (flashdistill.data.files), encoded by `flashdistill cache`;
                with them the categories are the files' (composition, edit_mix and guidance name those) and
-               resolution is the target side in pixels (qwen-image)
+               resolution is the target side, or [height, width], in pixels (qwen-image)
     tasks:     ratio "T2I:Edit" (paper §5; "5:5"), edit_mix {edit category: weight}
     eval:      every (iterations between quick evaluations, 0 = off), limit (bench cases per category), patience;
                with data files: prompts / edits (eval files), judge (vlm | none), vlm_base_url, vlm_model,
@@ -184,7 +184,7 @@ class DataSection:
     counts: dict[str, int] | None = None
     prompts: str | None = None  # a prompts JSONL file (flashdistill.data.files); read by `flashdistill cache`
     edits: str | None = None  # an edits JSONL file (image, instruction, category)
-    resolution: int | None = None  # with data files: the target image side in pixels (default 1024)
+    resolution: int | list[int] | None = None  # with data files: the target side, or [height, width], in pixels
 
     def uses_files(self) -> bool:
         return bool(self.prompts or self.edits)
@@ -213,10 +213,15 @@ class DataSection:
                 require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
         for cat, n in (self.counts or {}).items():
             require(n <= t2i_known[cat], f"data.counts.{cat}", f"at most {t2i_known[cat]} prompts exist")
-        require(self.resolution is None or (self.resolution >= 16 and self.resolution % 16 == 0), "data.resolution",
-                 f"must be a multiple of 16 (VAE factor 8, 2x2 patches), got {self.resolution}")
         require(self.resolution is None or self.uses_files(), "data.resolution",
                  "applies to data files only (the world renders at the teachers' resolution)")
+        self.size()
+
+    def size(self, default: int = 1024) -> tuple[int, int]:
+        """(height, width) of the targets in pixels; a UserError naming the key for a size the pipelines refuse."""
+        from flashdistill.models.qwen_image import image_size
+
+        return image_size(default if self.resolution is None else self.resolution, "data.resolution")
 
 
 @dataclass

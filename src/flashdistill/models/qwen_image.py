@@ -7,9 +7,10 @@ diffusers' own classes, and calls diffusers' own code for what it already does:
 - `encode_prompts(texts, sources=None)`: the pipeline's `encode_prompt` (its chat template, its drop index, last
   hidden layer). For the edit pipelines the source image goes to Qwen2.5-VL as well, resized as the pipeline's
   `__call__` resizes it (`condition_image`); the negative prompt is encoded with the image too.
-- `encode_images(images)` / `decode(latents)`: the VAE with the config's 16-value `latents_mean` / `latents_std`
+- `encode_images(images)` / `decode(latents)`: the VAE with the config's z_dim-value `latents_mean` / `latents_std`
   (normalised z = (mode - mean) / std, as `QwenImageEditPipeline._encode_vae_image`; decode inverts it and runs the
-  pipeline's `image_processor.postprocess`). Latents are (B, 16, H/8, W/8), no frame axis.
+  pipeline's `image_processor.postprocess`). Latents are (B, z, H/f, W/f), no frame axis: z the VAE's z_dim (16
+  for Qwen-Image), f its factor (`vae_scale_factor`: 8 for Qwen-Image, `vae_factor(folder)` without loading it).
 - `flow_model()`: the transformer as `FlowModel` (models/mmdit.py), i.e. `v = model(z_t, t, cond)`. Packing 2x2 is
   `_pack_latents`' order, t is the scheduler's sigma (the pipelines pass `timestep / 1000`), edit sources are
   appended after the target tokens with `img_shapes = [[target, source]]` and only target tokens are kept.
@@ -48,6 +49,59 @@ NEGATIVE_PROMPT = " "  # what the Qwen-Image trainers use as the negative prompt
 VAE_AREA = 1024 * 1024  # the edit pipelines' VAE area for a source image (QwenImageEditPlusPipeline.VAE_IMAGE_SIZE)
 CONDITION_AREA = 384 * 384  # QwenImageEditPlusPipeline.CONDITION_IMAGE_SIZE: what Qwen2.5-VL sees of a source
 COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")  # + processor for the edit kinds
+
+
+MAX_SIDE = 4096  # pixels: 65536 image tokens, far past the sizes Qwen-Image was trained at
+
+
+def image_size(value, where: str) -> tuple[int, int]:
+    """(height, width) in pixels of a size given as one side (a square) or as [height, width]: sides the Qwen-Image
+    pipelines sample exactly, multiples of 16 (the VAE's factor 8 x the 2x2 patches) in [16, MAX_SIDE]; a UserError
+    starting with `where` otherwise."""
+    sides = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    if len(sides) != 2 or any(isinstance(px, bool) or not isinstance(px, int) or not 16 <= px <= MAX_SIDE or px % 16
+                              for px in sides):
+        raise UserError(f"{where} must be a side or [height, width], each a multiple of 16 (the VAE's factor 8 x the "
+                        f"patch 2) in [16, {MAX_SIDE}], got {value!r}"[:300])
+    return sides[0], sides[1]
+
+
+def size_value(size: tuple[int, int]):
+    """The record form of (height, width): one side for a square (as records before non-square sizes hold it),
+    else [height, width]."""
+    return size[0] if size[0] == size[1] else [size[0], size[1]]
+
+
+def vae_factor(folder: str | Path) -> int:
+    """Pixels per latent of a pipeline folder's VAE, as the pipelines compute `vae_scale_factor` (2 to the number of
+    its `temperal_downsample` stages, read from vae/config.json without loading it): 8 for Qwen-Image's VAE, 4 for
+    the tiny one of diffusers' own tests; 8 for a folder without a VAE config, as the pipelines take it without a
+    VAE (training needs none: the cache holds what the VAE gave)."""
+    from flashdistill.files import read_json_object
+
+    path = Path(folder) / "vae" / "config.json"
+    if not path.exists():
+        return 8
+    stages = read_json_object(path, "VAE config").get("temperal_downsample", [False, True, True])  # class default
+    if not isinstance(stages, list):
+        raise UserError(f"VAE config {path}: key 'temperal_downsample' must be a list, got {stages!r}"[:200])
+    return 2 ** len(stages)
+
+
+def check_edit_source(size: tuple[int, int], kind: str, area: int = VAE_AREA, what: str = "edit source") -> None:
+    """Refuse a source (width, height) the edit pipelines of `kind` (edit | edit-plus) cannot take: they resize it,
+    aspect kept, to `area` for the VAE and to their condition area for Qwen2.5-VL, in sides of multiples of 32
+    (`calculate_dimensions`); a very wide or tall image (4000x1) gets a side of 0 there, and Qwen2.5-VL's processor
+    refuses aspect ratios over 200."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+    w, h = size
+    vl_area = VAE_AREA if kind == "edit" else CONDITION_AREA
+    for stage, stage_area in (("the VAE", area), ("Qwen2.5-VL", vl_area)):
+        sw, sh = calculate_dimensions(stage_area, w / h)[:2]
+        if min(sw, sh) == 0 or max(sw, sh) / min(sw, sh) > 200:
+            raise UserError(f"{what} is {w}x{h} px: the pipeline resizes it to {sw}x{sh} for {stage} (area "
+                            f"{stage_area}, aspect kept), which it cannot encode; crop or pad it nearer to square")
 
 
 def read_model_index(folder: str | Path) -> dict:
@@ -119,22 +173,11 @@ class QwenImageFamily:
         return self.pipe.image_processor.resize(image, h, w)
 
     def check_source(self, size: tuple[int, int], area: int = VAE_AREA, what: str = "edit source") -> None:
-        """Refuse, before anything is encoded, a source (width, height) this pipeline cannot take: the edit
-        pipelines resize it, aspect kept, to `area` for the VAE and to their condition area for Qwen2.5-VL, in
-        sides of multiples of 32 (`calculate_dimensions`); a very wide or tall image (4000x1) gets a side of 0
-        there, and Qwen2.5-VL's processor refuses aspect ratios over 200."""
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
-
+        """Refuse, before anything is encoded, a source (width, height) this pipeline cannot take
+        (`check_edit_source`), or any source when this is a T2I pipeline."""
         if self.kind == "t2i":
             raise UserError(f"{what}: {self.folder} is a {self.pipeline_class}: it cannot encode an edit source")
-        w, h = size
-        vl_area = VAE_AREA if self.kind == "edit" else CONDITION_AREA
-        for stage, stage_area in (("the VAE", area), ("Qwen2.5-VL", vl_area)):
-            sw, sh = calculate_dimensions(stage_area, w / h)[:2]
-            if min(sw, sh) == 0 or max(sw, sh) / min(sw, sh) > 200:
-                raise UserError(f"{what} is {w}x{h} px: the pipeline resizes it to {sw}x{sh} for {stage} (area "
-                                f"{stage_area}, aspect kept), which it cannot encode; crop or pad it nearer to "
-                                f"square")
+        check_edit_source(size, self.kind, area, what)
 
     @torch.no_grad()
     def encode_prompts(self, texts: list[str], sources: list | None = None,
@@ -203,18 +246,18 @@ class QwenImageFamily:
 
     @torch.no_grad()
     def encode_images(self, pixels: Tensor) -> Tensor:
-        """(B, 3, H, W) in [-1, 1] -> normalised latents (B, 16, H/8, W/8): (mode - latents_mean) / latents_std."""
+        """(B, 3, H, W) in [-1, 1] -> normalised latents (B, z, H/f, W/f): (mode - latents_mean) / latents_std."""
         if self.pipe.vae is None:
             raise UserError(f"{self.folder}: the VAE was not loaded (parts)")
         vae = self.pipe.vae
         dist = vae.encode(pixels.to(self.device, vae.dtype).unsqueeze(2)).latent_dist  # frames axis T=1
-        z = dist.mode()[:, :, 0]  # (B, 16, h, w), the distribution's mode as the edit pipelines take it
+        z = dist.mode()[:, :, 0]  # (B, z, h, w), the distribution's mode as the edit pipelines take it
         mean, std = self._mean_std(z)
         return ((z - mean) / std).float()
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Normalised latents (B, 16, h, w) -> images (B, 3, 8h, 8w) in [0, 1] (the pipelines' decode + postprocess)."""
+        """Normalised latents (B, z, h, w) -> images (B, 3, fh, fw) in [0, 1] (the pipelines' decode + postprocess)."""
         if self.pipe.vae is None:
             raise UserError(f"{self.folder}: the VAE was not loaded (parts)")
         vae = self.pipe.vae
@@ -227,7 +270,7 @@ class QwenImageFamily:
     def encode_edit(self, instruction: str, image, negative_prompt: str = NEGATIVE_PROMPT,
                     area: int = VAE_AREA) -> dict[str, Tensor]:
         """What an edit needs, once: the VL embedding of source + instruction (`emb`, (L, D)), of source + negative
-        prompt (`neg`), and the normalised source latents (`latents`, (16, h, w))."""
+        prompt (`neg`), and the normalised source latents (`latents`, (z, h, w))."""
         emb, mask = self.encode_prompts([instruction, negative_prompt], [image, image])
         latents = self.encode_images(self.vae_pixels(image, area=area))[0]
         return {"emb": emb[0][mask[0]], "neg": emb[1][mask[1]], "latents": latents}
@@ -238,7 +281,7 @@ class QwenImageFamily:
 
     # ---- the transformer, time, guidance ----------------------------------------------------------------------
     def flow_model(self, height: int = 1024) -> FlowModel:
-        """The transformer behind `v = model(z_t, t, cond)`, z_t (B, 16, H/8, W/8). Only `height` is recorded (in
+        """The transformer behind `v = model(z_t, t, cond)`, z_t (B, z, H/f, W/f). Only `height` is recorded (in
         MMDiTConfig.resolution); the forward reads every size, non-square and source sizes included, from z_t."""
         transformer = self.pipe.transformer
         if transformer is None:
@@ -247,7 +290,7 @@ class QwenImageFamily:
         return FlowModel(MMDiTConfig.from_transformer(transformer, side), transformer)
 
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(16, h, w) of a height x width image (rounded down to whole 2x2 patches, as the pipelines do)."""
+        """(z, h, w) of a height x width image (rounded down to whole 2x2 patches, as the pipelines do)."""
         m = self.scale * 2
         return int(self.vae_config["z_dim"]), 2 * (height // m), 2 * (width // m)
 

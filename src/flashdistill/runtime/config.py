@@ -1,7 +1,7 @@
 """Strict configs from YAML, shared by teacher configs and distillation recipes.
 
 `from_dict(cls, raw)` builds a dataclass from a mapping, converting and checking every value against its type hint
-(int, float, bool, str, X | None, list[X], dict[str, X], nested dataclasses); an unknown key or a wrong type raises
+(int, float, bool, str, X | Y | None, list[X], dict[str, X], nested dataclasses); an unknown key or a wrong type raises
 UserError naming the dotted key. `apply_overrides(raw, ["a.b=value"])` sets dotted `--set` overrides, each value
 parsed by the loader that reads the files (flashdistill.parsing: `1e0` is a number, `7:3` a string, a duplicate key
 refused), before validation, so a value on the command line is checked exactly like the file.
@@ -33,7 +33,12 @@ def _convert(value, tp, key: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        for tp in inner[:-1]:  # X | Y: the first that takes the value (e.g. a side, or [height, width])
+            try:
+                return _convert(value, tp, key)
+            except UserError:
+                pass
+        return _convert(value, inner[-1], key)
     if is_dataclass(tp):
         return from_dict(tp, value, key + ".")
     if origin is list:

@@ -44,7 +44,7 @@ class Workload:
     """What the activations of one grad pass depend on."""
 
     micro_batch: int  # rows per forward/backward on a rank
-    resolution: int = 1024  # target side in pixels
+    resolution: int | tuple[int, int] = 1024  # target side, or (height, width), in pixels
     edits: bool = True  # the task ratio has edit rows (the worst micro-batch is all edits)
     text_tokens: int = 256  # T2I prompt tokens per row
     vl_tokens: int = 512  # edit rows: Qwen2.5-VL tokens of source + instruction
@@ -53,8 +53,12 @@ class Workload:
     vae_factor: int = 8
     patch: int = 2
 
+    def sides(self) -> tuple[int, int]:
+        return self.resolution if isinstance(self.resolution, tuple) else (self.resolution, self.resolution)
+
     def image_tokens(self) -> int:
-        return (self.resolution // (self.vae_factor * self.patch)) ** 2
+        h, w = self.sides()
+        return (h // (self.vae_factor * self.patch)) * (w // (self.vae_factor * self.patch))
 
     def row_tokens(self, edit: bool) -> int:
         image = self.image_tokens()
@@ -157,7 +161,8 @@ def settings_from_recipe(recipe, world: int) -> PlanSettings:
     t2i, edit = recipe.tasks.weights()
     per_rank = max(1, recipe.dmd.batch_size // world)
     micro = min(recipe.dmd.micro_batch or per_rank, per_rank)
-    work = Workload(micro_batch=micro, resolution=recipe.data.resolution or 1024, edits=edit > 0,
+    h, w = recipe.data.size()
+    work = Workload(micro_batch=micro, resolution=h if h == w else (h, w), edits=edit > 0,
                     checkpointing=recipe.roles.gradient_checkpointing)
     return PlanSettings(mode, len(set(recipe.teachers.values())), world,
                         4 if recipe.roles.frozen_dtype == "fp32" else 2, work, recipe.dmd.batch_size)
@@ -169,7 +174,8 @@ def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
 
     w = s.work
     head = (f"## Peak per GPU, roles.mode {s.mode} (predicted)\n\n"
-            f"{w.resolution}² targets, {'edit rows (the worst micro-batch: all edits)' if w.edits else 'T2I only'}, "
+            f"{'{}x{}'.format(*w.resolution) if isinstance(w.resolution, tuple) else f'{w.resolution}²'} targets, "
+            f"{'edit rows (the worst micro-batch: all edits)' if w.edits else 'T2I only'}, "
             f"{w.text_tokens} prompt / {w.vl_tokens} VL tokens, per-block checkpointing "
             f"{'on' if w.checkpointing else 'off'}, world size {s.world}. Activations = {KAPPA} (fitted on H200 "
             f"runs) x the formula of distill/layouts/plan.py; gradients of student and critic in fp32; the critic's "
