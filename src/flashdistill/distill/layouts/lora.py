@@ -53,16 +53,19 @@ def _adapter_params(base: FlowModel, adapter: str) -> list[tuple[str, nn.Paramet
 
 
 def activate(base: FlowModel, adapter: str | None) -> None:
-    """Switch the shared transformer to `adapter` (None: adapters off), keeping the trainable adapters trainable."""
+    """Switch the shared transformer to `adapter` (None: adapters off), keeping the trainable adapters trainable and
+    the others frozen (peft's set_adapter marks the adapter it activates trainable, a teacher's or the EMA's too:
+    besides being wrong, that would give a compiled block a new variant per switch, models/compiled.py)."""
     tr = base.transformer
     if adapter is None:
         tr.disable_adapters()
     else:
         tr.enable_adapters()
         tr.set_adapter(adapter)
-    for name in TRAINABLE:
-        for _, p in base.adapter_params.get(name, []):
-            p.requires_grad_(True)
+    for name, params in base.adapter_params.items() if hasattr(base, "adapter_params") else ():
+        for _, p in params:
+            if p.requires_grad != (name in TRAINABLE):
+                p.requires_grad_(name in TRAINABLE)
 
 
 class AdapterView(nn.Module):
