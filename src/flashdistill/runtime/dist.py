@@ -20,6 +20,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group exists (always with world > 1; with one rank only when asked for)
 
     @property
     def main(self) -> bool:
@@ -59,8 +60,10 @@ class Dist:
             torch_dist.barrier()
 
 
-def setup_distributed(device: str, batch_size: int) -> Dist:
-    """Read torchrun's environment; create the process group when there is more than one rank."""
+def setup_distributed(device: str, batch_size: int, one_rank_group: bool = False) -> Dist:
+    """Read torchrun's environment; create the process group when there is more than one rank, or under torchrun
+    with one rank when `one_rank_group` (run.parallel fsdp: `torchrun --nproc_per_node=1` shards over one rank, so
+    one GPU runs the FSDP2 path, its CPU offload included)."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise UserError("run.device: cuda was asked for but no CUDA device is available")
@@ -70,12 +73,12 @@ def setup_distributed(device: str, batch_size: int) -> Dist:
     dev = torch.device(f"cuda:{local}" if want_cuda else "cpu")
     if want_cuda:
         torch.cuda.set_device(dev)
-    if world > 1:
-        if batch_size % world:
-            raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
-        if not torch_dist.is_initialized():
-            torch_dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Dist(rank, world, dev)
+    if batch_size % world:
+        raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
+    torchrun = "MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
+    if (world > 1 or (one_rank_group and torchrun)) and not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Dist(rank, world, dev, torch_dist.is_initialized())
 
 
 def destroy_distributed() -> None:

@@ -28,8 +28,9 @@ from torch import nn
 
 
 def active(recipe, dist) -> bool:
-    """Whether the roles are sharded: `run.parallel: fsdp` with more than one rank (one rank holds plain modules)."""
-    return recipe.run.parallel == "fsdp" and dist.world > 1
+    """Whether the roles are sharded: `run.parallel: fsdp` under torchrun (a process group, one rank included:
+    `--nproc_per_node=1` runs FSDP2 and its offload on one GPU); a plain process holds plain modules."""
+    return recipe.run.parallel == "fsdp" and (dist.world > 1 or dist.group)
 
 
 def _mesh(dist):
@@ -44,8 +45,8 @@ def _policies(recipe, dist) -> dict:
     kwargs = {}
     if dist.device.type == "cuda" and recipe.dmd.bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    if recipe.run.fsdp_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if recipe.run.fsdp_offload:  # pinned host memory for fast copies to a GPU (a CPU-only torch cannot pin)
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=dist.device.type == "cuda")
     return kwargs
 
 
