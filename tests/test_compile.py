@@ -17,8 +17,6 @@ import torch
 from flashdistill.conditioning import Cond
 from flashdistill.distill.layouts.build import build_roles
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.models.lora import add_lora
-from flashdistill.models.mmdit import FlowModel
 from flashdistill.runtime.dist import Dist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,16 +28,6 @@ TINY = ROOT / "configs" / "distill_tiny.yaml"
 # gradients 2.6e-3 in relative norm.
 RTOL_LOSS, RTOL_V, RTOL_GRAD = 1e-4, 1e-2, 1e-2
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def lora_teacher(teachers, tmp_path_factory):
-    torch.manual_seed(5)
-    model = FlowModel.from_pretrained(teachers / "base")
-    add_lora(model, rank=4, alpha=None, targets=None, base=str(teachers / "base"))
-    folder = tmp_path_factory.mktemp("spec-lora")
-    model.save_pretrained(folder)
-    return folder
 
 
 def _recipe(teachers, lora_teacher, tmp_path, *extra):
