@@ -29,7 +29,9 @@ What runs is the shipped recipe (`configs/qwen-image-flash.yaml`: roles.mode lor
 rank-64 LoRA teacher, per-block checkpointing, bf16 autocast, a bf16 frozen base, fp32 adapters) through
 `build_roles`, `FileSource` and `iteration.train_iteration`, on fullsize_random.py's stand-ins: the 20.43B
 transformer with random unit-scale weights built on the GPU (why unit scale: that file's docstring) and a random
-condition cache of the real shapes. Phases (`phases`, each with median_s, model_tflops_per_s, mfu_vs_989, its rows):
+condition cache of the real shapes. This process writes the inputs and runs each group of phases in a process of its
+own (so each starts with the whole GPU), merging their JSON. Phases (`phases`, each with median_s,
+model_tflops_per_s, mfu_vs_989 and its rows):
 1. `eager_b1`: batch-1 iterations at 1024², steps 0.. of the recipe's T2I:Edit 5:5, from a checkpoint written first.
 2. `compiled_b1`: that checkpoint restored (the trainer's exact resume), every block compiled (models/compiled.py),
    the same steps again, compared row by row with eager (`vs_eager`), then more steps; the first compiled row holds
@@ -136,27 +138,34 @@ def batch8(bench: Bench, args, recipe, roles, ctx) -> None:
            planned_peak_gib=planned_peak(bench, recipe, args.micro, True))
 
 
+def child(bench: Bench, name: str, cmd: list[str], out: Path) -> dict | None:
+    """Run a phase's process for what is left of the budget (its output streamed; its GPU memory ends with it) and
+    merge the JSON it wrote."""
+    bench.note(f"{name} started", command=" ".join(cmd[1:]))
+    try:
+        code = subprocess.run(cmd, timeout=max(bench.left(), 30)).returncode
+        if code != 0:
+            bench.result["errors"].append(f"{name}: exit code {code} (its output is above)")
+    except subprocess.TimeoutExpired:
+        bench.result["errors"].append(f"{name}: stopped at the budget")
+    if not out.is_file():
+        return None
+    worker = json.loads(out.read_text())
+    bench.result["phases"].update(worker["phases"])
+    for key in ("errors", "skipped", "failed_checks"):
+        bench.result[key] += worker.get(key, [])
+    bench.note(f"{name} done")
+    return worker
+
+
 def torchrun_phase(bench: Bench, args, name: str, extra: list[str]) -> None:
-    """gpu_fullsize_fsdp.py under `torchrun --nproc_per_node=1` for what is left of the budget; its JSON merged."""
+    """gpu_fullsize_fsdp.py under `torchrun --nproc_per_node=1`."""
     out = bench.work / f"{name}.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
            str(HERE / "gpu_fullsize_fsdp.py"), "--name", name, "--work", str(bench.work), "--out", str(out),
-           "--device", str(bench.device.type), "--resolution", str(args.resolution), "--rank", str(args.rank),
+           "--device", args.device, "--resolution", str(args.resolution), "--rank", str(args.rank),
            "--iters", str(args.fsdp_iters), "--budget", str(bench.left() - 10), "--set", *args.set, *extra]
-    bench.note(f"{name} started", command=" ".join(cmd[1:]))
-    try:
-        done = subprocess.run(cmd, timeout=max(bench.left(), 30), capture_output=True, text=True)
-        tail = (done.stdout + done.stderr)[-3000:]
-        if done.returncode != 0:
-            bench.result["errors"].append(f"{name}: exit {done.returncode}: {tail}")
-    except subprocess.TimeoutExpired:
-        bench.result["errors"].append(f"{name}: stopped at the budget")
-    if out.is_file():
-        worker = json.loads(out.read_text())
-        bench.result["phases"].update(worker["phases"])
-        for key in ("errors", "skipped", "failed_checks"):
-            bench.result[key] += worker.get(key, [])
-    bench.note(f"{name} done")
+    child(bench, name, cmd, out)
 
 
 def parse(argv=None):
@@ -178,38 +187,49 @@ def parse(argv=None):
     p.add_argument("--fsdp-iters", type=int, default=3, help="iterations of each torchrun phase (0: none)")
     p.add_argument("--set", nargs="*", default=[], help="recipe overrides for every phase")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one)")
+    p.add_argument("--single", action="store_true", help="(internal) the single-process phases in --work")
     return p.parse_args(argv)
 
 
-def phases(bench: Bench, args) -> None:
-    config = tiny_config() if args.tiny else json.loads(
-        (HERE.parent / "src/flashdistill/assets/qwen-image/transformer/config.json").read_text())
+def single(bench: Bench, args) -> None:
+    """The phases of one plain process: eager and compiled batch 1, batch 8 in micro-batches."""
     bench.result["matmul_tflops"] = matmul_tflops(bench.device)
-    write_inputs(bench.work, config, args.rank, bench.device)
-    bench.note("inputs_written")
     sets = recipe_sets(bench.work, bench.device, args.resolution, args.rank, ["run.compile=none", *args.set])
     recipe, roles, ctx, flops = build(bench, bench.work, sets, bench.work / "run")
     eager_and_compiled(bench, args, recipe, roles, ctx, flops)
-    compiled = recipe.run.compile
     flops.handle.remove()
     if args.batch_iters and not bench.skip("batch 8", 4 * bench.result["phases"]["eager_b1"]["median_s"]):
         batch8(bench, args, recipe, roles, ctx)
-    del roles, ctx
-    if bench.cuda:
-        torch.cuda.empty_cache()
+    bench.result["compile"] = recipe.run.compile
+
+
+def phases(bench: Bench, args, argv: list[str]) -> None:
+    """The inputs, then each phase in a process of its own: the single-process phases, then the torchrun ones."""
+    config = tiny_config() if args.tiny else json.loads(
+        (HERE.parent / "src/flashdistill/assets/qwen-image/transformer/config.json").read_text())
+    write_inputs(bench.work, config, args.rank, torch.device("cpu"))
+    bench.note("inputs_written")
+    out = bench.work / "single.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--single", "--work", str(bench.work), "--out",
+           str(out), "--budget", str(bench.left() - 5)]  # argparse keeps the last of a repeated option
+    first = child(bench, "single", cmd, out) or {}
+    for key in ("device", "frozen_dtype", "matmul_tflops", "compile"):
+        bench.result[key] = first.get(key)
     if args.fsdp_iters:
+        compiled = first.get("compile") or "none"
         torchrun_phase(bench, args, "fsdp_b1", ["--compile", compiled])
         torchrun_phase(bench, args, "fsdp_offload_b1", ["--compile", compiled, "--offload", "--resume", "--export"])
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse(argv)
-    bench = Bench(args.out, args.device, args.budget)
+    bench = Bench(args.out, args.device if args.single else "cpu", args.budget)  # the parent never touches the GPU
     bench.result.update(failed_checks=[], budget_s=args.budget)
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
-        bench.work = Path(tmp)
+        bench.work = Path(args.work) if args.single else Path(tmp)
         try:
-            phases(bench, args)
+            single(bench, args) if args.single else phases(bench, args, argv)
         except Exception:  # noqa: BLE001 - a benchmark reports what broke, with what it measured before
             import traceback
 

@@ -1,6 +1,6 @@
 """The ranks of a run under torchrun: `Dist` (this rank, the world size, the device, and the few collectives the
-training loops use), `setup_distributed` (torchrun's environment read, the process group made: NCCL on CUDA, gloo
-on CPU) and `teardown_distributed` / `destroy_distributed` (the group ended). One rank, no torchrun: `Dist()`.
+training loops use), `setup_distributed` (torchrun's environment read, the process group made: NCCL for CUDA tensors
+and gloo for host ones on a GPU, gloo on a CPU) and `teardown_distributed` / `destroy_distributed` (the group ended). One rank, no torchrun: `Dist()`.
 Used by distillation (tests: `pytest tests/test_distill.py -k two_ranks`); nothing here knows models or DMD."""
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def setup_distributed(device: str, batch_size: int, one_rank_group: bool = False
         raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
     torchrun = "MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
     if (world > 1 or (one_rank_group and torchrun)) and not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if want_cuda else "gloo")
+        # on CUDA, gloo too for host tensors: run.fsdp_offload keeps shards and gradients in host memory, and the
+        # gradient norm of those host shards is reduced over the group (NCCL reduces device tensors only)
+        torch_dist.init_process_group("cuda:nccl,cpu:gloo" if want_cuda else "gloo")
     return Dist(rank, world, dev, torch_dist.is_initialized())
 
 

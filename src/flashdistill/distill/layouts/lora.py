@@ -137,7 +137,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     if sharded and not dist.main:
         base = family.structure(base_path, dtype)
     else:
-        base = family.load_model(base_path, dtype).to(dist.device)
+        base = family.load_model(base_path, dtype).to(fsdp.load_device(recipe, dist) if sharded else dist.device)
     base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
@@ -153,7 +153,8 @@ def build_lora_roles(recipe, dist, family) -> Roles:
             teachers[name] = (fsdp.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
                               if sharded else family.load_model(path, dtype).to(dist.device).requires_grad_(False)
                               ).eval()
-    base.to(dist.device)
+    if not sharded:  # sharded: fully_shard placed the shards (on the device, or on the host under offload)
+        base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
     if recipe.dmd.bf16:
@@ -190,7 +191,7 @@ def _shard_base(base: FlowModel, recipe, dist) -> None:
     full = dict(base.state_dict()) if dist.main else None
     fsdp.shard(base, recipe, dist)
     if not dist.main:
-        fsdp.materialize(base, dist)
+        fsdp.materialize(base, recipe, dist)
     fsdp.broadcast_from_rank0(base, full)
     del full
 
