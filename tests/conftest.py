@@ -30,6 +30,26 @@ def teachers(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def lora_teacher(teachers, tmp_path_factory):
+    """A specialized teacher stored as a rank-4 LoRA on the `base` teacher (non-zero B)."""
+    import torch
+
+    from flashdistill.models.lora import add_lora
+    from flashdistill.models.mmdit import FlowModel
+
+    torch.manual_seed(5)
+    model = FlowModel.from_pretrained(teachers / "base")
+    add_lora(model, rank=4, alpha=None, targets=None, base=str(teachers / "base"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    folder = tmp_path_factory.mktemp("spec-lora")
+    model.save_pretrained(folder)
+    return folder
+
+
 QWEN_PROMPTS = [("a lake at dawn", "landscape"), ("snowy mountains", "landscape"), ("an old man smiling", "portrait"),
                 ("a sign that reads OPEN", "text"), ("a poster saying SALE", "text")]
 QWEN_EDITS = [("a", "make it winter", "style"), ("b", "replace the word with HELLO", "text_editing"),

@@ -203,6 +203,7 @@ def test_regression_term_trains_and_is_logged(teachers, cache_dir, encoder, tmp_
     (["dmd.batch_size=2.5"], r"dmd\.batch_size: must be an integer"),
     (["dmd.batch_size=10000000"], r"dmd\.batch_size: must be in \[1, 4096\]"),  # refused before allocating
     (["run.threads=1000000000"], r"run\.threads: must be in \[0, 1024\]"),  # OpenMP would ask for 216 GB
+    (["run.compile=full"], r"run\.compile: must be one of none, blocks, got 'full'"),
     (["data.composition={landscape: 1e308, portrait: 1e308}"], r"data: the weights .* add up to more than"),
     (["dmd.ema_decay=1"], r"dmd\.ema_decay: must be in"),
     (["tasks.ratio=7-3"], r"tasks\.ratio: must look like 5:5"),

@@ -1,8 +1,8 @@
 """`run.parallel: fsdp` on the tiny Qwen-Image folder with `torchrun --standalone --nproc_per_node=2` (gloo, CPU):
 two sharded ranks follow one plain rank at the same global batch in both role modes (losses and weights over 10
 iterations), the gathered export loads into diffusers, a run whose rank 1 is SIGKILLed resumes to the weights of
-an uninterrupted run, and each rank holds what `flashdistill plan --world-size 2` says. Each torchrun takes
-~15-40 s on a 2-core CPU."""
+an uninterrupted run, one rank shards (and offloads) as one GPU would, and each rank holds what `flashdistill plan
+--world-size 2` says. Each torchrun takes ~15-40 s on a 2-core CPU."""
 
 import json
 import os
@@ -36,13 +36,14 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHA
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _torchrun(args: list[str], **kwargs):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+def _torchrun(args: list[str], ranks: int = 2, **kwargs):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *args]
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def _distill(sets: list[str], out: Path, *extra: str):
-    return _torchrun(["-m", "flashdistill", "distill", str(RECIPE), "--out", str(out), *extra, "--set", *sets])
+def _distill(sets: list[str], out: Path, *extra: str, ranks: int = 2):
+    return _torchrun(["-m", "flashdistill", "distill", str(RECIPE), "--out", str(out), *extra, "--set", *sets],
+                     ranks)
 
 
 def _finish(proc) -> None:
@@ -154,6 +155,24 @@ def test_sigkill_of_one_rank_then_resume_matches_uninterrupted(qwen_world, runs,
         for key in a[role]:
             torch.testing.assert_close(b[role][key], a[role][key], atol=1e-6, rtol=0, msg=f"{role}:{key}")
     assert len(_log(out)) == ITERATIONS  # the log continues from the checkpoint's iteration
+
+
+def test_one_rank_shards_offloads_checkpoints_and_resumes(qwen_world, runs, tmp_path):
+    """`torchrun --nproc_per_node=1` with run.parallel fsdp and run.fsdp_offload (what one GPU runs): FSDP2 on one
+    rank, a sharded checkpoint at iteration 2, a resume to 4 and the gathered export; its losses are the plain
+    1-rank run's (roles.mode lora)."""
+    _, sets = qwen_world
+    sets = sets + FAST + FSDP + ["roles.mode=lora", "run.fsdp_offload=true", "run.checkpoint_every=2"]
+    out = tmp_path / "one-rank"
+    _finish(_distill(sets + ["dmd.iterations=2"], out, ranks=1))
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["sharded"] == 1 and state["step"] == 2
+    _finish(_distill(sets + ["dmd.iterations=4"], out, "--resume", ranks=1))
+    a, b = _log(runs["lora"][0])[:4], _log(out)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for key in ("loss", "loss_critic", "grad_norm", "grad_norm_critic"):
+        assert [r[key] for r in b] == pytest.approx([r[key] for r in a], rel=RTOL_LOG), key
+    assert (out / "student" / "pytorch_lora_weights.safetensors").is_file()
 
 
 def test_embedded_world_shards_too(teachers, tmp_path):

@@ -16,28 +16,12 @@ from flashdistill.distill.layouts.build import build_roles
 from flashdistill.runtime.dist import Dist
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
-from flashdistill.models.lora import add_lora
 from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "distill_tiny.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def lora_teacher(teachers, tmp_path_factory):
-    """A specialized teacher stored as a rank-4 LoRA on the `base` teacher (non-zero B)."""
-    torch.manual_seed(5)
-    model = FlowModel.from_pretrained(teachers / "base")
-    add_lora(model, rank=4, alpha=None, targets=None, base=str(teachers / "base"))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    folder = tmp_path_factory.mktemp("spec-lora")
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

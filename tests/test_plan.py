@@ -129,3 +129,19 @@ def test_bad_plan_values_are_one_line(capsys, args, word):
 def test_largest_bounds_still_plan(capsys):
     assert main(["plan", "qwen-image", "--teachers", "64", "--world-size", str(2**20), "--resolution", "2048"]) == 0
     assert "teacher 64 (frozen, bf16)" in capsys.readouterr().out
+
+
+def test_fsdp_on_one_rank_and_offload():
+    """run.parallel fsdp on one rank adds the gathered blocks; run.fsdp_offload moves states and gradients to the
+    host, so the GPU's peak is the gathered blocks and the activations (what a 24-48 GB GPU must hold)."""
+    from flashdistill.distill.layouts import peak
+    from flashdistill.distill.layouts.plan import GIB
+
+    c = peak.qwen_counts()
+    work = peak.Workload(micro_batch=1)
+    plain, sharded = peak.predict(c, "lora", 2, work), peak.predict(c, "lora", 2, work, sharded=True)
+    assert plain.gather == 0 and sharded.gather == 2 * 2 * c.largest_block
+    assert sharded.total == pytest.approx(plain.total + sharded.gather)
+    off = peak.predict(c, "lora", 2, work, sharded=True, offload=True)
+    assert off.states == off.grads == 0 and off.host == plain.states + plain.grads
+    assert off.total == pytest.approx(off.gather + off.activations) and off.total / GIB < 24 < plain.total / GIB

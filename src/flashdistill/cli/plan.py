@@ -85,8 +85,9 @@ def _plan_settings(args, teachers: int):
     if args.t2i_only:
         work = replace(work, edits=False)
     frozen = settings.frozen_bytes if args.frozen_dtype is None else {"bf16": 2, "fp32": 4}[args.frozen_dtype]
+    offload = settings.offload or args.offload
     return replace(settings, teachers=args.teachers or settings.teachers, frozen_bytes=frozen, work=work,
-                   mode=args.mode or settings.mode)
+                   mode=args.mode or settings.mode, offload=offload, sharded=settings.sharded or offload)
 
 
 def add_command(top) -> None:
@@ -109,6 +110,8 @@ def add_command(top) -> None:
                    help="rows per forward/backward on a rank (default: the recipe's dmd.micro_batch, or its "
                         "batch per rank; 1 without a recipe)")
     p.add_argument("--t2i-only", action="store_true", help="no edit rows (tasks.ratio N:0)")
+    p.add_argument("--offload", action="store_true",
+                   help="run.parallel fsdp with run.fsdp_offload: states and gradients in host memory")
     p.add_argument("--text-tokens", type=int, default=256, help="prompt tokens per T2I row (default 256)")
     p.add_argument("--vl-tokens", type=int, default=512,
                    help="Qwen2.5-VL tokens (source image + instruction) per edit row (default 512)")

@@ -20,7 +20,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                with data files: prompts / edits (eval files), judge (vlm | none), vlm_base_url, vlm_model,
                vlm_api_key_env, vlm_concurrency (bench/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
-               parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host)
+               parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host),
+               compile (none | blocks: torch.compile of every transformer block, `flashdistill.models.compiled`)
     gan:       generator_weight, critic_weight, layers, lr, t_min/t_max/t_shift (its own noise levels), warmup:
                DMD2's GAN term on the critic's features (0 = off; the embedded world only, `flashdistill.distill.gan`)
     pairs:     folder (a pairs cache of `flashdistill pairs`), weight, final_weight, batch_size, distance (mse |
@@ -55,13 +56,14 @@ from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
 # the remaining iterations move, not what the run is); `--resume` says which of them changed.
 RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
-                  "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "eval.every", "eval.limit",
+                  "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "run.compile", "eval.every", "eval.limit",
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "pairs.folder", "dmd.lr", "critic.lr",
                   "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")
 # Tables of weights a resume compares whole: a changed weight is reported as `data.composition`, not per category.
 WHOLE_TABLES = ("composition", "edit_mix")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
+COMPILE_MODES = ("none", "blocks")
 # Upper bounds that keep a typo from allocating without end. One iteration draws nfe + 1 + critic.updates
 # latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,
 # 2 critic updates): 4096 rows are 28 GiB of draws, far past the shipped recipes' 8.
@@ -247,10 +249,13 @@ class RunSection:
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
     parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
     fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
+    compile: str = "none"  # blocks: regional torch.compile of each transformer block (speed only, so resumable)
 
     def check(self) -> None:
         require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
         require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
+        require(self.compile in COMPILE_MODES, "run.compile", f"must be one of {', '.join(COMPILE_MODES)}, got "
+                 f"{self.compile!r}")
         require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
                  f"default), got {self.threads}")
         require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from flashdistill.distill.layouts.build import build_roles
 from flashdistill.distill.recipe import RESUMABLE_KEYS, WHOLE_TABLES, Recipe, resume_fingerprint
 from flashdistill.errors import UserError
 from flashdistill.files import out_dir
+from flashdistill.models.compiled import compile_errors
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime import sharded as sharded_checkpoint
 from flashdistill.runtime.best import BestTracker
@@ -112,7 +114,8 @@ class DistillJob:
     def step(self, index: int) -> dict:
         every = self.ctx.recipe.run.log_every
         self.ctx.peek = self.ctx.dist.main and ((index + 1) % every == 0 or index == 0)
-        metrics = train_iteration(self.ctx, index)
+        with compile_errors() if self.ctx.recipe.run.compile != "none" else nullcontext():  # one line, not a trace
+            metrics = train_iteration(self.ctx, index)
         peeked = self.ctx.peeked
         if peeked and peeked["x"].shape[1] == 3:  # pixel space: the rows are images
             metrics["images"] = {"dmd/x_student": peeked["x"], "dmd/x0_real": peeked["x0_real"],
@@ -203,7 +206,7 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, mak
         raise UserError(f"--out {out}: is a file, not a folder")
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
-    dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size)
+    dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size, recipe.run.parallel == "fsdp")
     for note in getattr(recipe, "notes", []) if dist.main else []:
         print(f"note: {note}", file=sys.stderr)
     roles = build_roles(recipe, dist)  # first: a bad teacher path should not leave an empty run folder behind

@@ -1,6 +1,6 @@
 """The ranks of a run under torchrun: `Dist` (this rank, the world size, the device, and the few collectives the
-training loops use), `setup_distributed` (torchrun's environment read, the process group made: NCCL on CUDA, gloo
-on CPU) and `teardown_distributed` / `destroy_distributed` (the group ended). One rank, no torchrun: `Dist()`.
+training loops use), `setup_distributed` (torchrun's environment read, the process group made: NCCL for CUDA tensors
+and gloo for host ones on a GPU, gloo on a CPU) and `teardown_distributed` / `destroy_distributed` (the group ended). One rank, no torchrun: `Dist()`.
 Used by distillation (tests: `pytest tests/test_distill.py -k two_ranks`); nothing here knows models or DMD."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    group: bool = False  # a process group exists (always with world > 1; with one rank only when asked for)
 
     @property
     def main(self) -> bool:
@@ -59,8 +60,10 @@ class Dist:
             torch_dist.barrier()
 
 
-def setup_distributed(device: str, batch_size: int) -> Dist:
-    """Read torchrun's environment; create the process group when there is more than one rank."""
+def setup_distributed(device: str, batch_size: int, one_rank_group: bool = False) -> Dist:
+    """Read torchrun's environment; create the process group when there is more than one rank, or under torchrun
+    with one rank when `one_rank_group` (run.parallel fsdp: `torchrun --nproc_per_node=1` shards over one rank, so
+    one GPU runs the FSDP2 path, its CPU offload included)."""
     want_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise UserError("run.device: cuda was asked for but no CUDA device is available")
@@ -70,12 +73,14 @@ def setup_distributed(device: str, batch_size: int) -> Dist:
     dev = torch.device(f"cuda:{local}" if want_cuda else "cpu")
     if want_cuda:
         torch.cuda.set_device(dev)
-    if world > 1:
-        if batch_size % world:
-            raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
-        if not torch_dist.is_initialized():
-            torch_dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Dist(rank, world, dev)
+    if batch_size % world:
+        raise UserError(f"dmd.batch_size: {batch_size} does not split evenly over {world} ranks")
+    torchrun = "MASTER_ADDR" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
+    if (world > 1 or (one_rank_group and torchrun)) and not torch_dist.is_initialized():
+        # on CUDA, gloo too for host tensors: run.fsdp_offload keeps shards and gradients in host memory, and the
+        # gradient norm of those host shards is reduced over the group (NCCL reduces device tensors only)
+        torch_dist.init_process_group("cuda:nccl,cpu:gloo" if want_cuda else "gloo")
+    return Dist(rank, world, dev, torch_dist.is_initialized())
 
 
 def destroy_distributed() -> None:

@@ -46,6 +46,12 @@ def _drop_keys(data: dict, keys: tuple[str, ...]) -> dict:
     return data
 
 
+def _has(data: dict, key: str) -> bool:
+    """Whether `data` (a saved config) holds `key`: one written before the key existed has nothing to report."""
+    group, name = key.split(".")
+    return isinstance(data.get(group), dict) and name in data[group]
+
+
 def _get(data: dict, key: str):
     group, name = key.split(".")
     return (data.get(group) or {}).get(name)
@@ -64,7 +70,7 @@ def check_resume(meta: dict, fingerprint: dict, settings: dict, saved_settings: 
                         f"{', '.join(resumable)} may change)")
     old = meta.get(saved_settings) or {}
     return [f"{k} {_get(old, k)!r} -> {_get(settings, k)!r}" for k in resumable
-            if old and _get(old, k) != _get(settings, k)]
+            if _has(old, k) and _get(old, k) != _get(settings, k)]
 
 
 def retune(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, scheduler=None) -> None:

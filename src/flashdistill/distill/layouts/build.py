@@ -1,6 +1,7 @@
 """`build_roles(recipe, dist)`: the roles in the layout the recipe names (`roles.mode` full or lora; under
 `run.parallel: fsdp` sharded), their teachers read by the recipe's family (distill/families.py) unless one is
-given. See layouts/full.py and layouts/lora.py. With `gan` on, DMD2's classifier head joins them."""
+given. See layouts/full.py and layouts/lora.py. With `gan` on, DMD2's classifier head joins them; with
+`run.compile: blocks` every transformer's repeated blocks are compiled (models/compiled.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from flashdistill.distill.layouts.base import Roles
 from flashdistill.distill.layouts.full import build_full_roles
 from flashdistill.distill.layouts.lora import build_lora_roles
 from flashdistill.distill.recipe import Recipe
+from flashdistill.models.compiled import compile_blocks
 from flashdistill.runtime.config import require
 from flashdistill.runtime.dist import Dist
 
@@ -24,7 +26,16 @@ def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
         roles = build_full_roles(recipe, dist, family)
     if recipe.gan.enabled():
         add_gan_head(roles, recipe, dist)
+    if recipe.run.compile == "blocks":
+        compile_blocks(transformers(roles), dist.device)
     return roles
+
+
+def transformers(roles: Roles) -> list[torch.nn.Module]:
+    """Every distinct diffusers transformer the roles run (one in roles.mode lora: the shared base)."""
+    models = [*roles.teachers.values(), roles.student, roles.critic, roles.ema]
+    found = {id(m): m for m in (getattr(getattr(x, "base", x), "transformer", None) for x in models) if m is not None}
+    return list(found.values())
 
 
 def add_gan_head(roles: Roles, recipe: Recipe, dist: Dist) -> None:

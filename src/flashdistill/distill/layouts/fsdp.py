@@ -3,7 +3,9 @@
 - Sharding: `fully_shard` on each transformer block (`transformer.transformer_blocks`), then on the role's root
   module, for teachers, student, critic and EMA alike (ZeRO-3: parameters resharded after each forward). On CUDA
   with `dmd.bf16` a `MixedPrecisionPolicy` computes in bf16 over fp32 shards and reduces gradients in fp32;
-  `run.fsdp_offload` keeps the shards on the host (`CPUOffloadPolicy`). Per-block activation checkpointing is
+  `run.fsdp_offload` keeps the shards on the host (`CPUOffloadPolicy`, pinned on CUDA), where rank 0 also reads the
+  model before sharding it (`load_device`: the GPU never holds a full model). Works on one rank too
+  (`torchrun --nproc_per_node=1`, `active`). Per-block activation checkpointing is
   `roles.gradient_checkpointing` (diffusers' own, inside each block), set before sharding.
 - Loading without a full copy per rank: every rank builds the role's structure on the meta device
   (`family.structure(path)`, no weights); rank 0 alone reads the weights (`family.load_model`: a folder, or a LoRA
@@ -28,8 +30,9 @@ from torch import nn
 
 
 def active(recipe, dist) -> bool:
-    """Whether the roles are sharded: `run.parallel: fsdp` with more than one rank (one rank holds plain modules)."""
-    return recipe.run.parallel == "fsdp" and dist.world > 1
+    """Whether the roles are sharded: `run.parallel: fsdp` under torchrun (a process group, one rank included:
+    `--nproc_per_node=1` runs FSDP2 and its offload on one GPU); a plain process holds plain modules."""
+    return recipe.run.parallel == "fsdp" and (dist.world > 1 or dist.group)
 
 
 def _mesh(dist):
@@ -44,8 +47,8 @@ def _policies(recipe, dist) -> dict:
     kwargs = {}
     if dist.device.type == "cuda" and recipe.dmd.bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    if recipe.run.fsdp_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+    if recipe.run.fsdp_offload:  # pinned host memory for fast copies to a GPU (a CPU-only torch cannot pin)
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=dist.device.type == "cuda")
     return kwargs
 
 
@@ -71,9 +74,10 @@ def fix_meta_rope(model: nn.Module) -> None:
             transformer.pos_embed = type(pe)(theta=pe.theta, axes_dim=pe.axes_dim, scale_rope=pe.scale_rope)
 
 
-def materialize(model: nn.Module, dist) -> None:
-    """Allocate the (sharded) storage of a meta-built model on this rank's device; the values are set by the caller."""
-    model.to_empty(device=dist.device)
+def materialize(model: nn.Module, recipe, dist) -> None:
+    """Allocate the (sharded) storage of a meta-built model where its shards live (`load_device`: FSDP2 wants
+    offloaded shards materialized on the host); the values are set by the caller."""
+    model.to_empty(device=load_device(recipe, dist))
     fix_meta_rope(model)
 
 
@@ -85,17 +89,25 @@ def broadcast_from_rank0(model: nn.Module, full: dict | None) -> None:
     set_model_state_dict(model, full or {}, options=options)
 
 
+def load_device(recipe, dist) -> torch.device:
+    """Where rank 0 holds a model it read, before sharding: the host under `run.fsdp_offload` (so a GPU smaller than
+    the model still loads it: fully_shard moves one block at a time to the GPU to shard it, and offloads the shard),
+    else this rank's device."""
+    return torch.device("cpu") if recipe.run.fsdp_offload else dist.device
+
+
 def load(family, path, recipe, dist, prepare=None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model at `path` in `dtype`, sharded, its weights read on rank 0 only. `prepare(model)` runs on every rank
     before sharding (freeze or unfreeze, add adapters): it must build the same structure on the meta device and on
     rank 0."""
-    model = family.load_model(path, dtype).to(dist.device) if dist.main else family.structure(path, dtype)
+    where = load_device(recipe, dist)
+    model = family.load_model(path, dtype).to(where) if dist.main else family.structure(path, dtype)
     if prepare is not None:
         prepare(model)
     full = dict(model.state_dict()) if dist.main else None  # the unsharded tensors, alive until broadcast
     shard(model, recipe, dist)
     if not dist.main:
-        materialize(model, dist)
+        materialize(model, recipe, dist)
     broadcast_from_rank0(model, full)
     del full
     return model
@@ -107,7 +119,7 @@ def clone(source: nn.Module, family, path, recipe, dist, prepare=None) -> nn.Mod
     if prepare is not None:
         prepare(model)
     shard(model, recipe, dist)
-    materialize(model, dist)
+    materialize(model, recipe, dist)
     copy_shards(source, model)
     return model
 

@@ -53,16 +53,19 @@ def _adapter_params(base: FlowModel, adapter: str) -> list[tuple[str, nn.Paramet
 
 
 def activate(base: FlowModel, adapter: str | None) -> None:
-    """Switch the shared transformer to `adapter` (None: adapters off), keeping the trainable adapters trainable."""
+    """Switch the shared transformer to `adapter` (None: adapters off), keeping the trainable adapters trainable and
+    the others frozen (peft's set_adapter marks the adapter it activates trainable, a teacher's or the EMA's too:
+    besides being wrong, that would give a compiled block a new variant per switch, models/compiled.py)."""
     tr = base.transformer
     if adapter is None:
         tr.disable_adapters()
     else:
         tr.enable_adapters()
         tr.set_adapter(adapter)
-    for name in TRAINABLE:
-        for _, p in base.adapter_params.get(name, []):
-            p.requires_grad_(True)
+    for name, params in base.adapter_params.items() if hasattr(base, "adapter_params") else ():
+        for _, p in params:
+            if p.requires_grad != (name in TRAINABLE):
+                p.requires_grad_(name in TRAINABLE)
 
 
 class AdapterView(nn.Module):
@@ -134,7 +137,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     if sharded and not dist.main:
         base = family.structure(base_path, dtype)
     else:
-        base = family.load_model(base_path, dtype).to(dist.device)
+        base = family.load_model(base_path, dtype).to(fsdp.load_device(recipe, dist) if sharded else dist.device)
     base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing()
@@ -150,7 +153,8 @@ def build_lora_roles(recipe, dist, family) -> Roles:
             teachers[name] = (fsdp.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
                               if sharded else family.load_model(path, dtype).to(dist.device).requires_grad_(False)
                               ).eval()
-    base.to(dist.device)
+    if not sharded:  # sharded: fully_shard placed the shards (on the device, or on the host under offload)
+        base.to(dist.device)
     adapters = names + [a for a in teachers.values() if isinstance(a, str)]
     base.adapter_params = {a: _adapter_params(base, a) for a in adapters}
     if recipe.dmd.bf16:
@@ -187,7 +191,7 @@ def _shard_base(base: FlowModel, recipe, dist) -> None:
     full = dict(base.state_dict()) if dist.main else None
     fsdp.shard(base, recipe, dist)
     if not dist.main:
-        fsdp.materialize(base, dist)
+        fsdp.materialize(base, recipe, dist)
     fsdp.broadcast_from_rank0(base, full)
     del full
 

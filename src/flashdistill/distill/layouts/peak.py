@@ -8,6 +8,9 @@
   until every critic update was finite: distill/trainer.py).
 - Critic snapshot: the critic's trainable weights and AdamW moments copied before its updates (runtime/guard.py);
   in pinned host memory on a GPU since issue 23, so 0 here unless `snapshot_on_gpu`.
+- FSDP2 (`run.parallel: fsdp`, one rank included): plus the all-gathered blocks in flight; with `run.fsdp_offload`
+  the sharded states and their gradients are in host memory (`Peak.host`), the GPU holds gathered blocks and
+  activations only.
 - Activations: one grad pass of a micro-batch (`dmd.micro_batch` rows per rank) holds, per token, what
   plan.activation_bytes counts (with per-block checkpointing: every block's input plus one recomputed block), times
   a factor KAPPA fitted on measured H200 peaks (`H200`): the formula leaves out the backward's transients and the
@@ -78,11 +81,12 @@ def raw_activation_bytes_per_token(c: Counts, checkpointing: bool) -> float:
 
 @dataclass
 class Peak:
-    states: float  # bytes per rank: weights, AdamW moments, EMA
+    states: float  # bytes per rank on the GPU: weights, AdamW moments, EMA
     grads: float
     snapshot: float
     activations: float
-    gather: float  # FSDP's all-gathered blocks (world > 1)
+    gather: float  # FSDP's all-gathered blocks (sharded roles: world > 1, or run.parallel fsdp on one rank)
+    host: float = 0.0  # run.fsdp_offload: the states and gradients held in host memory instead
 
     @property
     def total(self) -> float:
@@ -90,16 +94,22 @@ class Peak:
 
 
 def predict(c: Counts, mode: str, teachers: int, work: Workload, world: int = 1, frozen_bytes: int = 2,
-            trainable_bytes: int = 4, snapshot_on_gpu: bool = False, kappa: float | None = None) -> Peak:
-    """The peak per rank of one DMD iteration (see the module docstring)."""
+            trainable_bytes: int = 4, snapshot_on_gpu: bool = False, kappa: float | None = None,
+            sharded: bool | None = None, offload: bool = False) -> Peak:
+    """The peak per rank of one DMD iteration (see the module docstring). `sharded` (default: world > 1) adds FSDP's
+    gathered blocks; `offload` (run.fsdp_offload, FSDP2's CPUOffloadPolicy) moves the sharded states and their
+    gradients to the host: the GPU holds the gathered blocks in flight and the activations."""
     rows = role_rows(c, mode, world, teachers, frozen_bytes, trainable_bytes)
-    gather = sum(r.weights for r in rows if r.role.startswith("FSDP")) if world > 1 else 0.0
+    gather = sum(r.weights for r in rows if r.role.startswith("FSDP")) if (sharded or world > 1 or offload) else 0.0
     states = sum(r.weights + r.optimizer for r in rows if not r.role.startswith("FSDP"))
     grads = sum(r.grads for r in rows)
     critic = next(r for r in rows if r.role.startswith("critic"))
     snapshot = (critic.weights + critic.optimizer) if snapshot_on_gpu else 0.0
     per_token = raw_activation_bytes_per_token(c, work.checkpointing) * (KAPPA if kappa is None else kappa)
-    return Peak(states, grads, snapshot, per_token * work.pass_tokens(), gather)
+    host = states + grads if offload else 0.0
+    if offload:
+        states = grads = 0.0
+    return Peak(states, grads, snapshot, per_token * work.pass_tokens(), gather, host)
 
 
 def _reference_tokens(edit_rows: int, t2i_rows: int) -> int:
@@ -153,6 +163,8 @@ class PlanSettings:
     frozen_bytes: int = 2
     work: Workload = None  # type: ignore[assignment]
     batch_size: int | None = None  # the recipe's global batch (None: not from a recipe)
+    sharded: bool = False  # run.parallel fsdp (FSDP2 on any number of ranks: gathered blocks)
+    offload: bool = False  # run.fsdp_offload: states and gradients in host memory
 
 
 def settings_from_recipe(recipe, world: int) -> PlanSettings:
@@ -165,7 +177,8 @@ def settings_from_recipe(recipe, world: int) -> PlanSettings:
     work = Workload(micro_batch=micro, resolution=h if h == w else (h, w), edits=edit > 0,
                     checkpointing=recipe.roles.gradient_checkpointing)
     return PlanSettings(mode, len(set(recipe.teachers.values())), world,
-                        4 if recipe.roles.frozen_dtype == "fp32" else 2, work, recipe.dmd.batch_size)
+                        4 if recipe.roles.frozen_dtype == "fp32" else 2, work, recipe.dmd.batch_size,
+                        recipe.run.parallel == "fsdp", recipe.run.fsdp_offload)
 
 
 def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
@@ -187,12 +200,17 @@ def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
     lines = []
     for m in sorted({1, 2, 4, 8, w.micro_batch}):
         work = replace(w, micro_batch=m)
-        p = predict(c, s.mode, s.teachers, work, s.world, s.frozen_bytes)
+        p = predict(c, s.mode, s.teachers, work, s.world, s.frozen_bytes, sharded=s.sharded, offload=s.offload)
         mark = " (this recipe)" if m == w.micro_batch and s.batch_size else ""
         fits = "" if not gpu_memory else f" {'yes' if p.total / GIB <= 0.9 * gpu_memory else 'no'} |"
         lines.append(f"| {m}{mark} | {work.pass_tokens():,} | {p.states / GIB:,.2f} | {p.grads / GIB:,.2f} | "
                      f"{p.activations / GIB:,.2f} | **{p.total / GIB:,.2f}** |{fits}")
     note = ""
+    if s.offload:
+        host = predict(c, s.mode, s.teachers, w, s.world, s.frozen_bytes, sharded=True, offload=True).host
+        note += (f"\nrun.fsdp_offload: the sharded states and gradients live in host memory ({host / GIB:,.2f} GiB "
+                 f"per rank, pinned), so the GPU holds the gathered blocks in flight and the activations; every "
+                 f"block's weights cross PCIe in each pass, and AdamW steps on the CPU.\n")
     if s.batch_size:
         note = (f"\nThe global batch ({s.batch_size}) is a sum of micro-batches: `dmd.micro_batch` sets the rows of "
                 f"one forward/backward on a rank without changing the result.\n")
