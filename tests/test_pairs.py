@@ -143,6 +143,10 @@ def test_pairs_term_trains_logs_and_resumes_exactly(teachers, cache_dir, encoder
     train_distill(_recipe(teachers, cache_dir, *critic), tmp_path / "critic", encoder=encoder)
     log = [json.loads(line) for line in (tmp_path / "critic" / "log.jsonl").read_text().splitlines()]
     assert all(0 < r["loss_pairs"] < 4 for r in log)  # unit features: the squared distance lies in [0, 4]
+    # pairs of other teachers are refused, naming the teacher whose weights differ
+    swapped = _recipe(teachers, cache_dir, *sets, f"teachers.specialized={teachers / 'base'}")
+    with pytest.raises(UserError, match=r"teachers\.specialized"):
+        train_distill(swapped, tmp_path / "swapped", encoder=encoder)
     # pairs rebuilt since: a resume refuses them (the cache's index is an input of the run)
     build_pairs(_recipe(teachers, cache_dir), tmp_path / "pairs", 8, nfe=2, batch_size=3, encoder=encoder,
                 progress=False)

@@ -353,12 +353,16 @@ def build_context(recipe: Recipe, roles: Roles, dist: Dist, out, encoder=None) -
     guidance = Guidance(recipe.guidance, list(recipe.teachers))
     ctx = Context(recipe, roles, guidance, source, dist, {}, family)
     if recipe.pairs.enabled():
-        ctx.pairs = open_pairs(recipe.pairs.folder, family, source)
+        ctx.pairs = open_pairs(recipe, family, source)
     return ctx
 
 
-def open_pairs(folder: str, family, source) -> PairsCache:
-    """The recipe's pairs cache, checked against the run: family, target shape, and every pair's item."""
+def open_pairs(recipe, family, source) -> PairsCache:
+    """The recipe's pairs cache, checked against the run: family, target shape, the teachers' weight files (the
+    pairs are images of the teachers this run distils), and every pair's item."""
+    from flashdistill.distill.inputs import input_fingerprint
+
+    folder = recipe.pairs.folder
     cache = PairsCache(folder)
     where = f"pairs.folder {folder}"
     if cache.identity.get("family") != family.name or tuple(cache.identity.get("shape", ())) != source.shape:
@@ -366,6 +370,12 @@ def open_pairs(folder: str, family, source) -> PairsCache:
                         f"{cache.identity.get('shape')}, this run trains {family.name} at {list(source.shape)}")
     if len(cache) == 0:
         raise UserError(f"{where}: holds no pairs yet; build them with `{cache.command}`")
+    inputs = input_fingerprint(recipe, family)["inputs"]
+    built = cache.identity.get("teachers", {})
+    for name in recipe.teachers:
+        if name not in built or built[name].get("files") != inputs[f"teachers.{name}"].get("files"):
+            raise UserError(f"{where}: built with other weights for teachers.{name} than this run's; build pairs "
+                            f"of this recipe's teachers (`flashdistill pairs RECIPE --out ANOTHER_FOLDER`)")
     cache.check_items(source)
     return cache
 
