@@ -46,6 +46,7 @@ from flashdistill.distill.gan import GanSection
 from flashdistill.distill.guidance import parse_guidance
 from flashdistill.distill.pairs import PairsSection
 from flashdistill.distill.recipe_eval import EvalSection
+from flashdistill.distill.recipe_run import RunSection
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
 from flashdistill.runtime import config as loader
@@ -63,13 +64,11 @@ RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run
 # Tables of weights a resume compares whole: a changed weight is reported as `data.composition`, not per category.
 WHOLE_TABLES = ("composition", "edit_mix")
 FROZEN_DTYPES = ("auto", "bf16", "fp32")
-COMPILE_MODES = ("none", "blocks")
 # Upper bounds that keep a typo from allocating without end. One iteration draws nfe + 1 + critic.updates
 # latent-sized noises per row of the global batch on every rank (7 MiB a row for a 1024² Qwen-Image latent, 4 steps,
 # 2 critic updates): 4096 rows are 28 GiB of draws, far past the shipped recipes' 8.
 MAX_BATCH = 4096
 MAX_LORA_RANK = 4096  # above the width of any Qwen-Image transformer (3072): a rank past it is a full matrix
-MAX_THREADS = 1024  # torch's intra-op pool; OpenMP sizes its buffers by it (10**9 threads: 216 GB)
 _RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
@@ -238,30 +237,6 @@ class TasksSection:
         a, b = float(match.group(1)), float(match.group(2))
         require(a + b > 0, "tasks.ratio", "at least one side must be > 0")
         return a, b
-
-
-@dataclass
-class RunSection:
-    checkpoint_every: int = 50
-    log_every: int = 10
-    text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
-    device: str = "auto"
-    threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
-    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
-    fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
-    compile: str = "none"  # blocks: regional torch.compile of each transformer block (speed only, so resumable)
-
-    def check(self) -> None:
-        require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
-        require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
-        require(self.compile in COMPILE_MODES, "run.compile", f"must be one of {', '.join(COMPILE_MODES)}, got "
-                 f"{self.compile!r}")
-        require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
-                 f"default), got {self.threads}")
-        require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
-        require(self.log_every >= 1, "run.log_every", "must be >= 1")
-        require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "
-                 f"got {self.device!r}")
 
 
 @dataclass

@@ -1,0 +1,35 @@
+"""The recipe's `run` group: how a distillation run is kept and placed (checkpoints, logs, the text cache, device,
+threads, the torchrun layout, regional compilation). None of it changes what the run computes except `parallel`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flashdistill.runtime.config import require
+
+COMPILE_MODES = ("none", "blocks")
+MAX_THREADS = 1024  # torch's intra-op pool; OpenMP sizes its buffers by it (10**9 threads: 216 GB)
+
+
+@dataclass
+class RunSection:
+    checkpoint_every: int = 50
+    log_every: int = 10
+    text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
+    device: str = "auto"
+    threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
+    parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
+    fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
+    compile: str = "none"  # blocks: regional torch.compile of each transformer block (speed only, so resumable)
+
+    def check(self) -> None:
+        require(self.parallel in ("ddp", "fsdp"), "run.parallel", f"must be ddp or fsdp, got {self.parallel!r}")
+        require(not self.fsdp_offload or self.parallel == "fsdp", "run.fsdp_offload", "needs run.parallel: fsdp")
+        require(self.compile in COMPILE_MODES, "run.compile", f"must be one of {', '.join(COMPILE_MODES)}, got "
+                 f"{self.compile!r}")
+        require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
+                 f"default), got {self.threads}")
+        require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
+        require(self.log_every >= 1, "run.log_every", "must be >= 1")
+        require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "
+                 f"got {self.device!r}")
