@@ -36,7 +36,10 @@ RECIPE = ROOT / "configs" / "qwen-image-flash.yaml"
 FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=cpu", "run.threads=1",
         "run.log_every=1", "dmd.iterations=3", "run.checkpoint_every=3", "dmd.lr=1e-2", "critic.lr=1e-2",
         "dmd.ema_decay=0.5", "roles.frozen_dtype=fp32", "dmd.micro_batch=0"]
-RTOL_LOG, ATOL_WEIGHTS = 1e-5, 5e-5
+# Weights: AdamW at lr 1e-2 turns float noise in a near-zero gradient element into a step of up to lr, so a few
+# elements of 2 ranks against 1 differ by up to ~7e-5 after 3 steps (measured); a missed synchronisation or a
+# micro-batch weighted wrongly moves elements by ~1e-2.
+RTOL_LOG, ATOL_WEIGHTS = 1e-5, 2e-4
 KEYS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -132,4 +135,4 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
         got = read_full(tmp_path / "two" / "checkpoint", f"{role}/")
         assert set(got) == set(ref), role
         for key in ref:
-            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0, msg=f"{role}:{key}")
+            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0, msg=lambda m: f"{role}:{key} {m}")

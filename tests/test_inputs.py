@@ -13,6 +13,7 @@ from PIL import Image
 
 from flashdistill.errors import UserError
 from flashdistill.distill.inputs import input_fingerprint
+from flashdistill.distill.pairs import INDEX, PairsSection
 from flashdistill.runtime.inputs import FULL_HASH_BYTES, check_inputs, input_changes, weight_fingerprint
 
 
@@ -36,8 +37,11 @@ def _world(root: Path):
     (root / "prompts.jsonl").write_text(json.dumps({"prompt": "a lake", "category": "landscape"}) + "\n")
     Image.new("RGB", (8, 8), (10, 20, 30)).save(root / "a.png")
     (root / "edits.jsonl").write_text(json.dumps({"image": "a.png", "instruction": "blue", "category": "s"}) + "\n")
+    (root / "pairs").mkdir()
+    (root / "pairs" / INDEX).write_text(json.dumps({"n": 4, "shards": {"0": "ab12"}}))
     data = SimpleNamespace(prompts=str(root / "prompts.jsonl"), edits=str(root / "edits.jsonl"))
-    return SimpleNamespace(teachers={"base": str(base), "specialized": str(root / "lora.safetensors")}, data=data)
+    return SimpleNamespace(teachers={"base": str(base), "specialized": str(root / "lora.safetensors")}, data=data,
+                           pairs=PairsSection(folder=str(root / "pairs"), weight=1.0))
 
 
 @pytest.fixture
@@ -70,6 +74,9 @@ def _flip(path: Path, offset: int) -> None:
     (lambda r: (r / "prompts.jsonl").write_text(json.dumps({"prompt": "a lake!", "category": "landscape"}) + "\n"),
      "data.prompts", "prompts.jsonl changed"),  # edited in place, same size
     (lambda r: Image.new("RGB", (8, 8), (10, 20, 31)).save(r / "a.png"), "data.edits", "a.png changed"),
+    # a pairs cache extended or rebuilt: its index (which holds every shard's sha256) differs
+    (lambda r: (r / "pairs" / INDEX).write_text(json.dumps({"n": 8, "shards": {"0": "ab12", "1": "cd34"}})),
+     "pairs.folder", "index.json changed"),
 ])
 def test_a_changed_input_is_refused_by_name(world, change, key, named):
     root, recipe, saved = world

@@ -113,3 +113,34 @@ def test_gradient_checkpointing_changes_memory_not_math(teachers, lora_teacher, 
         grads.append({n: p.grad.clone() for n, p in roles.student.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys()
     assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+@pytest.mark.parametrize("critic_lora", ["true", "false"])
+def test_checkpointed_blocks_recompute_under_the_adapter_they_ran_under(teachers, lora_teacher, tmp_path, critic_lora):
+    """As in an iteration: the student's forward, then the teachers (adapters off, the specialized adapter) and the
+    critic run on the same shared base before one backward that reaches both the student (through the critic, as
+    the GAN term does) and the critic. Per-block checkpointing recomputes each block in backward; it must do so
+    under the adapter that block's forward ran under, not the one active when backward starts: the gradients of
+    every trainable adapter equal those without checkpointing."""
+    grads = []
+    for flag in ("false", "true"):
+        roles = build_roles(recipe(teachers, lora_teacher, tmp_path, f"roles.gradient_checkpointing={flag}",
+                                   f"critic.lora={critic_lora}"), Dist())
+        z, t, cond = _inputs(3)
+        with torch.no_grad():  # distinct non-trivial adapters: a block recomputed under the wrong one differs
+            for scale, role in ((0.01, roles.student), (-0.02, roles.critic)):
+                for i, p in enumerate(role.parameters()):
+                    if p.dim() > 1 or role is roles.student or critic_lora == "true":
+                        p.add_(scale * ((i % 5) - 2))
+        x = roles.student(z, t, cond)
+        y = roles.critic(x, t, cond)
+        with torch.no_grad():
+            for teacher in roles.teachers.values():  # the last one leaves the base with another adapter active
+                teacher(z, t, cond)
+        (x.square().mean() + y.square().mean()).backward()
+        grads.append({f"{name}.{n}": p.grad.clone() for name, role in (("student", roles.student),
+                                                                        ("critic", roles.critic))
+                      for n, p in role.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and any(k.startswith("critic.") for k in grads[0])
+    worst = max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0])
+    assert worst < 1e-5, worst

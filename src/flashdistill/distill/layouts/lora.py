@@ -15,6 +15,8 @@
   the trainable state; the names drop the adapter name, so the student's and the EMA's state dicts align.
 - peft freezes an adapter when another is activated; the view re-enables the trainable adapters (student, critic)
   after every switch, so a graph built under one adapter still back-propagates into it while another runs.
+- Per-block checkpointing recomputes a block in backward, when another role may hold the shared base: each block
+  records the adapter its forward ran under and recomputes under that one (`checkpoint_block`).
 - Export: the EMA adapter as diffusers' LoRA file plus the base's name (`FlowModel.from_pretrained` fuses it).
 
 Under torchrun this layout needs `run.parallel: fsdp` (the base with its adapters sharded as one module); a student
@@ -30,7 +32,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles, frozen_dtype, trainable_copy
@@ -66,6 +70,32 @@ def activate(base: FlowModel, adapter: str | None) -> None:
         for _, p in params:
             if p.requires_grad != (name in TRAINABLE):
                 p.requires_grad_(name in TRAINABLE)
+
+
+def checkpoint_block(block: nn.Module, *args):
+    """diffusers' per-block gradient checkpointing (`enable_gradient_checkpointing(gradient_checkpointing_func=)`),
+    recomputing `block` in backward under the adapters its forward ran under. Between a role's forward and the
+    backward the other roles switch the shared base (the teachers, the critic); recomputed under theirs, a block
+    would save other tensors (a CheckpointError) or, under an adapter of the same shape, silently give another
+    gradient. Only the block's own LoRA layers are switched, and back after, by the two attributes peft's
+    `set_adapter` / `enable_adapters` set, so no parameter's requires_grad changes inside backward."""
+    layers = [m for m in block.modules() if isinstance(m, BaseTunerLayer)]
+    ran_under = [(m._active_adapter, m._disable_adapters) for m in layers]
+
+    def run(*inputs):
+        now = [(m._active_adapter, m._disable_adapters) for m in layers]
+        _set_layers(layers, ran_under)
+        try:
+            return block(*inputs)
+        finally:
+            _set_layers(layers, now)
+
+    return checkpoint(run, *args, use_reentrant=False)
+
+
+def _set_layers(layers: list[BaseTunerLayer], states: list[tuple]) -> None:
+    for m, (active, disabled) in zip(layers, states):
+        m._active_adapter, m._disable_adapters = active, disabled
 
 
 class AdapterView(nn.Module):
@@ -140,7 +170,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
         base = family.load_model(base_path, dtype).to(fsdp.load_device(recipe, dist) if sharded else dist.device)
     base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
-        base.transformer.enable_gradient_checkpointing()
+        base.transformer.enable_gradient_checkpointing(checkpoint_block)
     if not recipe.critic.lora and not sharded:
         critic_full = trainable_copy(base)
         full_critic(critic_full)
