@@ -23,7 +23,7 @@ from pathlib import Path
 from flashdistill.bench.stats import LEVEL, mean_ci, paired, verdict
 from flashdistill.errors import UserError
 from flashdistill.files import write_json_atomic, write_text_atomic
-from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, columns, paper_value
+from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, paper_value
 
 DONE_FILE = "done.json"  # a run's summary, written by the runner once its training and bench are finished
 
@@ -169,7 +169,7 @@ def arm_table(study: Study, runs: dict, arms: list[str], bench: str) -> list[dic
     rows = []
     for arm in arms:
         seeds = runs.get(arm, {})
-        cells = {c: mean_ci([metric(r, bench, c) for r in seeds.values()]) for c in columns(bench)}
+        cells = {c: mean_ci([metric(r, bench, c) for r in seeds.values()]) for c in study.columns(bench)}
         rows.append({"arm": arm, "label": study.arm(arm).label, "seeds": sorted(seeds),
                      "cells": {c: i.to_json() for c, i in cells.items()},
                      "text": {c: i.text() for c, i in cells.items()},
@@ -244,9 +244,10 @@ def _paper_cell(paper: dict | None) -> str:
     return "—" if not paper else f"{paper['diff']:+.2f} ({paper['a']:.2f} vs {paper['b']:.2f})"
 
 
-def _bench_section(study: Study, bench: str, rows: list[dict], seeds: int) -> list[str]:
-    cols = columns(bench)
-    lines = [f"### {BENCH_TITLES[bench]}: ours (world judge, mean ± 95% CI over {seeds} training seeds)", "",
+def _bench_section(study: Study, bench: str, rows: list[dict], seeds: int, own: dict | None = None) -> list[str]:
+    cols = study.columns(bench)
+    title, judge = (own["titles"][bench], own["judge"]) if own else (BENCH_TITLES[bench], "world judge")
+    lines = [f"### {title}: ours ({judge}, mean ± 95% CI over {seeds} training seeds)", "",
              "| arm | " + " | ".join(cols) + " | rank | paper average (Gemini / GPT) |",
              "|---|" + "---:|" * (len(cols) + 2)]
     for r in rows:
@@ -270,16 +271,17 @@ def _slice(bench: str, sizes: dict) -> str:
 
 
 def render_markdown(study: Study, result: dict) -> str:
-    s = result["sizes"]
+    s, own = result["sizes"], result.get("own")
+    setting = own["setting"] if own else (
+        f"Preset `{result['preset']}`: {s['iterations']} iterations at batch {s['batch_size']} per run, quick "
+        f"evaluation every {s['eval_every']} iterations on {s['eval_limit']} val cases per category, bench slice: "
+        f"the first {' and '.join(_slice(b, s) for b in study.benches)} per category of the mini benches (world "
+        f"judge).")
     lines = [f"# {study.title}", "", f"    {result['command']}", "",
-             f"Preset `{result['preset']}`: {s['iterations']} iterations at batch {s['batch_size']} per run, "
-             f"quick evaluation every {s['eval_every']} iterations on {s['eval_limit']} val cases per category, "
-             f"bench slice: the first {' and '.join(_slice(b, s) for b in study.benches)} per category of the mini "
-             f"benches "
-             f"(world judge). Seeds finished per arm: "
-             + ", ".join(f"{a} {len(v)}" for a, v in result["curves"].items()) + ".", "", "## Tables", ""]
+             setting + " Seeds finished per arm: " + ", ".join(f"{a} {len(v)}" for a, v in result["curves"].items())
+             + ".", "", "## Tables", ""]
     for bench in study.benches:
-        lines += _bench_section(study, bench, result["tables"][bench], result["seeds"])
+        lines += _bench_section(study, bench, result["tables"][bench], result["seeds"], own)
     lines += ["## Findings", "",
               "Ours: the difference a − b per training seed, mean ± 95% CI over seeds; verdict at 95%: confirmed "
               "when the interval excludes 0 on the paper's side, refuted when it excludes 0 on the other, "
@@ -319,12 +321,13 @@ def render_markdown(study: Study, result: dict) -> str:
 
 
 def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: Preset, overrides: list[str],
-                       command: str | None = None) -> Path:
-    """Collect the finished runs and write study.json, study.md and curves.png; returns study.md's path."""
+                       command: str | None = None, own: dict | None = None) -> Path:
+    """Collect the finished runs and write study.json, study.md and curves.png; returns study.md's path. `own`: a
+    study on the user's model (studies/own.py): its setting sentence, bench titles and judge, for the text."""
 
     out = Path(out)
     runs = collect(study, out, seeds, arms)
-    result = {"study": study.name, "preset": preset.name, "seeds": seeds, "overrides": overrides,
+    result = {"study": study.name, "preset": preset.name, "seeds": seeds, "overrides": overrides, "own": own,
               "command": command or f"flashdistill study {study.name} --seeds {seeds} --preset {preset.name} "
                                     f"--out {out}",
               "sizes": preset.sizes(), "level": LEVEL,

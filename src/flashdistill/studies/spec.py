@@ -23,8 +23,9 @@ JUDGES = ("gemini", "gpt")
 @dataclass(frozen=True)
 class Arm:
     key: str  # folder name under DIR/arms/
-    recipe: str  # file in configs/studies/
+    recipe: str  # file in configs/studies/ (a study on your own model: the user's recipe, see studies/own.py)
     label: str  # the paper's name for it
+    overrides: tuple[str, ...] = ()  # on top of the recipe: what makes this arm (studies/own.py)
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,14 @@ class Study:
     paper_tables: dict = field(default_factory=dict)  # bench -> paper table caption
     paper_extra: dict = field(default_factory=dict)  # bench -> {row label: {judge: [categories..., average]}}
     drop_pairs: tuple[tuple[str, str], ...] = ()  # (a, b): a's drop from its best compared with b's, per seed
+    categories: dict = field(default_factory=dict)  # bench -> its categories; empty: the world's (own model: yours)
 
     def arm(self, key: str) -> Arm:
         return next(a for a in self.arms if a.key == key)
+
+    def columns(self, bench: str) -> list[str]:
+        """The bench's table columns: its categories, then the average."""
+        return [*self.categories[bench], "average"] if bench in self.categories else columns(bench)
 
 
 def _row(gemini: list[float], gpt: list[float]) -> dict:
