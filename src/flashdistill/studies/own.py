@@ -268,7 +268,8 @@ def seconds_per_iteration(own: OwnStudy, out: Path) -> tuple[float, str] | None:
     scale = rc.dmd.batch_size / H200_ROWS * (h * w) / H200_PIXELS
     return (H200_ITERATION_S * scale,
             f"{H200_ITERATION_S:.1f} s per iteration of {H200_ROWS} rows at 1024² on one H200 ({H200_SOURCE}), "
-            f"scaled to {rc.dmd.batch_size} rows at {h}x{w}; quick evaluations not counted")
+            f"scaled in proportion to rows and pixels to {rc.dmd.batch_size} rows at {h}x{w}, an estimate; quick "
+            f"evaluations not counted")
 
 
 def _full_size(base: str) -> bool:
