@@ -223,7 +223,7 @@ def test_mixes_torchrun_and_dry_run(world, judge, tmp_path, capsys, monkeypatch)
 
 def test_the_cost_of_a_full_size_study_comes_from_the_h200_measurement(tmp_path):
     from flashdistill.distill.layouts.plan import SHIPPED
-    from flashdistill.studies import own
+    from flashdistill.studies import own_cost as own
 
     measured = json.loads((ROOT / own.H200_SOURCE).read_text())["memory"][0]
     assert measured["batch"] == own.H200_ROWS and measured["iterations"][0]["step_time"] == pytest.approx(

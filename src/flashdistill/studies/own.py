@@ -38,8 +38,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashdistill.errors import Incomplete, UserError, one_line
-from flashdistill.files import read_json_object, write_json_atomic, write_text_atomic
+from flashdistill.errors import UserError, one_line
+from flashdistill.files import read_json_object, write_json_atomic
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
@@ -49,10 +49,6 @@ STATE_FILE = "study-state.json"
 RESERVED = ("dmd.seed", "eval.judge")  # set per run / always vlm
 MAX_SEEDS = 100
 
-# One H200, the shipped recipe at full size (benchmarks/results/gpu_fullsize_h200.json, memory phase "8 2 0:1"):
-# 69.66 s per iteration of 8 rows at 1024², micro-batch 2, per-block checkpointing, critic.updates 2.
-H200_ITERATION_S, H200_ROWS, H200_PIXELS = 69.66, 8, 1024 * 1024
-H200_SOURCE = "benchmarks/results/gpu_fullsize_h200.json"
 
 
 @dataclass(frozen=True)
@@ -247,64 +243,6 @@ def _task_mixture(recipe, t2i_eval: list[str], edit_eval: list[str], src: str) -
                  findings, curve="score", categories={"t2i": tuple(t2i_eval), "edit": tuple(edit_eval)})
 
 
-# ---------------------------------------------------------------------------------------------------- cost
-
-
-def seconds_per_iteration(own: OwnStudy, out: Path) -> tuple[float, str] | None:
-    """(seconds, where the figure comes from) of one iteration of this study's runs: measured by its finished runs
-    when there are any, else scaled from the H200 measurement when the base transformer is Qwen-Image's full size
-    and the runs go to a GPU; None when nothing measured applies."""
-    walls = []
-    for done in sorted(out.glob(f"arms/*/seed*/{DONE_FILE}")):
-        train = read_json_object(done, "finished-run record").get("train") or {}
-        if train.get("wall_time_s") and train.get("iterations"):
-            walls.append(float(train["wall_time_s"]) / int(train["iterations"]))
-    if walls:
-        return sum(walls) / len(walls), f"measured by this study's {len(walls)} finished runs"
-    rc = own.recipe
-    if rc.run.device == "cpu" or not _full_size(rc.teachers["base"]):
-        return None
-    h, w = rc.data.size(1024)
-    scale = rc.dmd.batch_size / H200_ROWS * (h * w) / H200_PIXELS
-    return (H200_ITERATION_S * scale,
-            f"{H200_ITERATION_S:.1f} s per iteration of {H200_ROWS} rows at 1024² on one H200 ({H200_SOURCE}), "
-            f"scaled in proportion to rows and pixels to {rc.dmd.batch_size} rows at {h}x{w}, an estimate; quick "
-            f"evaluations not counted")
-
-
-def _full_size(base: str) -> bool:
-    """Whether the base folder's transformer has the shipped Qwen-Image's size (layers, heads, head size)."""
-    from flashdistill.distill.layouts.plan import SHIPPED, transformer_config_path
-
-    try:
-        mine = json.loads(transformer_config_path(base).read_text())
-    except (UserError, OSError, ValueError):
-        return False
-    ref = json.loads(SHIPPED["qwen-image"].read_text())
-    return all(mine.get(k) == ref[k] for k in ("num_layers", "num_attention_heads", "attention_head_dim"))
-
-
-def cost_line(own: OwnStudy, out: Path, seeds: int, todo: list[tuple[Arm, int]]) -> str:
-    """What the study will cost: runs, iterations, judge calls, and the time when a measured figure applies."""
-    from flashdistill.data.files import read_edits, read_prompts
-
-    rc, study = own.recipe, own.study
-    iterations = rc.dmd.iterations
-    t2i = len(read_prompts(rc.eval.prompts))
-    edits = len(read_edits(rc.eval.edits, check_images=False)) if rc.eval.edits else 0
-    per_eval = {a.key: t2i + (0 if "eval.edits=null" in a.overrides else edits) for a in study.arms}
-    calls = sum(per_eval[a.key] * (iterations // rc.eval.every) for a, _ in todo)
-    text = (f"study {study.name} on {own.path}: {len(study.arms)} arms × {seeds} seeds = {len(study.arms) * seeds} "
-            f"runs, {len(todo)} to do, each {iterations} iterations at batch {rc.dmd.batch_size} "
-            f"({len(todo) * iterations} in all) and {iterations // rc.eval.every} judged evaluations "
-            f"({calls} VLM judge calls)")
-    rate = seconds_per_iteration(own, out)
-    if rate is None:
-        return text + "; time: no measured figure for this model yet (the first finished run measures it)"
-    seconds = rate[0] * iterations * len(todo)
-    return text + f"; about {seconds / 3600:.1f} GPU-hours ({rate[0]:.1f} s per iteration: {rate[1]})"
-
-
 # ---------------------------------------------------------------------------------------------------- runs
 
 
@@ -361,6 +299,8 @@ def run_own_study(name: str, recipe_path: Path, out: Path, seeds: int = 2, prese
     for arm in study.arms:  # every arm's recipe is checked before anything runs
         own.arm_recipe(arm, 0)
     todo = [(a, s) for a in chosen for s in range(seeds) if not (seed_dir(out, a.key, s) / DONE_FILE).is_file()]
+    from flashdistill.studies.own_cost import cost_line
+
     print(cost_line(own, out, seeds, todo), flush=True)
     if dry_run:
         for arm in study.arms:
@@ -403,6 +343,7 @@ class _Sized:
 def run_one(own: OwnStudy, out: Path, arm: Arm, seed: int) -> dict:
     """Distil arm × seed (resumed when its folder holds a checkpoint), take its final judged evaluation, write
     done.json."""
+    from flashdistill.studies.own_judge import final_scores
     from flashdistill.studies.runner import train_run
 
     recipe = own.arm_recipe(arm, seed)
@@ -424,99 +365,3 @@ def run_one(own: OwnStudy, out: Path, arm: Arm, seed: int) -> dict:
                                           "bench_this_call": round(time.perf_counter() - trained, 1)}}
     write_json_atomic(folder / DONE_FILE, done)
     return done
-
-
-def final_scores(recipe, run: Path, bench: Path, tasks: tuple[str, ...], what: str) -> dict:
-    """The final student's judged scores per task: `run/eval/step-N/scores.jsonl` of its last evaluation, with
-    the items it could not score judged again from their PNGs; written to `bench/TASK/cases.jsonl`. Raises
-    Incomplete when an item still has no score."""
-    from flashdistill.data.files import read_edits, read_prompts
-
-    step = run / "eval" / f"step-{recipe.dmd.iterations:06d}"
-    if not (step / "scores.jsonl").is_file():
-        raise UserError(f"{step}: the run's last evaluation wrote no scores.jsonl (was it run with another "
-                        f"eval.every?); delete {run.parent} and run the study command again to redo that run")
-    e = recipe.eval
-    items = {"t2i": read_prompts(e.prompts) if "t2i" in tasks else [],
-             "edit": read_edits(e.edits) if "edit" in tasks and e.edits else []}
-    rows = _read_rows(step / "scores.jsonl")
-    for task in tasks:  # what an earlier call judged again
-        rows.update(_read_rows(bench / task / "cases.jsonl"))
-    missing = [(task, i) for task in tasks for i in range(len(items[task]))
-               if not isinstance((rows.get(f"{task}-{i}") or {}).get("score"), (int, float))]
-    if missing:
-        rows.update(_judge_again(recipe, step, items, missing))
-    results, failed = {}, []
-    for task in tasks:
-        lines, by_category = [], {}
-        for i, item in enumerate(items[task]):
-            row = rows.get(f"{task}-{i}") or {}
-            score = row.get("score") if isinstance(row.get("score"), (int, float)) else None
-            if score is None:
-                failed.append(row.get("error") or "no reply")
-            else:
-                by_category.setdefault(item.category, []).append(float(score))
-            lines.append(json.dumps({"id": f"{task}-{i}", "category": item.category, "score": score,
-                                     "reasoning": row.get("reasoning", ""), "error": row.get("error")}))
-        (bench / task).mkdir(parents=True, exist_ok=True)
-        write_text_atomic(bench / task / "cases.jsonl", "".join(line + "\n" for line in lines))
-        per_category = {c: sum(v) / len(v) for c, v in by_category.items()}
-        results[task] = {"average": sum(per_category.values()) / len(per_category) if per_category else None,
-                         "per_category": per_category, "n_cases": len(items[task]),
-                         "n_failed": sum(1 for line in lines if json.loads(line)["score"] is None)}
-    if failed:
-        raise Incomplete(f"{what}: the judge scored no reply for {len(failed)} of the final student's samples "
-                         f"(last error: {failed[-1]}); its samples are kept in {step}: run the same command again "
-                         f"to judge what is missing")
-    return results
-
-
-def _read_rows(path: Path) -> dict[str, dict]:
-    rows = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line
-            if isinstance(row, dict) and isinstance(row.get("id"), str):
-                rows[row["id"]] = row
-    return rows
-
-
-def _judge_again(recipe, step: Path, items: dict, missing: list[tuple[str, int]]) -> dict[str, dict]:
-    """Judge the `missing` (task, index) items from the PNGs of their evaluation (an edit's PNG is its source and
-    the output side by side: the output is its right half)."""
-    import numpy as np
-    from PIL import Image
-
-    from flashdistill.bench.cases import EditCase, T2ICase
-    from flashdistill.bench.vlm import VLMJudge
-
-    e = recipe.eval
-    judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
-    got = {}
-    for task in ("t2i", "edit"):
-        index = [i for t, i in missing if t == task]
-        if not index:
-            continue
-        images = []
-        for i in index:
-            png = step / task / f"{i:04d}.png"
-            if not png.is_file():
-                raise UserError(f"{png}: missing, so that sample cannot be judged again; delete {step.parents[2]} "
-                                f"and run the study command again to redo that run")
-            pixels = np.asarray(Image.open(png).convert("RGB"), np.float32) / 255
-            images.append(pixels[:, pixels.shape[1] // 2:] if task == "edit" else pixels)
-        if task == "t2i":
-            cases = [T2ICase(f"t2i-{i}", items[task][i].category, items[task][i].text, i) for i in index]
-            scored = judge.judge_t2i(cases, images)
-        else:
-            cases = [EditCase(f"edit-{i}", items[task][i].category, items[task][i].text, i,
-                              source_image=str(items[task][i].source)) for i in index]
-            sources = [np.asarray(items[task][i].load_source().convert("RGB"), np.float32) / 255 for i in index]
-            scored = judge.judge_edit(cases, sources, images)
-        for j, s in scored:
-            got[f"{task}-{index[j]}"] = {"id": f"{task}-{index[j]}", "score": s.score, "reasoning": s.reasoning,
-                                         "error": s.error}
-    return got
