@@ -26,7 +26,8 @@ curves) and the resume rules are those of the embedded studies (studies/runner.p
 are kept, an unfinished one resumes from its checkpoint, and a folder that holds a study of another recipe,
 preset, data or teacher weights is refused, naming what changed. Before the first run one line says what the study
 will cost. Under torchrun with more than one rank the study is refused (run it as one process; one GPU, or
-`torchrun --nproc_per_node=1` with run.parallel fsdp, works). Tests: `pytest tests/test_own_study.py`.
+`torchrun --nproc_per_node=1` with run.parallel fsdp, works). The final judged result is studies/own_judge.py, the
+cost line studies/own_cost.py. Tests: `pytest tests/test_own_study.py`.
 """
 
 from __future__ import annotations
