@@ -39,10 +39,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from flashdistill.errors import UserError, one_line
+from flashdistill.errors import UserError
 from flashdistill.files import read_json_object, write_json_atomic
 from flashdistill.runfolder import claim_run
-from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
 from flashdistill.studies.spec import Arm, Finding, Study
 
@@ -345,24 +344,14 @@ def run_one(own: OwnStudy, out: Path, arm: Arm, seed: int) -> dict:
     """Distil arm × seed (resumed when its folder holds a checkpoint), take its final judged evaluation, write
     done.json."""
     from flashdistill.studies.own_judge import final_scores
-    from flashdistill.studies.runner import train_run
+    from flashdistill.studies.runner import train_seed, write_done
 
     recipe = own.arm_recipe(arm, seed)
     folder = seed_dir(out, arm.key, seed)
     sets = own.run_sets(arm, seed)
     command = f"flashdistill distill {own.path} --out {folder / 'distill'} --set {shlex.join(sets)}"
     start = time.perf_counter()
-    try:
-        summary = train_run(recipe, folder / "distill", None, command)
-    except TrainingDiverged as err:
-        raise TrainingDiverged(f"{folder}: {one_line(err)}. Continue that run with `{command} --resume` and a "
-                               f"lower dmd.lr=..., then run the study command again") from None
+    summary = train_seed(recipe, folder, None, command)
     trained = time.perf_counter()
     benches = final_scores(recipe, folder / "distill", folder / "bench", own.study.benches, f"{arm.key} seed {seed}")
-    done = {"arm": arm.key, "seed": seed, "recipe": str(own.path), "overrides": sets, "command": command,
-            "train": {k: summary[k] for k in ("iterations", "resumed_from", "final_loss", "wall_time_s",
-                                              "skipped_total")},
-            "bench": benches, "seconds": {"train_this_call": round(trained - start, 1),
-                                          "bench_this_call": round(time.perf_counter() - trained, 1)}}
-    write_json_atomic(folder / DONE_FILE, done)
-    return done
+    return write_done(folder, arm.key, seed, str(own.path), sets, command, summary, benches, (start, trained))

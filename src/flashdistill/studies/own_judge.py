@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flashdistill.errors import Incomplete, UserError
 from flashdistill.files import write_text_atomic
+from flashdistill.studies.report import jsonl_records
 
 
 def final_scores(recipe, run: Path, bench: Path, tasks: tuple[str, ...], what: str) -> dict:
@@ -56,16 +57,9 @@ def final_scores(recipe, run: Path, bench: Path, tasks: tuple[str, ...], what: s
 
 
 def _read_rows(path: Path) -> dict[str, dict]:
-    rows = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line
-            if isinstance(row, dict) and isinstance(row.get("id"), str):
-                rows[row["id"]] = row
-    return rows
+    """The scored items of a scores.jsonl / cases.jsonl by id (none when the file does not exist yet)."""
+    return {row["id"]: row for row in (jsonl_records(path) if path.is_file() else [])
+            if isinstance(row, dict) and isinstance(row.get("id"), str)}
 
 
 def _judge_again(recipe, step: Path, items: dict, missing: list[tuple[str, int]]) -> dict[str, dict]:

@@ -36,19 +36,26 @@ def seed_dir(out: Path, arm: str, seed: int) -> Path:
 BENCH_TITLES = {"t2i": "T2I-Bench-mini", "edit": "Editing-Bench-mini"}
 
 
+def jsonl_records(path: Path) -> list:
+    """The parsed lines of a JSONL file a run appends to; a blank line, or one torn by a kill mid-write, is
+    skipped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
 def curve(run: Path, key: str) -> list[tuple[int, float]]:
     """(iteration, quick-eval `key`) of a distillation run's log.jsonl, in order, one per iteration (the last
     record wins when a resumed run evaluated the same iteration again)."""
     path = run / "log.jsonl"
     points: dict[int, float] = {}
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line
-            if row.get("kind") == "eval" and isinstance(row.get(key), (int, float)):
-                points[int(row["step"])] = float(row[key])
+    for row in jsonl_records(path) if path.is_file() else []:
+        if isinstance(row, dict) and row.get("kind") == "eval" and isinstance(row.get(key), (int, float)):
+            points[int(row["step"])] = float(row[key])
     return sorted(points.items())
 
 
@@ -112,12 +119,7 @@ def _done_record(path: Path) -> dict:
 
 
 def _case_rows(folder: Path) -> dict[str, tuple[str, float]]:
-    rows = []
-    for line in (folder / "cases.jsonl").read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a blank or torn line; the bench records every case it finished on its own line
+    rows = jsonl_records(folder / "cases.jsonl")  # the bench records every case it finished on its own line
     return {r["id"]: (r["category"], r["score"]) for r in rows
             if isinstance(r, dict) and r.get("score") is not None and "id" in r and "category" in r}
 

@@ -208,16 +208,31 @@ def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Pa
     folder = seed_dir(out, arm.key, seed)
     command = f"flashdistill distill {recipes / arm.recipe} --out {folder / 'distill'} --set {shlex.join(sets)}"
     start = time.perf_counter()
+    summary = train_seed(recipe, folder, encoder, command)
+    trained = time.perf_counter()
+    benches = bench_run(study, preset, folder / "distill", folder / "bench", encoder)
+    return write_done(folder, arm.key, seed, str(recipes / arm.recipe), sets, command, summary, benches,
+                      (start, trained))
+
+
+def train_seed(recipe, folder: Path, encoder, command: str) -> dict:
+    """The distillation of one arm × seed into `folder/distill` (resumed when it holds a checkpoint); a diverged
+    run names its folder and the command that continues it."""
     try:
-        summary = train_run(recipe, folder / "distill", encoder, command)
+        return train_run(recipe, folder / "distill", encoder, command)
     except TrainingDiverged as err:
         raise TrainingDiverged(f"{folder}: {one_line(err)}. Continue that run with `{command} --resume` and a "
                                f"lower dmd.lr=..., then run the study command again") from None
-    trained = time.perf_counter()
-    benches = bench_run(study, preset, folder / "distill", folder / "bench", encoder)
-    done = {"arm": arm.key, "seed": seed, "recipe": str(recipes / arm.recipe), "overrides": sets,
-            "command": command, "train": {k: summary[k] for k in ("iterations", "resumed_from", "final_loss",
-                                                                  "wall_time_s", "skipped_total")},
+
+
+def write_done(folder: Path, arm: str, seed: int, recipe: str, sets: list[str], command: str, summary: dict,
+               benches: dict, times: tuple[float, float]) -> dict:
+    """Write `folder/done.json`, the finished run's record the report reads; `times`: perf_counter at the
+    start of this call and when its training ended."""
+    start, trained = times
+    done = {"arm": arm, "seed": seed, "recipe": recipe, "overrides": sets, "command": command,
+            "train": {k: summary[k] for k in ("iterations", "resumed_from", "final_loss", "wall_time_s",
+                                              "skipped_total")},
             "bench": benches, "seconds": {"train_this_call": round(trained - start, 1),
                                           "bench_this_call": round(time.perf_counter() - trained, 1)}}
     write_json_atomic(folder / DONE_FILE, done)
