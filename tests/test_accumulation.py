@@ -92,7 +92,7 @@ def _grads(sets: list[str], micro: int) -> dict:
     roles = build_roles(recipe, dist)
     ctx = iteration.build_context(recipe, roles, dist, Path("unused"), None)
     x_data, cond, uncond, draws = iteration.build_inputs(ctx, 0)
-    x, *_ = iteration.generator_update(ctx, x_data, cond, uncond, draws)
+    x = iteration.generator_update(ctx, x_data, cond, uncond, draws).x
     grads = {f"student.{n}": p.grad.clone() for n, p in roles.student.named_parameters() if p.grad is not None}
     roles.opt_critic.step = lambda: None  # keep the critic's gradient, not its step
     iteration.critic_update(ctx, x, cond, draws)

@@ -115,7 +115,7 @@ def test_gaussian_dmd_gradient_is_normalised_x0_difference(k):
     torch.testing.assert_close(x, theta)  # backward simulation ends at the student's x0
     t, xi = torch.tensor([0.3, 0.6, 0.9]), torch.randn((b, *shape), generator=gen)
     x_t = (1 - t.reshape(-1, 1, 1, 1)) * x.detach() + t.reshape(-1, 1, 1, 1) * xi
-    x0_real, ran = dmd.real_x0(teachers, lam, x_t, t, cond, uncond, w)
+    x0_real, ran = dmd.real_x0(dmd.TeacherMix(teachers, lam, cond, uncond, w), x_t, t)
     x0_fake = dmd.fake_x0(critic, x_t, t, cond)
     loss = dmd.generator_loss(x, dmd.dmd_gradient(x, x0_real, x0_fake), reduction="sum")
     loss.backward()
@@ -167,12 +167,13 @@ def test_gaussian_teacher_ode_lands_on_the_linear_map(t0):
     teachers = {"base": GaussianDenoiser(s), "specialized": GaussianDenoiser(0.8, offset=0.3)}
     cond, uncond = _conds(mu, -1.0, b)
     only_base = torch.tensor([[1.0, 0.0]] * b)
-    x0 = dmd.teacher_ode_x0(teachers, only_base, z, t0, 400, 1.0, cond, uncond, 1.0)
+    x0 = dmd.teacher_ode_x0(dmd.TeacherMix(teachers, only_base, cond, uncond, 1.0), z, t0, 400, 1.0)
     sd = ((1 - t0) ** 2 * s ** 2 + t0 ** 2) ** 0.5
     torch.testing.assert_close(x0, mu + s * (z - (1 - t0) * mu) / sd, rtol=0, atol=1e-2)  # Euler: O(1/nfe)
     lam = torch.tensor([[1.0, 0.0], [0.25, 0.75], [0.5, 0.5]])
-    one = dmd.teacher_ode_x0(teachers, lam, z, t0, 1, 1.0, cond, uncond, 2.5)
-    want, _ = dmd.real_x0(teachers, lam, z, torch.full((b,), t0), cond, uncond, 2.5)
+    mix = dmd.TeacherMix(teachers, lam, cond, uncond, 2.5)
+    one = dmd.teacher_ode_x0(mix, z, t0, 1, 1.0)
+    want, _ = dmd.real_x0(mix, z, torch.full((b,), t0))
     torch.testing.assert_close(one, want)
 
 

@@ -22,6 +22,9 @@ Closed-form checks: `pytest tests/test_distill.py -k gaussian`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -56,36 +59,50 @@ def simulate(student, noises: Tensor, timesteps: list[float], k: int, cond: Cond
     return x0_from_v(z, t, v), v, z
 
 
+@dataclass
+class TeacherMix:
+    """The guided teachers of one batch (eq. 5): the models by name with their λ per row, the conditions, and how
+    the guided velocity is formed. `cfg_rule`: the family's guidance formula (sampling.guided_velocity; None = the
+    standard one). `any_rank` (sharded teachers, roles.Dist.any): a teacher some other rank needs runs here too, on
+    one row whose output is dropped, so every rank makes the same calls. `nonfinite` collects the names of the
+    teachers whose output held NaN or Inf (the DMD gradient's nan_to_num would hide it)."""
+
+    teachers: dict[str, torch.nn.Module]
+    weights: Tensor  # (B, M): λ_m(c_b), columns in the order of `teachers`
+    cond: Cond
+    uncond: Cond
+    cfg_scale: float
+    bf16: bool = False
+    cfg_rule: Callable | None = None
+    any_rank: Callable | None = None
+    nonfinite: list[str] = field(default_factory=list)
+
+
 @torch.no_grad()
-def real_x0(teachers: dict, weights: Tensor, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond, cfg_scale: float,
-            bf16: bool = False, cfg_rule=None, any_rank=None, nonfinite: list | None = None
-            ) -> tuple[Tensor, list[str]]:
-    """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5); weights (B, M) in the order of `teachers`; `cfg_rule`: the
-    family's guidance formula (sampling.guided_velocity; None = the standard one). `any_rank` (sharded teachers,
-    roles.Dist.any): a teacher some other rank needs runs here too, on one row whose output is dropped, so every
-    rank makes the same calls. Returns the mix (B, C, H, W) and the names of the teachers that ran; the names of
-    those whose output held NaN or Inf are appended to `nonfinite` (the DMD gradient's nan_to_num would hide it)."""
-    mix = torch.zeros_like(x_t)
+def real_x0(mix: TeacherMix, x_t: Tensor, t: Tensor) -> tuple[Tensor, list[str]]:
+    """Σ_m λ_m(c)·x0_m(x_t, t, c) with CFG (eq. 5) for the teachers of `mix`. Returns the mix (B, C, H, W) and the
+    names of the teachers that ran; those whose output held NaN or Inf are appended to `mix.nonfinite`."""
+    out = torch.zeros_like(x_t)
     ran = []
-    for m, (name, teacher) in enumerate(teachers.items()):
-        w = weights[:, m].to(x_t.device)  # (B,)
+    for m, (name, teacher) in enumerate(mix.teachers.items()):
+        w = mix.weights[:, m].to(x_t.device)  # (B,)
         rows = (w > 0).nonzero().squeeze(1)
-        needed = rows.numel() > 0 if any_rank is None else any_rank(rows.numel() > 0)[0]
+        needed = rows.numel() > 0 if mix.any_rank is None else mix.any_rank(rows.numel() > 0)[0]
         if not needed:
             continue  # a zero-weight teacher is never evaluated
         stand_in = rows.numel() == 0
         rows = rows if not stand_in else torch.zeros(1, dtype=torch.long, device=x_t.device)
         ran.append(name)
-        with autocast(x_t.device, bf16):
-            v = guided_velocity(teacher, x_t[rows], t[rows], cond.select(rows), uncond.select(rows), cfg_scale,
-                                cfg_rule)
+        with autocast(x_t.device, mix.bf16):
+            v = guided_velocity(teacher, x_t[rows], t[rows], mix.cond.select(rows), mix.uncond.select(rows),
+                                mix.cfg_scale, mix.cfg_rule)
         if stand_in:
             continue
-        if nonfinite is not None and not bool(torch.isfinite(v).all()):
-            nonfinite.append(name)
+        if not bool(torch.isfinite(v).all()):
+            mix.nonfinite.append(name)
         x0 = x0_from_v(x_t[rows], t[rows], v.float())  # (R, C, H, W)
-        mix[rows] += w[rows, None, None, None] * x0
-    return mix, ran
+        out[rows] += w[rows, None, None, None] * x0
+    return out, ran
 
 
 @torch.no_grad()
@@ -122,16 +139,14 @@ def first_step_fm_loss(v: Tensor, eps: Tensor, x_data: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def teacher_ode_x0(teachers: dict, weights: Tensor, z: Tensor, t0: float, nfe: int, shift: float, cond: Cond,
-                   uncond: Cond, cfg_scale: float, bf16: bool = False, cfg_rule=None, any_rank=None,
-                   nonfinite: list | None = None) -> Tensor:
+def teacher_ode_x0(mix: TeacherMix, z: Tensor, t0: float, nfe: int, shift: float) -> Tensor:
     """The ODE of the λ-weighted guided teachers from z at time t0 to t = 0, in `nfe` Euler steps on the shifted grid
     scaled to [0, t0]. Each step's velocity (z - x0)/t is affine in x0, so mixing the teachers' x0 (`real_x0`)
     mixes their velocities: z' = z + (t' - t)·v, and the last step (t' = 0) lands on x0."""
     times = euler_timesteps(nfe, shift) * t0
     for t, t_next in zip(times[:-1].tolist(), times[1:].tolist()):
         tt = torch.full((len(z),), t, device=z.device)
-        x0, _ = real_x0(teachers, weights, z, tt, cond, uncond, cfg_scale, bf16, cfg_rule, any_rank, nonfinite)
+        x0, _ = real_x0(mix, z, tt)
         z = z + (t_next - t) * v_from_x0(z, tt, x0)
     return z
 

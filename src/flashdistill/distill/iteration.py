@@ -33,6 +33,7 @@ import torch
 from flashdistill.conditioning import Cond
 from flashdistill.distill import dmd, gan, pairs
 from flashdistill.distill.pairs import PairsCache
+from flashdistill.distill.results import CriticStep, GeneratorRows, GeneratorStep, Terms
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.recipe import Recipe
 from flashdistill.distill.layouts import fsdp
@@ -99,8 +100,7 @@ class Context:
     family: object = None  # distill/families.py: the teachers' CFG rule and the export
     snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
     peek: bool = False  # keep this iteration's first rows of x_θ, x0_real, x0_fake in `peeked` (for the logs)
-    peeked: dict[str, torch.Tensor] = field(default_factory=dict)
-    terms: dict[str, list[float]] = field(default_factory=dict)  # this iteration's optional terms (regression, GAN)
+    peeked: dict[str, torch.Tensor] = field(default_factory=dict)  # train_iteration's, from its GeneratorStep
     gan_snapshot: Snapshot = field(default_factory=Snapshot)  # the GAN head before the critic updates
     step: int = 0  # the iteration being run (0-based): the GAN's warm-up and the pairs' weight read it
     pairs: PairsCache | None = None  # the teachers' cached images the student regresses onto (distill/pairs.py)
@@ -131,31 +131,33 @@ def micro_batches(rows: int, micro: int) -> list[slice]:
     return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
 
 
-def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, draws: Draws) -> tuple:
-    """Eq. 4/7 with backward simulation, up to the gradient: (x_θ detached, loss, grad norm, finite, teachers that
-    ran, mean DMD-gradient norm per row). The rows run in micro-batches whose gradients add up to the whole batch's (each loss weighted by its share
-    of the rows); `apply_generator` takes the step once the critic's updates have been finite too."""
+def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, draws: Draws) -> GeneratorStep:
+    """Eq. 4/7 with backward simulation, up to the gradient. The rows run in micro-batches whose gradients add up to
+    the whole batch's (each loss weighted by its share of the rows)."""
     r, rc = ctx.roles, ctx.recipe
     r.opt_student.zero_grad(set_to_none=True)
     n = cond.batch_size
     parts = micro_batches(n, rc.dmd.micro_batch)
-    xs, loss_sum, ran, dmd_norm = [], pairs_update(ctx), [], 0.0
+    terms = Terms()
+    xs, loss_sum, ran, dmd_norm, peeked = [], pairs_update(ctx, terms), [], 0.0, {}
     for j, sl in enumerate(parts):
         with grad_sync(r.student_train, j == len(parts) - 1):
-            x, loss, names, norms = generator_rows(ctx, None if x_data is None else x_data[sl], cond.rows(sl),
-                                                   uncond.rows(sl), draws.rows(sl, draws.t.device), j == 0)
+            rows = generator_rows(ctx, None if x_data is None else x_data[sl], cond.rows(sl), uncond.rows(sl),
+                                  draws.rows(sl, draws.t.device), j == 0)
             with ctx.timed("student"):
-                (loss * ((sl.stop - sl.start) / n)).backward()  # under DDP the last one all-reduces
-        xs.append(x)
-        loss_sum += loss.item() * (sl.stop - sl.start) / n
-        dmd_norm += float(norms.sum()) / n
-        ran += [m for m in names if m not in ran]
+                (rows.loss * ((sl.stop - sl.start) / n)).backward()  # under DDP the last one all-reduces
+        xs.append(rows.x)
+        loss_sum += rows.loss.item() * (sl.stop - sl.start) / n
+        dmd_norm += float(rows.dmd_norms.sum()) / n
+        ran += [m for m in rows.teachers_ran if m not in ran]
+        terms.merge(rows.terms)
+        peeked = peeked or rows.peeked
     with ctx.timed("student"):
         ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, rc.dmd.grad_clip, ctx.dist)
-    return torch.cat(xs), loss_sum, norm, ok, ran, dmd_norm
+    return GeneratorStep(torch.cat(xs), loss_sum, norm, ok, ran, dmd_norm, terms, peeked)
 
 
-def pairs_update(ctx: Context) -> float:
+def pairs_update(ctx: Context, terms: Terms) -> float:
     """The paired regression's backward (distill/pairs.py), before the DMD's micro-batches so that their last,
     synchronised backward carries its gradient to every rank; returns its weighted loss (0.0 when off)."""
     rc, r, cache = ctx.recipe, ctx.roles, ctx.pairs
@@ -176,29 +178,33 @@ def pairs_update(ctx: Context) -> float:
         term = pairs.regression_distance(x0, target.to(dev), rc.pairs.distance, r.critic, cond, layers, eps,
                                          rc.dmd.bf16)
         (weight * term).backward()
-    ctx.terms.setdefault("loss_pairs", []).append(term.item())
+    terms.add("loss_pairs", term.item())
     return weight * term.item()
 
 
+def teacher_mix(ctx: Context, draws: Draws, cond: Cond, uncond: Cond) -> dmd.TeacherMix:
+    """The λ_k-weighted guided teachers of these rows, the columns matched to the teachers by name."""
+    rc = ctx.recipe
+    teachers = {name: ctx.roles.teachers[name] for name in ctx.guidance.teachers}
+    any_rank = ctx.dist.any if fsdp.active(rc, ctx.dist) else None  # same teacher calls on every rank
+    return dmd.TeacherMix(teachers, ctx.guidance.weights(draws.k, cond.category), cond, uncond, rc.dmd.cfg_scale,
+                          rc.dmd.bf16, ctx.family.cfg_rule, any_rank)
+
+
 def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond: Cond, draws: Draws,
-                   first: bool) -> tuple:
-    """One micro-batch of the generator update: (x_θ detached, its loss with a graph, teachers that ran, the DMD
-    gradient's norm per row). The `first` micro-batch fills `ctx.peeked` when `ctx.peek` asks for it."""
-    r, rc = ctx.roles, ctx.recipe
+                   first: bool) -> GeneratorRows:
+    """One micro-batch of the generator update. The `first` micro-batch keeps its first rows of x_θ, x0_real and
+    x0_fake when `ctx.peek` asks for them."""
+    r, rc, terms = ctx.roles, ctx.recipe, Terms()
     with ctx.timed("student"):
         x, v, z = dmd.simulate(r.student_train, draws.noises, rc.timesteps, draws.k, cond, rc.dmd.bf16, r.student)
     x_t = interpolate(x.detach(), draws.xi, draws.t)
     with ctx.timed("teachers"):
-        weights = ctx.guidance.weights(draws.k, cond.category)  # (b, M)
-        any_rank = ctx.dist.any if fsdp.active(rc, ctx.dist) else None  # same teacher calls on every rank
-        bad: list[str] = []
-        x0_real, ran = dmd.real_x0(r.teachers, weights, x_t, draws.t, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
-                                   ctx.family.cfg_rule, any_rank, bad)
+        mix = teacher_mix(ctx, draws, cond, uncond)
+        x0_real, ran = dmd.real_x0(mix, x_t, draws.t)
         if rc.dmd.regression > 0:
-            target = dmd.teacher_ode_x0(r.teachers, weights, z, rc.timesteps[draws.k], rc.dmd.regression_nfe,
-                                        rc.student.shift, cond, uncond, rc.dmd.cfg_scale, rc.dmd.bf16,
-                                        ctx.family.cfg_rule, any_rank, bad)
-        if ctx.dist.any(bool(bad))[0]:
+            target = dmd.teacher_ode_x0(mix, z, rc.timesteps[draws.k], rc.dmd.regression_nfe, rc.student.shift)
+        if ctx.dist.any(bool(mix.nonfinite))[0]:
             check_teachers(ctx, ran, cond, uncond)
     with ctx.timed("critic"):
         x0_fake = dmd.fake_x0(r.critic, x_t, draws.t, cond, rc.dmd.bf16)
@@ -209,19 +215,18 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
             loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
         if rc.dmd.regression > 0:
             term = dmd.regression_loss(x, target)
-            ctx.terms.setdefault("loss_reg", []).append(term.item())
+            terms.add("loss_reg", term.item())
             loss = loss + rc.dmd.regression * term
     weight = rc.gan.weight_at(ctx.step)
     if r.gan_head is not None and weight > 0:
         with ctx.timed("critic"):  # D(x_θ_s) through the critic, with a graph back to the student
             fake = gan.logits(r.critic, r.gan_head, x, draws.gan_eps[0], draws.gan_t[0], cond, rc.dmd.bf16)
             term = gan.generator_gan_loss(fake)
-        ctx.terms.setdefault("loss_gan", []).append(term.item())
+        terms.add("loss_gan", term.item())
         loss = loss + weight * term
-    if first and ctx.peek:
-        ctx.peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
-                      for name, value in (("x", x), ("x0_real", x0_real), ("x0_fake", x0_fake))}
-    return x.detach(), loss, ran, grad.float().flatten(1).norm(dim=1)
+    peeked = {name: value[:PEEK_ROWS].detach().float().cpu()
+              for name, value in (("x", x), ("x0_real", x0_real), ("x0_fake", x0_fake))} if first and ctx.peek else {}
+    return GeneratorRows(x.detach(), loss, ran, grad.float().flatten(1).norm(dim=1), terms, peeked)
 
 
 @torch.no_grad()
@@ -255,12 +260,12 @@ def apply_generator(ctx: Context) -> None:
 
 
 def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_data: torch.Tensor | None = None
-                  ) -> tuple[float, float, bool, float]:
-    """`critic.updates` flow-matching steps on the detached student samples, each over the batch's micro-batches:
-    (mean loss, last norm, all finite, first loss). With the GAN term on, each update also trains the classifier
-    on the real images `x_data` against the student's. A non-finite update stops them and puts the critic, the
-    classifier and their optimizers back as before the first."""
-    r, rc = ctx.roles, ctx.recipe
+                  ) -> CriticStep:
+    """`critic.updates` flow-matching steps on the detached student samples, each over the batch's micro-batches.
+    With the GAN term on, each update also trains the classifier on the real images `x_data` against the
+    student's. A non-finite update stops them and puts the critic, the classifier and their optimizers back as
+    before the first."""
+    r, rc, terms = ctx.roles, ctx.recipe, Terms()
     losses, norm = [], float("nan")
     before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
     head_before = ctx.gan_snapshot.take(r.gan_head, r.opt_gan) if before and r.gan_head is not None else None
@@ -273,7 +278,7 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
             loss = 0.0
             for j, sl in enumerate(parts):
                 with grad_sync(r.critic_train, j == len(parts) - 1):
-                    part = critic_rows(ctx, x[sl], None if x_data is None else x_data[sl], draws, u, sl, cond)
+                    part = critic_rows(ctx, x[sl], None if x_data is None else x_data[sl], draws, u, sl, cond, terms)
                     part = part * ((sl.stop - sl.start) / cond.batch_size)
                     part.backward()
                 loss += part.item()
@@ -288,15 +293,15 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
                     before.restore(r.critic, r.opt_critic)
                 if head_before is not None and u > 0:
                     head_before.restore(r.gan_head, r.opt_gan)
-                return sum(losses) / len(losses), norm, False, losses[0]
-    return sum(losses) / len(losses), norm, True, losses[0]
+                return CriticStep(sum(losses) / len(losses), norm, False, losses[0], terms)
+    return CriticStep(sum(losses) / len(losses), norm, True, losses[0], terms)
 
 
 def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draws: Draws, u: int, sl: slice,
-                cond: Cond) -> torch.Tensor:
+                cond: Cond, terms: Terms) -> torch.Tensor:
     """One micro-batch of critic update `u`: flow matching on the student's samples (eq. 2), plus with the GAN
     term the classifier's loss on real against fake rows, both noised to the GAN's own (s, eps) of this update,
-    in one forward (distill/gan.py)."""
+    in one forward (distill/gan.py); the classifier's loss and accuracy go to `terms`."""
     r, rc = ctx.roles, ctx.recipe
     eps, t, rows = draws.critic_eps[u, sl], draws.critic_t[u, sl], cond.rows(sl)
     loss = dmd.critic_loss(r.critic_train, x, eps, t, rows, rc.dmd.bf16)
@@ -307,34 +312,35 @@ def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draw
                       torch.cat([s, s]), concat_cond(rows, rows), rc.dmd.bf16)
     real, fake = both.chunk(2)
     term = gan.classifier_loss(real, fake)
-    ctx.terms.setdefault("loss_gan_critic", []).append(term.item())
-    ctx.terms.setdefault("gan_acc", []).append(gan.accuracy(real, fake))
+    terms.add("loss_gan_critic", term.item())
+    terms.add("gan_acc", gan.accuracy(real, fake))
     return loss + rc.gan.critic_weight * term
-
 
 
 def train_iteration(ctx: Context, step: int) -> dict:
     """One generator update and its critic updates on batch `step`; returns the iteration's metrics."""
     start = time.perf_counter()
     ctx.timers.clear()
-    ctx.peeked, ctx.terms, ctx.step = {}, {}, step
+    ctx.step = step
     with ctx.timed("data"):
         x_data, cond, uncond, draws = build_inputs(ctx, step)
-    x, loss_g, norm_g, ok_g, ran, dmd_norm = generator_update(ctx, x_data, cond, uncond, draws)
-    nan = float("nan")
-    loss_c, norm_c, ok_c, first_c = critic_update(ctx, x, cond, draws, x_data) if ok_g else (nan, nan, False, nan)
-    if ok_g and ok_c:
+    gen = generator_update(ctx, x_data, cond, uncond, draws)
+    ctx.peeked = gen.peeked
+    critic = critic_update(ctx, gen.x, cond, draws, x_data) if gen.finite else CriticStep.skipped()
+    if gen.finite and critic.finite:
         apply_generator(ctx)
     else:
         ctx.roles.opt_student.zero_grad(set_to_none=True)
     dist = ctx.dist
-    metrics = {"step": step + 1, "loss": dist.mean(loss_g), "loss_critic": dist.mean(loss_c), "grad_norm": norm_g,
-               "grad_norm_critic": norm_c, "dmd_grad_norm": dmd_norm, "k": draws.k,
-               "skipped": int(not (ok_g and ok_c)), "teachers_run": ran,
+    loss_g = dist.mean(gen.loss)
+    metrics = {"step": step + 1, "loss": loss_g, "loss_critic": dist.mean(critic.loss), "grad_norm": gen.grad_norm,
+               "grad_norm_critic": critic.grad_norm, "dmd_grad_norm": gen.dmd_grad_norm, "k": draws.k,
+               "skipped": int(not (gen.finite and critic.finite)), "teachers_run": gen.teachers_ran,
                # the weights this iteration started from gave finite losses (its updates may still have failed)
-               "weights_ok": bool(math.isfinite(dist.mean(loss_g)) and math.isfinite(dist.mean(first_c))),
+               "weights_ok": bool(math.isfinite(loss_g) and math.isfinite(dist.mean(critic.first_loss))),
                "lr": ctx.recipe.dmd.lr, "edit_rows": int(cond.has_source.sum())}
-    metrics.update({name: sum(values) / len(values) for name, values in ctx.terms.items()})
+    gen.terms.merge(critic.terms)
+    metrics.update(gen.terms.means())
     metrics.update({f"time_{part}": seconds for part, seconds in ctx.timers.items()})
     metrics["step_time"] = time.perf_counter() - start
     return metrics

@@ -108,12 +108,12 @@ def guidance_row(timesteps: list[float], t: float) -> int:
 def teacher_images(teachers: dict, guidance, timesteps: list[float], sigmas: torch.Tensor, z: torch.Tensor, cond,
                    uncond, cfg_scale: float, cfg_rule=None, bf16: bool = False) -> torch.Tensor:
     """The λ-mixed guided teachers' ODE from z at t = 1 along `sigmas` (nfe + 1 times, last 0): x (B, C, H, W)."""
-    from flashdistill.distill.dmd import real_x0
+    from flashdistill.distill.dmd import TeacherMix, real_x0
 
     for t, t_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
         weights = guidance.weights(guidance_row(timesteps, t), cond.category)  # (B, M)
         tt = torch.full((len(z),), t, device=z.device)
-        x0, _ = real_x0(teachers, weights, z, tt, cond, uncond, cfg_scale, bf16, cfg_rule)
+        x0, _ = real_x0(TeacherMix(teachers, weights, cond, uncond, cfg_scale, bf16, cfg_rule), z, tt)
         z = z + (t_next - t) * v_from_x0(z, tt, x0)
     return z
 
