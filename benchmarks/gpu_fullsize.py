@@ -125,7 +125,7 @@ def batch8(bench: Bench, args, recipe, roles, ctx) -> None:
     from flashdistill.distill import iteration
 
     flops = FlopCounter(roles.student.base.transformer)
-    recipe.dmd.batch_size, recipe.dmd.micro_batch, recipe.tasks.ratio = args.batch, args.micro, "0:1"
+    recipe.dmd.batch_size, recipe.run.micro_batch, recipe.tasks.ratio = args.batch, args.micro, "0:1"
     ctx = iteration.build_context(recipe, roles, ctx.dist, bench.work / "run", None)
     before, rows = snapshot(roles.student), []
     for i in range(args.batch_iters):

@@ -1,4 +1,4 @@
-"""Gradient accumulation (`dmd.micro_batch`): a run's result does not depend on its micro-batch.
+"""Gradient accumulation (`run.micro_batch`): a run's result does not depend on its micro-batch.
 
 The global batch, every random draw and each row's loss weight stay the same; only how many rows go through one
 forward/backward changes, so micro-batches of 1, 2 and 4 rows must give the losses, gradient norms and weights of
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "qwen-image-flash.yaml"
 FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=cpu", "run.threads=1",
         "run.log_every=1", "dmd.iterations=3", "run.checkpoint_every=3", "dmd.lr=1e-2", "critic.lr=1e-2",
-        "dmd.ema_decay=0.5", "roles.frozen_dtype=fp32", "dmd.micro_batch=0"]
+        "dmd.ema_decay=0.5", "roles.frozen_dtype=fp32", "run.micro_batch=0"]
 # Weights: AdamW at lr 1e-2 turns float noise in a near-zero gradient element into a step of up to lr, so a few
 # elements of 2 ranks against 1 differ by up to ~7e-5 after 3 steps (measured); a missed synchronisation or a
 # micro-batch weighted wrongly moves elements by ~1e-2.
@@ -87,7 +87,7 @@ def _grads(sets: list[str], micro: int) -> dict:
     from flashdistill.distill.layouts.build import build_roles
     from flashdistill.runtime.dist import Dist
 
-    recipe = load_recipe(RECIPE, sets + FAST + [f"dmd.micro_batch={micro}", "critic.updates=1"])
+    recipe = load_recipe(RECIPE, sets + FAST + [f"run.micro_batch={micro}", "critic.updates=1"])
     dist = Dist()
     roles = build_roles(recipe, dist)
     ctx = iteration.build_context(recipe, roles, dist, Path("unused"), None)
@@ -113,7 +113,7 @@ def test_one_update_has_the_same_gradient_in_micro_batches(qwen_world):
 @pytest.mark.parametrize("micro", [1, 2, 4])
 def test_micro_batches_match_one_pass(qwen_world, one_pass, tmp_path, micro):
     _, sets = qwen_world
-    train_distill(load_recipe(RECIPE, sets + FAST + [f"dmd.micro_batch={micro}"]), tmp_path / "run")
+    train_distill(load_recipe(RECIPE, sets + FAST + [f"run.micro_batch={micro}"]), tmp_path / "run")
     _same(one_pass, tmp_path / "run")
 
 
@@ -123,7 +123,7 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "flashdistill", "distill", str(RECIPE), "--out", str(tmp_path / "two"), "--set", *sets, *FAST,
-           "dmd.micro_batch=1", "run.parallel=fsdp"]
+           "run.micro_batch=1", "run.parallel=fsdp"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     la, lb = _log(one_pass), _log(tmp_path / "two")

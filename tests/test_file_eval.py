@@ -4,7 +4,7 @@ A tiny T2I pipeline folder assembled from diffusers' and transformers' own class
 `QwenImagePipeline.save_pretrained` (not by our tiny-folder command), prompts of categories landscape / portrait /
 text, `tasks.ratio=1:0`: `flashdistill cache`, `flashdistill distill configs/qwen-image-flash.yaml` unedited (the
 guidance rows for text_editing are reported and left out) and `flashdistill generate` succeed; with `eval.every`
-and `eval.prompts` the run writes PNG samples under eval/; `dmd.micro_batch` leaves the first iteration's losses as
+and `eval.prompts` the run writes PNG samples under eval/; `run.micro_batch` leaves the first iteration's losses as
 they were; with `eval.judge: vlm` against a local fake OpenAI-compatible server the best student is exported to
 best/ and `eval.patience` stops the run, and the API key reaches no file.
 """
@@ -19,7 +19,7 @@ import torch
 from flashdistill.cli import main
 
 RECIPE = str(Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml")
-FAST = ["roles.lora_rank=4", "dmd.batch_size=2", "dmd.micro_batch=0", "dmd.bf16=false", "run.device=cpu",
+FAST = ["roles.lora_rank=4", "dmd.batch_size=2", "run.micro_batch=0", "dmd.bf16=false", "run.device=cpu",
         "run.threads=1", "run.log_every=1", "dmd.iterations=2", "run.checkpoint_every=2", "dmd.lr=1e-2"]
 PROMPTS = [("a lake at dawn", "landscape"), ("snowy peaks", "landscape"), ("an old man smiling", "portrait"),
            ("a sign that reads OPEN", "text")]
@@ -102,7 +102,7 @@ def test_micro_batch_leaves_the_first_iteration_losses_unchanged(t2i, tmp_path):
     for micro in (0, 1):
         run = tmp_path / f"m{micro}"
         assert main(["distill", RECIPE, "--out", str(run), "--set", *sets, *FAST, "dmd.iterations=1",
-                     "run.checkpoint_every=1", f"dmd.micro_batch={micro}"]) == 0
+                     "run.checkpoint_every=1", f"run.micro_batch={micro}"]) == 0
         logs[micro] = json.loads((run / "log.jsonl").read_text().splitlines()[0])
     for key in ("loss", "loss_critic", "grad_norm", "grad_norm_critic"):
         assert logs[1][key] == pytest.approx(logs[0][key], rel=1e-4), key

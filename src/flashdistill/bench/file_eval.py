@@ -31,6 +31,7 @@ import torch
 from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.conditioning import Cond
 from flashdistill.errors import UserError
+from flashdistill.runtime.steps import micro_batches
 from flashdistill.sampling import few_step_sample
 
 
@@ -58,11 +59,13 @@ class FileEval:
                                 f"(or use eval.judge none)")
         self.folder, self.out, self.device, self.judge = family.folder, Path(out), device, judge
         self.timesteps, self.bf16 = recipe.timesteps, recipe.dmd.bf16
-        self.chunk = recipe.dmd.micro_batch or 1
+        self.micro, self.batch = recipe.run.micro_batch, recipe.dmd.batch_size  # rows per pass as in training
         self.sides = family.latent_sides()  # (h, w) of the targets' latents, as the training batches have them
         self.decoder = None
 
     def __call__(self, ema, iteration: int, dist) -> dict | None:
+        # rows per forward: run.micro_batch, 0 = the rank's whole share of the training batch (as in training)
+        self.chunk = self.micro or len(range(self.batch)[dist.rows(self.batch)])
         latents = {"t2i": self._sample(ema, self.t2i, self._t2i_cond), "edit": self._sample(ema, self.edits,
                                                                                             self._edit_cond)}
         if not dist.main:
@@ -92,8 +95,8 @@ class FileEval:
         rows per forward, from seed = the item's index."""
         shape = (ema.config.channels, *self.sides)
         out = []
-        for start in range(0, len(items), self.chunk):
-            rows = list(range(start, min(start + self.chunk, len(items))))
+        for part in micro_batches(len(items), self.chunk):
+            rows = list(range(part.start, part.stop))
             cond = make_cond([items[i] for i in rows]).to(self.device)
             noise = torch.stack([_noise(i, 0, shape) for i in rows]).to(self.device)
             renoise = [torch.stack([_noise(i, k, shape) for i in rows]).to(self.device)

@@ -106,9 +106,10 @@ def add_command(top) -> None:
                    help="dtype of the frozen weights (default: the recipe's roles.frozen_dtype; auto plans as bf16)")
     p.add_argument("--resolution", type=int, default=None, help="target side in pixels, a multiple of 16 "
                                                                  "(default: the recipe's data.resolution, or 1024)")
-    p.add_argument("--micro-batch", "--batch-size", dest="micro_batch", type=int, default=None,
-                   help="rows per forward/backward on a rank (default: the recipe's dmd.micro_batch, or its "
-                        "batch per rank; 1 without a recipe)")
+    p.add_argument("--micro-batch", dest="micro_batch", type=int, default=None,
+                   help="rows per forward/backward on a rank (default: the recipe's run.micro_batch, or its "
+                        "batch per rank; 1 without a recipe). The global batch is the recipe's: --set "
+                        "dmd.batch_size=N")
     p.add_argument("--t2i-only", action="store_true", help="no edit rows (tasks.ratio N:0)")
     p.add_argument("--offload", action="store_true",
                    help="run.parallel fsdp with run.fsdp_offload: states and gradients in host memory")

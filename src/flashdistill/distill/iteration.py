@@ -42,7 +42,7 @@ from flashdistill.errors import UserError
 from flashdistill.flow import interpolate
 from flashdistill.runtime.dist import Dist
 from flashdistill.runtime.guard import Snapshot, finish_backward, grad_sync
-from flashdistill.runtime.steps import ema_update, step_generator
+from flashdistill.runtime.steps import ema_update, micro_batches, step_generator
 from flashdistill.sampling import concat_cond, guided_velocity
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_pairs",
@@ -125,19 +125,13 @@ def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor | None, Cond, Co
     return x, batch.cond.to(dev), batch.uncond.to(dev), draws.rows(ctx.dist.rows(size), dev)
 
 
-def micro_batches(rows: int, micro: int) -> list[slice]:
-    """This rank's `rows` in passes of at most `micro` rows (`dmd.micro_batch`; 0 = one pass)."""
-    size = micro or rows
-    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]
-
-
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, draws: Draws) -> GeneratorStep:
     """Eq. 4/7 with backward simulation, up to the gradient. The rows run in micro-batches whose gradients add up to
     the whole batch's (each loss weighted by its share of the rows)."""
     r, rc = ctx.roles, ctx.recipe
     r.opt_student.zero_grad(set_to_none=True)
     n = cond.batch_size
-    parts = micro_batches(n, rc.dmd.micro_batch)
+    parts = micro_batches(n, rc.run.micro_batch)
     terms = Terms()
     xs, loss_sum, ran, dmd_norm, peeked = [], pairs_update(ctx, terms), [], 0.0, {}
     for j, sl in enumerate(parts):
@@ -269,7 +263,7 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
     losses, norm = [], float("nan")
     before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
     head_before = ctx.gan_snapshot.take(r.gan_head, r.opt_gan) if before and r.gan_head is not None else None
-    parts = micro_batches(cond.batch_size, rc.dmd.micro_batch)
+    parts = micro_batches(cond.batch_size, rc.run.micro_batch)
     with ctx.timed("critic"):
         for u in range(rc.critic.updates):
             r.opt_critic.zero_grad(set_to_none=True)
@@ -356,8 +350,7 @@ def build_context(recipe: Recipe, roles: Roles, dist: Dist, out, encoder=None) -
     source = family.source(recipe, out, encoder, roles.student.config)
     if hasattr(source, "check_rows"):  # before the first iteration: can a rank's batch stack its edit sources?
         source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
-    guidance = Guidance(recipe.guidance, list(recipe.teachers))
-    ctx = Context(recipe, roles, guidance, source, dist, {}, family)
+    ctx = Context(recipe, roles, recipe.weights, source, dist, {}, family)
     if recipe.pairs.enabled():
         ctx.pairs = open_pairs(recipe, family, source)
     return ctx

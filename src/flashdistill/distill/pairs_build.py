@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.pairs import (INDEX, PairsCache, guidance_row, pair_item, pair_noise, teacher_images,
                                         text_tag, write_index, write_shard)
 from flashdistill.errors import UserError
@@ -83,7 +82,7 @@ def build_pairs(recipe, folder: str | Path, n: int, nfe: int = 50, cfg_scale: fl
         _check_identity(folder, identity)
     dist.barrier()
     have = set(PairsCache(folder).indices) if (folder / INDEX).exists() else set()
-    guidance, mix = Guidance(recipe.guidance, list(recipe.teachers)), recipe.task_mix()
+    guidance, mix = recipe.weights, recipe.task_mix()
     todo = [(first, [i for i in range(first, min(first + shard_size, n)) if i not in have])
             for first in range(0, n, shard_size)]
     todo = [(first, missing) for s, (first, missing) in enumerate(todo) if missing and s % dist.world == dist.rank]

@@ -6,7 +6,7 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     student:   init_from (a teacher name), nfe, shift, timesteps (explicit list; default: the nfe-step shifted grid)
     critic:    init_from (a teacher name, the base teacher), lr, updates (critic updates per generator step)
     dmd:       cfg_scale, t_min/t_max/t_shift (DMD noise levels), normalize, lr, weight_decay, grad_clip,
-               batch_size (global), micro_batch (rows per forward/backward on a rank; 0 = all), iterations,
+               batch_size (global; the rows per pass are run.micro_batch), iterations,
                ema_decay, bf16, seed, first_step_fm (paper §6.1; 0 = off), regression (DMD's regression
                term onto the teachers' ODE output; 0 = off) and regression_nfe (that ODE's Euler steps),
                max_bad_steps (consecutive non-finite steps tolerated)
@@ -20,6 +20,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
                with data files: prompts / edits (eval files), judge (vlm | none), vlm_base_url, vlm_model,
                vlm_api_key_env, vlm_concurrency (bench/file_eval.py)
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
+               micro_batch (rows per forward/backward on a rank, gradient accumulation; 0 = the rank's whole share;
+               `dmd.micro_batch`, its old place, is still read),
                parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host),
                compile (none | blocks: torch.compile of every transformer block, `flashdistill.models.compiled`)
     gan:       generator_weight, critic_weight, layers, lr, t_min/t_max/t_shift (its own noise levels), warmup:
@@ -37,26 +39,26 @@ stays the string "7:3" (plain YAML 1.1 would read it as the base-60 integer 423)
 
 from __future__ import annotations
 
-import re
-from dataclasses import asdict, dataclass, field
+import copy
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from flashdistill.data.batches import EDIT_INDEX_RANGE, FileMix, TaskMix
+from flashdistill.data.batches import FileMix, TaskMix
 from flashdistill.distill.gan import GanSection
-from flashdistill.distill.guidance import parse_guidance
+from flashdistill.distill.guidance import Guidance, parse_guidance
 from flashdistill.distill.pairs import PairsSection
+from flashdistill.distill.recipe_data import DataSection, TasksSection
 from flashdistill.distill.recipe_eval import EvalSection
 from flashdistill.distill.recipe_run import RunSection
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
 from flashdistill.runtime import config as loader
 from flashdistill.runtime.config import from_dict, require
-from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
-from flashdistill.world.pools import PROMPTS_PER_CATEGORY
 
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
-# the remaining iterations move, not what the run is); `--resume` says which of them changed.
-RESUMABLE_KEYS = ("dmd.iterations", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
+# the remaining iterations move, not what the run is); `--resume` says which of them changed. `dmd.micro_batch` is
+# run.micro_batch's old place: checkpoints written before the move hold it.
+RESUMABLE_KEYS = ("dmd.iterations", "run.micro_batch", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
                   "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "run.compile", "eval.every", "eval.limit",
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "pairs.folder", "dmd.lr", "critic.lr",
@@ -69,7 +71,6 @@ FROZEN_DTYPES = ("auto", "bf16", "fp32")
 # 2 critic updates): 4096 rows are 28 GiB of draws, far past the shipped recipes' 8.
 MAX_BATCH = 4096
 MAX_LORA_RANK = 4096  # above the width of any Qwen-Image transformer (3072): a rank past it is a full matrix
-_RATIO = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*:\s*(\d+(?:\.\d*)?)\s*$")
 
 
 @dataclass
@@ -142,8 +143,7 @@ class DMDSection:
     lr: float = 2e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 disables clipping (the norm is still logged)
-    batch_size: int = 8  # global: split over ranks under torchrun
-    micro_batch: int = 0  # rows per forward/backward on a rank (gradient accumulation); 0 = all the rank's rows
+    batch_size: int = 8  # global: split over ranks under torchrun (rows per pass: run.micro_batch)
     iterations: int = 1000
     ema_decay: float = 0.99
     bf16: bool = False
@@ -163,7 +163,6 @@ class DMDSection:
         require(self.grad_clip >= 0, "dmd.grad_clip", "must be >= 0 (0 disables clipping)")
         require(1 <= self.batch_size <= MAX_BATCH, "dmd.batch_size", f"must be in [1, {MAX_BATCH}] (the global "
                  f"batch of one iteration), got {self.batch_size}")
-        require(self.micro_batch >= 0, "dmd.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
         require(self.iterations >= 1, "dmd.iterations", "must be >= 1")
         require(0 <= self.ema_decay < 1, "dmd.ema_decay", "must be in [0, 1)")
         require(self.seed >= 0, "dmd.seed", "must be >= 0")
@@ -172,71 +171,6 @@ class DMDSection:
         require(1 <= self.regression_nfe <= 1000, "dmd.regression_nfe", "must be in [1, 1000] (Euler steps per "
                  "iteration)")
         require(self.max_bad_steps >= 1, "dmd.max_bad_steps", "must be >= 1")
-
-
-@dataclass
-class DataSection:
-    """T2I category composition: relative weights, or prompt counts (weights ∝ counts, pool = first N prompts).
-
-    Without `prompts` / `edits` the items come from the embedded world and its categories; with them, from the
-    user's files, and the categories are the ones the files name (`categories()`)."""
-
-    composition: dict[str, float] | None = None
-    counts: dict[str, int] | None = None
-    prompts: str | None = None  # a prompts JSONL file (flashdistill.data.files); read by `flashdistill cache`
-    edits: str | None = None  # an edits JSONL file (image, instruction, category)
-    resolution: int | list[int] | None = None  # with data files: the target side, or [height, width], in pixels
-
-    def uses_files(self) -> bool:
-        return bool(self.prompts or self.edits)
-
-    def categories(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(T2I category -> items, edit category -> items): the files' when given, else the world's pools."""
-        if not self.uses_files():
-            return ({c: PROMPTS_PER_CATEGORY for c in T2I_CATEGORIES},
-                    {c: EDIT_INDEX_RANGE for c in EDIT_CATEGORIES})
-        from collections import Counter
-
-        from flashdistill.data.files import read_edits, read_prompts
-
-        t2i = Counter(i.category for i in read_prompts(self.prompts)) if self.prompts else Counter()
-        edit = Counter(i.category for i in read_edits(self.edits, check_images=False)) if self.edits else Counter()
-        return dict(t2i), dict(edit)
-
-    def check(self, t2i_known: dict[str, int]) -> None:
-        require(self.composition is None or self.counts is None, "data",
-                 "give data.composition (weights) or data.counts (numbers of prompts), not both")
-        where = f"the categories of {self.prompts}" if self.uses_files() else "the world's categories"
-        for name, table in (("composition", self.composition), ("counts", self.counts)):
-            for cat, w in (table or {}).items():
-                require(cat in t2i_known, f"data.{name}.{cat}", f"unknown category; known ({where}): "
-                         f"{', '.join(t2i_known) or 'none'}")
-                require(w >= 0, f"data.{name}.{cat}", f"must be >= 0, got {w}")
-        for cat, n in (self.counts or {}).items():
-            require(n <= t2i_known[cat], f"data.counts.{cat}", f"at most {t2i_known[cat]} prompts exist")
-        require(self.resolution is None or self.uses_files(), "data.resolution",
-                 "applies to data files only (the world renders at the teachers' resolution)")
-        self.size()
-
-    def size(self, default: int = 1024) -> tuple[int, int]:
-        """(height, width) of the targets in pixels; a UserError naming the key for a size the pipelines refuse."""
-        from flashdistill.models.qwen_image import image_size
-
-        return image_size(default if self.resolution is None else self.resolution, "data.resolution")
-
-
-@dataclass
-class TasksSection:
-    ratio: str = "5:5"  # T2I : Edit
-    edit_mix: dict[str, float] = field(default_factory=lambda: {c: 1.0 for c in EDIT_CATEGORIES})
-
-    def weights(self) -> tuple[float, float]:
-        match = _RATIO.match(self.ratio)
-        if not match:
-            raise UserError(f"tasks.ratio: must look like 5:5 (T2I:Edit), got {self.ratio!r}")
-        a, b = float(match.group(1)), float(match.group(2))
-        require(a + b > 0, "tasks.ratio", "at least one side must be > 0")
-        return a, b
 
 
 @dataclass
@@ -253,6 +187,10 @@ class Recipe:
     gan: GanSection = field(default_factory=GanSection)  # DMD2's GAN term on the critic's features (off)
     pairs: PairsSection = field(default_factory=PairsSection)  # regression onto cached teacher images (off)
     guidance: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # category -> K rows, validated
+    # Built once by `recipe_from_raw` from the sections above; not read from a file, not part of the identity:
+    known: tuple[dict[str, int], dict[str, int]] = field(default=({}, {}), init=False)  # data.categories(), read once
+    weights: Guidance | None = field(default=None, init=False)  # `guidance` as the λ lookup the engine uses
+    notes: list[str] = field(default_factory=list, init=False)  # one-line notes for the user (the commands print)
 
     def check(self) -> Recipe:
         require(bool(self.teachers), "teachers", "name at least one teacher, e.g. teachers: {base: teacher:base}")
@@ -260,7 +198,7 @@ class Recipe:
             name = getattr(self, role).init_from
             require(name in self.teachers, f"{role}.init_from", f"unknown teacher {name!r}; teachers: "
                      f"{', '.join(self.teachers)}")
-        t2i_known, edit_known = self.data.categories()
+        self.known = t2i_known, edit_known = self.data.categories()
         self.data.check(t2i_known)
         for section in (self.student, self.critic, self.dmd, self.run, self.roles, self.gan, self.pairs):
             section.check()
@@ -281,7 +219,7 @@ class Recipe:
 
     def check_tasks(self) -> None:
         """Before training: both sides of tasks.ratio have items (a prompts-only recipe may still build a cache)."""
-        t2i_known, edit_known = self.data.categories()
+        t2i_known, edit_known = self.known
         t2i, edit = self.tasks.weights()
         require(t2i == 0 or bool(t2i_known), "tasks.ratio", f"{self.tasks.ratio} asks for T2I rows but data.prompts "
                  f"is not set")
@@ -298,7 +236,7 @@ class Recipe:
 
     def categories(self) -> list[str]:
         """Every category a batch can hold, T2I first (the guidance table's rows)."""
-        t2i_known, edit_known = self.data.categories()
+        t2i_known, edit_known = self.known
         return list(dict.fromkeys([*t2i_known, *edit_known]))
 
     @property
@@ -309,7 +247,7 @@ class Recipe:
         """The sampler's levers (flashdistill.data.batches.TaskMix) from `data` and `tasks`."""
         t2i, edit = self.tasks.weights()
         d = self.data
-        t2i_known, edit_known = d.categories()
+        t2i_known, edit_known = self.known
         composition = d.composition or {c: float(n) for c, n in (d.counts or {}).items()}
         files = dict(t2i_categories=tuple(t2i_known), edit_categories=tuple(edit_known), t2i_sizes=t2i_known,
                      edit_sizes=edit_known) if d.uses_files() else {}
@@ -328,21 +266,40 @@ class Recipe:
             raise UserError(msg) from None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe's settings (what checkpoints record and resumes compare), without what is built from them."""
+        return {f.name: asdict(value) if is_dataclass(value) else copy.deepcopy(value)
+                for f in fields(self) if f.init for value in [getattr(self, f.name)]}
 
 
 def recipe_from_raw(raw: dict | None, overrides: list[str] | None = None) -> Recipe:
+    """The recipe, built once: the strict loader reads every section but `guidance`, whose rows name the teachers
+    and the categories and so are checked after them (`parse_guidance`); then `known`, `weights` and `notes`."""
     raw = loader.with_overrides(raw, overrides)
+    moved = _micro_batch_moved(raw)
     guidance = raw.pop("guidance", None)
     for name, spec in (raw.get("teachers") or {}).items() if isinstance(raw.get("teachers"), dict) else ():
         require(spec is not None, f"teachers.{name}", f"not set: pass --set teachers.{name}=PATH")
     recipe = from_dict(Recipe, raw)
-    recipe.notes = []  # one-line notes for the user (not part of the recipe's identity)
     recipe.check()
+    recipe.notes += moved
     if recipe.data.uses_files():
         guidance = _rows_the_files_hold(guidance, recipe, overrides or [])
     recipe.guidance = parse_guidance(guidance, list(recipe.teachers), len(recipe.timesteps), recipe.categories())
+    recipe.weights = Guidance(recipe.guidance, list(recipe.teachers))
     return recipe
+
+
+def _micro_batch_moved(raw: dict) -> list[str]:
+    """`dmd.micro_batch` (how many rows a pass holds: hardware, not the algorithm) is now `run.micro_batch`; the old
+    key is read into the new one, with a note."""
+    dmd = raw.get("dmd")
+    if not isinstance(dmd, dict) or "micro_batch" not in dmd:
+        return []
+    run = raw.setdefault("run", {}) if isinstance(raw.get("run", {}), dict) else None
+    require(run is not None and "micro_batch" not in run, "dmd.micro_batch", "is run.micro_batch's old name; give "
+            "run.micro_batch only")
+    run["micro_batch"] = dmd.pop("micro_batch")
+    return ["dmd.micro_batch is now run.micro_batch (read as such)"]
 
 
 def _rows_the_files_hold(guidance, recipe: Recipe, overrides: list[str]):

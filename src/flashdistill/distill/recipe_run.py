@@ -1,5 +1,6 @@
 """The recipe's `run` group: how a distillation run is kept and placed (checkpoints, logs, the text cache, device,
-threads, the torchrun layout, regional compilation). None of it changes what the run computes except `parallel`."""
+threads, rows per pass, the torchrun layout, regional compilation). None of it changes what the run computes except
+`parallel` (and `micro_batch` up to float rounding: the micro-batches' gradients add up to the whole batch's)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class RunSection:
     text_cache: str | None = None  # embedding cache folder; default <out>/../text-cache
     device: str = "auto"
     threads: int = 0  # torch intra-op CPU threads; 0 = torch's default. 1 avoids spin-wait contention on a shared CPU
+    micro_batch: int = 0  # rows per forward/backward on a rank (gradient accumulation); 0 = the rank's whole share
     parallel: str = "ddp"  # under torchrun: ddp (replicas) | fsdp (FSDP2 shards of every role, layouts/fsdp.py)
     fsdp_offload: bool = False  # fsdp on CUDA: keep the parameter shards (and their optimizer states) in host memory
     compile: str = "none"  # blocks: regional torch.compile of each transformer block (speed only, so resumable)
@@ -29,6 +31,7 @@ class RunSection:
                  f"{self.compile!r}")
         require(0 <= self.threads <= MAX_THREADS, "run.threads", f"must be in [0, {MAX_THREADS}] (0 = torch's "
                  f"default), got {self.threads}")
+        require(self.micro_batch >= 0, "run.micro_batch", "must be >= 0 (0 = the rank's whole share in one pass)")
         require(self.checkpoint_every >= 1, "run.checkpoint_every", "must be >= 1")
         require(self.log_every >= 1, "run.log_every", "must be >= 1")
         require(self.device in ("auto", "cpu", "cuda"), "run.device", f"must be auto, cpu or cuda, "

@@ -207,7 +207,7 @@ def _train_distill(recipe: Recipe, out: Path, resume: bool, encoder, scorer, mak
     if recipe.run.threads:
         torch.set_num_threads(recipe.run.threads)
     dist = setup_distributed(recipe.run.device, recipe.dmd.batch_size, recipe.run.parallel == "fsdp")
-    for note in getattr(recipe, "notes", []) if dist.main else []:
+    for note in recipe.notes if dist.main else []:
         print(f"note: {note}", file=sys.stderr)
     roles = build_roles(recipe, dist)  # first: a bad teacher path should not leave an empty run folder behind
     if dist.main:

@@ -87,7 +87,7 @@ def from_dict(cls, raw, prefix: str = ""):
     if not isinstance(raw, dict):
         raise UserError(f"{where}: must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
+    known = [f.name for f in fields(cls) if f.init]  # init=False: built by the code, never read from a file
     for key in raw:
         if key not in known:
             raise UserError(f"{prefix}{key}: unknown key; known keys here: {', '.join(known)}")
@@ -151,7 +151,7 @@ def resume_fingerprint(config, resumable: tuple[str, ...],
     data = config.to_dict()
     for key in resumable:
         group, name = key.split(".")
-        data[group].pop(name)
+        data[group].pop(name, None)  # None: a key's old place, named so that the checkpoints holding it resume
     for key, is_default in legacy_defaults:
         group, _, name = key.partition(".")
         holder, leaf = (data[group], name) if name else (data, group)

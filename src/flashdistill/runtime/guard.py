@@ -3,7 +3,7 @@ module's trainable state can be put back when a later update of the same iterati
 
 - `backward_checked`: backward and clip, no step; reports whether loss and gradient norm are finite on all ranks.
 - `optimizer_step`: the same, then the step when finite.
-- `finish_backward` + `grad_sync`: the same check after gradient accumulation (`dmd.micro_batch`): the micro-batches'
+- `finish_backward` + `grad_sync`: the same check after gradient accumulation (`run.micro_batch`): the micro-batches'
   backward passes add up, ranks synchronise on the last one only, and the check and clipping run once per update.
 - `Snapshot`: the trainable parameters and optimizer state of a module, taken before a run of updates and restored
   if one of them fails (the critic's several updates per DMD iteration; one copy of the critic's trainable

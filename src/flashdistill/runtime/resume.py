@@ -70,7 +70,7 @@ def check_resume(meta: dict, fingerprint: dict, settings: dict, saved_settings: 
                         f"{', '.join(resumable)} may change)")
     old = meta.get(saved_settings) or {}
     return [f"{k} {_get(old, k)!r} -> {_get(settings, k)!r}" for k in resumable
-            if _has(old, k) and _get(old, k) != _get(settings, k)]
+            if _has(old, k) and _has(settings, k) and _get(old, k) != _get(settings, k)]
 
 
 def retune(optimizer: torch.optim.Optimizer, lr: float, weight_decay: float, scheduler=None) -> None:

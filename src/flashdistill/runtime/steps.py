@@ -1,4 +1,4 @@
-"""Per-step randomness and the EMA, shared by teacher training and distillation.
+"""Per-step randomness, the EMA and the micro-batch slices, shared by teacher training, distillation and evaluation.
 
 `step_generator(seed, step)` gives every random draw of one step from its own seeded stream, so nothing but the
 checkpoint carries state from one step to the next and a resumed run draws what an uninterrupted one would.
@@ -22,3 +22,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     """ema ← decay·ema + (1-decay)·model, parameter by parameter."""
     for p_ema, p in zip(ema.parameters(), model.parameters()):
         p_ema.lerp_(p.detach(), 1 - decay)
+
+
+def micro_batches(rows: int, micro: int) -> list[slice]:
+    """This rank's `rows` in passes of at most `micro` rows (`run.micro_batch`; 0 = one pass)."""
+    size = micro or rows
+    return [slice(i, min(i + size, rows)) for i in range(0, rows, size)]

@@ -155,7 +155,7 @@ T2I_ONLY = ("tasks.ratio=1:0", "eval.edits=null")  # a T2I lever, judged on T2I 
 
 
 def _data_composition(recipe, mixes: list[str], t2i_eval: list[str], src: str) -> Study:
-    cats = list(recipe.data.categories()[0])
+    cats = list(recipe.known[0])
     if len(cats) < 2:
         raise UserError(f"data.prompts: {recipe.data.prompts} holds one category ({', '.join(cats) or 'none'}); "
                         f"the data-composition study compares categories")
@@ -191,7 +191,7 @@ def _teacher_guidance(recipe, t2i_eval: list[str], src: str) -> Study:
     if set(recipe.teachers) != {"base", "specialized"}:
         raise UserError(f"teachers: the teacher-guidance study needs exactly teachers.base and teachers.specialized "
                         f"(the recipe names {', '.join(recipe.teachers)}); set --set teachers.specialized=PATH")
-    t2i_cats = list(recipe.data.categories()[0])
+    t2i_cats = list(recipe.known[0])
     stepwise = [c for c in t2i_cats if any(row.get("specialized", 0) > 0 for row in recipe.guidance[c])]
     if not stepwise:
         raise UserError("guidance: the recipe guides every T2I category by the base teacher alone, so its step-wise "

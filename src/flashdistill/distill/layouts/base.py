@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flashdistill.distill.recipe import Recipe
+from flashdistill.distill.recipe import CriticSection, DMDSection, Recipe
 from flashdistill.models.mmdit import FlowModel
 
 
@@ -52,3 +52,16 @@ class Roles:
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         found = {"optimizer": self.opt_student, "critic_optimizer": self.opt_critic}
         return found if self.opt_gan is None else {**found, "gan_optimizer": self.opt_gan}
+
+
+def adamw_roles(teachers: dict[str, FlowModel], student: FlowModel, ema: FlowModel, critic: FlowModel,
+                dmd: DMDSection, critic_section: CriticSection, family, *, student_train: torch.nn.Module | None = None,
+                critic_train: torch.nn.Module | None = None) -> Roles:
+    """The roles every layout builds: AdamW on the student at `dmd.lr` / `dmd.weight_decay` and on the critic at
+    `critic.lr` / `critic.weight_decay` (constant rates, DMD2); the grad passes go through `student_train` /
+    `critic_train` (a DDP wrapper) or, when None, the bare modules."""
+    opt_student = torch.optim.AdamW(student.parameters(), lr=dmd.lr, weight_decay=dmd.weight_decay)
+    opt_critic = torch.optim.AdamW(critic.parameters(), lr=critic_section.lr, weight_decay=critic_section.weight_decay)
+    return Roles(teachers=teachers, student=student, ema=ema, critic=critic, opt_student=opt_student,
+                 opt_critic=opt_critic, student_train=student_train or student, critic_train=critic_train or critic,
+                 family=family)

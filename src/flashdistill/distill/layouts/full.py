@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from flashdistill.distill.layouts import fsdp
-from flashdistill.distill.layouts.base import Roles, frozen_dtype, trainable_copy
+from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.distill.recipe import Recipe
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import FlowModel
@@ -76,11 +76,8 @@ def build_full_roles(recipe: Recipe, dist: Dist, family) -> Roles:
     if recipe.roles.gradient_checkpointing:
         for model in (student, critic):
             model.transformer.enable_gradient_checkpointing()
-    d, c = recipe.dmd, recipe.critic
-    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    return Roles(teachers, student, ema, critic, opt_student, opt_critic, _wrap(student, dist), _wrap(critic, dist),
-                 family)
+    return adamw_roles(teachers, student, ema, critic, recipe.dmd, recipe.critic, family,
+                       student_train=_wrap(student, dist), critic_train=_wrap(critic, dist))
 
 
 def _sharded_roles(recipe: Recipe, dist: Dist, family) -> Roles:
@@ -99,7 +96,4 @@ def _sharded_roles(recipe: Recipe, dist: Dist, family) -> Roles:
     student = fsdp.clone(teachers[s_name], family, path(s_name), recipe, dist, trainable)
     critic = fsdp.clone(teachers[c_name], family, path(c_name), recipe, dist, trainable)
     ema = fsdp.clone(student, family, path(s_name), recipe, dist, _frozen).eval()
-    d, c = recipe.dmd, recipe.critic
-    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)
+    return adamw_roles(teachers, student, ema, critic, recipe.dmd, recipe.critic, family)

@@ -37,7 +37,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from flashdistill.distill.layouts import fsdp
-from flashdistill.distill.layouts.base import Roles, frozen_dtype, trainable_copy
+from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.errors import UserError
 from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
 from flashdistill.models.lora import DEFAULT_TARGETS, WEIGHTS
@@ -196,10 +196,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     student, ema = AdapterView(base, "student"), AdapterView(base, "ema")
     ema.load_state_dict(student.state_dict())  # same names in the same order: ema_update pairs them by position
     critic = AdapterView(base, "critic") if critic_full is None else critic_full
-    d, c = recipe.dmd, recipe.critic
-    opt_student = torch.optim.AdamW(student.parameters(), lr=d.lr, weight_decay=d.weight_decay)
-    opt_critic = torch.optim.AdamW(critic.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-    return Roles(teachers, student, ema, critic, opt_student, opt_critic, student, critic, family)
+    return adamw_roles(teachers, student, ema, critic, recipe.dmd, recipe.critic, family)
 
 
 def _base_path(recipe, dist, family, sharded: bool) -> Path:

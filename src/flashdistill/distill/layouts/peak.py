@@ -11,7 +11,7 @@
 - FSDP2 (`run.parallel: fsdp`, one rank included): plus the all-gathered blocks in flight; with `run.fsdp_offload`
   the sharded states and their gradients are in host memory (`Peak.host`), the GPU holds gathered blocks and
   activations only.
-- Activations: one grad pass of a micro-batch (`dmd.micro_batch` rows per rank) holds, per token, what
+- Activations: one grad pass of a micro-batch (`run.micro_batch` rows per rank) holds, per token, what
   plan.activation_bytes counts (with per-block checkpointing: every block's input plus one recomputed block), times
   a factor KAPPA fitted on measured H200 peaks (`H200`): the formula leaves out the backward's transients and the
   teachers' guided forward that runs while the student's graph is held. The worst micro-batch is all edit rows
@@ -172,7 +172,7 @@ def settings_from_recipe(recipe, world: int) -> PlanSettings:
     mode = "full" if recipe.roles.mode == "full" else "lora" if recipe.critic.lora else "lora, critic.lora false"
     t2i, edit = recipe.tasks.weights()
     per_rank = max(1, recipe.dmd.batch_size // world)
-    micro = min(recipe.dmd.micro_batch or per_rank, per_rank)
+    micro = min(recipe.run.micro_batch or per_rank, per_rank)
     h, w = recipe.data.size()
     work = Workload(micro_batch=micro, resolution=h if h == w else (h, w), edits=edit > 0,
                     checkpointing=recipe.roles.gradient_checkpointing)
@@ -212,6 +212,6 @@ def render(c: Counts, s: PlanSettings, gpu_memory: float | None = None) -> str:
                  f"per rank, pinned), so the GPU holds the gathered blocks in flight and the activations; every "
                  f"block's weights cross PCIe in each pass, and AdamW steps on the CPU.\n")
     if s.batch_size:
-        note = (f"\nThe global batch ({s.batch_size}) is a sum of micro-batches: `dmd.micro_batch` sets the rows of "
+        note = (f"\nThe global batch ({s.batch_size}) is a sum of micro-batches: `run.micro_batch` sets the rows of "
                 f"one forward/backward on a rank without changing the result.\n")
     return head + "\n".join(lines) + "\n" + note
