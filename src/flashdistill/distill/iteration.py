@@ -180,7 +180,7 @@ def teacher_mix(ctx: Context, draws: Draws, cond: Cond, uncond: Cond) -> dmd.Tea
     """The λ_k-weighted guided teachers of these rows, the columns matched to the teachers by name."""
     rc = ctx.recipe
     teachers = {name: ctx.roles.teachers[name] for name in ctx.guidance.teachers}
-    any_rank = ctx.dist.any if fsdp.active(rc, ctx.dist) else None  # same teacher calls on every rank
+    any_rank = ctx.dist.any if fsdp.active(rc.run.parallel, ctx.dist) else None  # same teacher calls on every rank
     return dmd.TeacherMix(teachers, ctx.guidance.weights(draws.k, cond.category), cond, uncond, rc.dmd.cfg_scale,
                           rc.dmd.bf16, ctx.family.cfg_rule, any_rank)
 

@@ -55,13 +55,13 @@ from flashdistill.runtime.resume import retune
 
 def checkpoint_files(recipe: Recipe, dist: Dist) -> tuple[str, ...]:
     """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
-    return sharded_checkpoint.FILES if fsdp.active(recipe, dist) else CHECKPOINT_FILES
+    return sharded_checkpoint.FILES if fsdp.active(recipe.run.parallel, dist) else CHECKPOINT_FILES
 
 
 def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
     """The checkpoint after `done` iterations: every rank writes its shards (fsdp), or rank 0 all of it."""
     roles = ctx.roles
-    if fsdp.active(ctx.recipe, ctx.dist):
+    if fsdp.active(ctx.recipe.run.parallel, ctx.dist):
         sharded_checkpoint.save_sharded(out, roles.modules(), roles.optimizers(), done, meta)
     elif ctx.dist.main:
         save_state(out, roles.modules(), roles.optimizers(), done, meta)
@@ -179,7 +179,7 @@ class DistillJob:
         """The EMA student into `folder` by the family's export on rank 0 (a sharded EMA is gathered first, on
         every rank); rank 0 gets the folder, the other ranks None."""
         ctx, exported = self.ctx, self.ctx.roles
-        if fsdp.active(ctx.recipe, ctx.dist):
+        if fsdp.active(ctx.recipe.run.parallel, ctx.dist):
             exported = fsdp.gather_ema(ctx.roles, ctx.recipe, ctx.dist)
         if not ctx.dist.main:
             return None

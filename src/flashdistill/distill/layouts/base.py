@@ -13,14 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
-from flashdistill.distill.recipe import CriticSection, DMDSection, Recipe
+from flashdistill.distill.recipe import CriticSection, DMDSection
 from flashdistill.models.mmdit import FlowModel
 
 
-def frozen_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
-    """`roles.frozen_dtype` on `device`: what the frozen weights (base, teachers, teacher adapters) are held in.
-    `auto` is bf16 on CUDA (half the bytes of the largest state) and fp32 on a CPU. What trains is always fp32."""
-    name = recipe.roles.frozen_dtype
+def frozen_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`roles.frozen_dtype` (`name`) on `device`: what the frozen weights (base, teachers, teacher adapters) are held
+    in. `auto` is bf16 on CUDA (half the bytes of the largest state) and fp32 on a CPU. What trains is always fp32."""
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if name == "bf16" else torch.float32

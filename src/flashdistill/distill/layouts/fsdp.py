@@ -25,14 +25,35 @@ so N ranks follow one rank at the same global batch; checkpoints are sharded (ru
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from flashdistill.runtime.dist import Dist
 
-def active(recipe, dist) -> bool:
-    """Whether the roles are sharded: `run.parallel: fsdp` under torchrun (a process group, one rank included:
-    `--nproc_per_node=1` runs FSDP2 and its offload on one GPU); a plain process holds plain modules."""
-    return recipe.run.parallel == "fsdp" and (dist.world > 1 or dist.group)
+
+def active(parallel: str, dist: Dist) -> bool:
+    """Whether the roles are sharded: `run.parallel: fsdp` (`parallel`) under torchrun (a process group, one rank
+    included: `--nproc_per_node=1` runs FSDP2 and its offload on one GPU); a plain process holds plain modules."""
+    return parallel == "fsdp" and bool(dist.world > 1 or dist.group)
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """What sharding needs to know: the ranks, bf16 compute over fp32 shards on CUDA (`dmd.bf16`), and whether the
+    shards live in host memory (`run.fsdp_offload`)."""
+
+    dist: Dist
+    bf16: bool = False
+    offload: bool = False
+
+
+def sharding(recipe, dist: Dist) -> Sharding | None:
+    """The recipe's Sharding on these ranks, or None when the roles are not sharded (`active`)."""
+    if not active(recipe.run.parallel, dist):
+        return None
+    return Sharding(dist, recipe.dmd.bf16, recipe.run.fsdp_offload)
 
 
 def _mesh(dist):
@@ -41,26 +62,26 @@ def _mesh(dist):
     return init_device_mesh(dist.device.type, (dist.world,))
 
 
-def _policies(recipe, dist) -> dict:
+def _policies(s: Sharding) -> dict:
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
     kwargs = {}
-    if dist.device.type == "cuda" and recipe.dmd.bf16:
+    if s.dist.device.type == "cuda" and s.bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    if recipe.run.fsdp_offload:  # pinned host memory for fast copies to a GPU (a CPU-only torch cannot pin)
-        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=dist.device.type == "cuda")
+    if s.offload:  # pinned host memory for fast copies to a GPU (a CPU-only torch cannot pin)
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=s.dist.device.type == "cuda")
     return kwargs
 
 
-def shard(model: nn.Module, recipe, dist) -> nn.Module:
+def shard(model: nn.Module, s: Sharding) -> nn.Module:
     """`fully_shard` each transformer block, then the root (in place; returns `model`)."""
     from torch.distributed.fsdp import fully_shard
 
-    mesh, kwargs = _mesh(dist), _policies(recipe, dist)
+    mesh, kwargs = _mesh(s.dist), _policies(s)
     for block in model.transformer.transformer_blocks:
         fully_shard(block, mesh=mesh, **kwargs)
     fully_shard(model, mesh=mesh, **kwargs)
-    model.any_rank = dist.any  # every rank makes the same transformer calls (FlowModel._same_calls)
+    model.any_rank = s.dist.any  # every rank makes the same transformer calls (FlowModel._same_calls)
     return model
 
 
@@ -74,10 +95,10 @@ def fix_meta_rope(model: nn.Module) -> None:
             transformer.pos_embed = type(pe)(theta=pe.theta, axes_dim=pe.axes_dim, scale_rope=pe.scale_rope)
 
 
-def materialize(model: nn.Module, recipe, dist) -> None:
+def materialize(model: nn.Module, s: Sharding) -> None:
     """Allocate the (sharded) storage of a meta-built model where its shards live (`load_device`: FSDP2 wants
     offloaded shards materialized on the host); the values are set by the caller."""
-    model.to_empty(device=load_device(recipe, dist))
+    model.to_empty(device=load_device(s))
     fix_meta_rope(model)
 
 
@@ -89,37 +110,37 @@ def broadcast_from_rank0(model: nn.Module, full: dict | None) -> None:
     set_model_state_dict(model, full or {}, options=options)
 
 
-def load_device(recipe, dist) -> torch.device:
+def load_device(s: Sharding) -> torch.device:
     """Where rank 0 holds a model it read, before sharding: the host under `run.fsdp_offload` (so a GPU smaller than
     the model still loads it: fully_shard moves one block at a time to the GPU to shard it, and offloads the shard),
     else this rank's device."""
-    return torch.device("cpu") if recipe.run.fsdp_offload else dist.device
+    return torch.device("cpu") if s.offload else s.dist.device
 
 
-def load(family, path, recipe, dist, prepare=None, dtype: torch.dtype = torch.float32) -> nn.Module:
+def load(family, path, s: Sharding, prepare=None, dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model at `path` in `dtype`, sharded, its weights read on rank 0 only. `prepare(model)` runs on every rank
     before sharding (freeze or unfreeze, add adapters): it must build the same structure on the meta device and on
     rank 0."""
-    where = load_device(recipe, dist)
-    model = family.load_model(path, dtype).to(where) if dist.main else family.structure(path, dtype)
+    main = s.dist.main
+    model = family.load_model(path, dtype).to(load_device(s)) if main else family.structure(path, dtype)
     if prepare is not None:
         prepare(model)
-    full = dict(model.state_dict()) if dist.main else None  # the unsharded tensors, alive until broadcast
-    shard(model, recipe, dist)
-    if not dist.main:
-        materialize(model, recipe, dist)
+    full = dict(model.state_dict()) if main else None  # the unsharded tensors, alive until broadcast
+    shard(model, s)
+    if not main:
+        materialize(model, s)
     broadcast_from_rank0(model, full)
     del full
     return model
 
 
-def clone(source: nn.Module, family, path, recipe, dist, prepare=None) -> nn.Module:
+def clone(source: nn.Module, family, path, s: Sharding, prepare=None) -> nn.Module:
     """A sharded copy of the sharded `source` (same structure, built from `path`'s config): local shards copied."""
     model = family.structure(path)
     if prepare is not None:
         prepare(model)
-    shard(model, recipe, dist)
-    materialize(model, recipe, dist)
+    shard(model, s)
+    materialize(model, s)
     copy_shards(source, model)
     return model
 
@@ -153,7 +174,7 @@ def plain(family, path, state: dict, prepare=None) -> nn.Module:
     return model
 
 
-def gather_ema(roles, recipe, dist):
+def gather_ema(roles, recipe, dist: Dist):
     """The EMA student unsharded on rank 0, as the export expects it (`.ema`); None on the other ranks. Collective.
     roles.mode full: a plain FlowModel; lora: a plain base with the adapters, seen through its "ema" adapter (the
     view rebuilds itself: `AdapterView.unsharded`)."""

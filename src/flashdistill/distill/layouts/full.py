@@ -32,13 +32,14 @@ from flashdistill.runtime.dist import Dist
 def load_teachers(recipe: Recipe, device: torch.device, family, dist: Dist | None = None) -> dict[str, FlowModel]:
     """Every named teacher, frozen, in eval mode; teachers sharing a path share one module. `family`
     (distill/families.py) reads the paths. With `dist` under fsdp: sharded teachers."""
-    dtype = frozen_dtype(recipe, device)
+    dtype = frozen_dtype(recipe.roles.frozen_dtype, device)
+    sharding = fsdp.sharding(recipe, dist) if dist is not None else None
     loaded: dict[Path, FlowModel] = {}
     teachers = {}
     for name, spec in recipe.teachers.items():
         path = family.resolve(spec, f"teachers.{name}").resolve()
-        if path not in loaded and dist is not None and fsdp.active(recipe, dist):
-            loaded[path] = fsdp.load(family, path, recipe, dist, _frozen, dtype).eval()
+        if path not in loaded and sharding is not None:
+            loaded[path] = fsdp.load(family, path, sharding, _frozen, dtype).eval()
         elif path not in loaded:
             loaded[path] = family.load_model(path, dtype).to(device).eval().requires_grad_(False)
         teachers[name] = loaded[path]
@@ -67,7 +68,7 @@ def _wrap(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
 
 def build_full_roles(recipe: Recipe, dist: Dist, family) -> Roles:
     """The roles of `roles.mode: full` (see the module docstring); `family` resolves and loads the teachers."""
-    if fsdp.active(recipe, dist):
+    if fsdp.active(recipe.run.parallel, dist):
         return _sharded_roles(recipe, dist, family)
     teachers = load_teachers(recipe, dist.device, family)
     student = trainable_copy(teachers[recipe.student.init_from])
@@ -93,7 +94,8 @@ def _sharded_roles(recipe: Recipe, dist: Dist, family) -> Roles:
             model.transformer.enable_gradient_checkpointing()
 
     s_name, c_name = recipe.student.init_from, recipe.critic.init_from
-    student = fsdp.clone(teachers[s_name], family, path(s_name), recipe, dist, trainable)
-    critic = fsdp.clone(teachers[c_name], family, path(c_name), recipe, dist, trainable)
-    ema = fsdp.clone(student, family, path(s_name), recipe, dist, _frozen).eval()
+    sharding = fsdp.sharding(recipe, dist)
+    student = fsdp.clone(teachers[s_name], family, path(s_name), sharding, trainable)
+    critic = fsdp.clone(teachers[c_name], family, path(c_name), sharding, trainable)
+    ema = fsdp.clone(student, family, path(s_name), sharding, _frozen).eval()
     return adamw_roles(teachers, student, ema, critic, recipe.dmd, recipe.critic, family)

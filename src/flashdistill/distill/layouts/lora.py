@@ -151,7 +151,8 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     loads the teachers and says which one is a LoRA on the base. Under `run.parallel: fsdp` the base, with every
     adapter already added, is sharded as one module (layouts/fsdp.py): rank 0 reads it, the others build it on
     the meta device and receive their shards."""
-    sharded = fsdp.active(recipe, dist)
+    sharding = fsdp.sharding(recipe, dist)
+    sharded = sharding is not None
     base_path = _base_path(recipe, dist, family, sharded)
     rc = recipe.roles
 
@@ -160,14 +161,14 @@ def build_lora_roles(recipe, dist, family) -> Roles:
         if rc.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
 
-    dtype = frozen_dtype(recipe, dist.device)
+    dtype = frozen_dtype(rc.frozen_dtype, dist.device)
     critic_full = None
     if not recipe.critic.lora and sharded:  # trainable: fp32 master weights
-        critic_full = fsdp.load(family, base_path, recipe, dist, full_critic, torch.float32)
+        critic_full = fsdp.load(family, base_path, sharding, full_critic, torch.float32)
     if sharded and not dist.main:
         base = family.structure(base_path, dtype)
     else:
-        base = family.load_model(base_path, dtype).to(fsdp.load_device(recipe, dist) if sharded else dist.device)
+        base = family.load_model(base_path, dtype).to(fsdp.load_device(sharding) if sharded else dist.device)
     base.eval().requires_grad_(False)
     if rc.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing(checkpoint_block)
@@ -177,10 +178,10 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
     teachers = add_adapters(base, recipe, family, base_path, names)
     if sharded:
-        _shard_base(base, recipe, dist)
+        _shard_base(base, sharding)
     for name, path in list(teachers.items()):  # a different model: its own frozen copy, as in roles.mode full
         if isinstance(path, Path):
-            teachers[name] = (fsdp.load(family, path, recipe, dist, lambda m: m.requires_grad_(False), dtype)
+            teachers[name] = (fsdp.load(family, path, sharding, lambda m: m.requires_grad_(False), dtype)
                               if sharded else family.load_model(path, dtype).to(dist.device).requires_grad_(False)
                               ).eval()
     if not sharded:  # sharded: fully_shard placed the shards (on the device, or on the host under offload)
@@ -213,12 +214,12 @@ def _base_path(recipe, dist, family, sharded: bool) -> Path:
     return base_path
 
 
-def _shard_base(base: FlowModel, recipe, dist) -> None:
+def _shard_base(base: FlowModel, sharding: fsdp.Sharding) -> None:
     """The base with its adapters sharded as one module: rank 0's weights broadcast into every rank's shards."""
-    full = dict(base.state_dict()) if dist.main else None
-    fsdp.shard(base, recipe, dist)
-    if not dist.main:
-        fsdp.materialize(base, recipe, dist)
+    full = dict(base.state_dict()) if sharding.dist.main else None
+    fsdp.shard(base, sharding)
+    if not sharding.dist.main:
+        fsdp.materialize(base, sharding)
     fsdp.broadcast_from_rank0(base, full)
     del full
 
