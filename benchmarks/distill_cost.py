@@ -30,7 +30,7 @@ from flashdistill.runtime.dist import Dist
 from flashdistill.distill.iteration import build_context, train_iteration
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
-from flashdistill.speed import summarize_parts
+from flashdistill.quickstart.speed import summarize_parts
 from flashdistill.teacher.config import PRESETS
 from flashdistill.runtime.logs import hardware
 

@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py --student runs/flash --out benchmarks/results/speed.json
 
-Writes JSON with, measured in this one process (`flashdistill.speed`):
+Writes JSON with, measured in this one process (`flashdistill.quickstart.speed`):
 - latency and throughput of the teacher at 50 NFE with CFG, the teacher at 4 NFE with CFG and the student at its 4
   NFE, at each `--batches` size (default 1 and 32): median of `--repeats` calls after one warm-up call;
 - per batch size the measured speed-up of the student over teacher@50 and the ideal one from counting network
@@ -22,7 +22,7 @@ from pathlib import Path
 from flashdistill.distill.recipe import load_recipe
 from flashdistill.models.text import TextEncoder
 from flashdistill.pipeline import load_student_model, load_teacher
-from flashdistill.speed import compare, iteration_split
+from flashdistill.quickstart.speed import compare, iteration_split
 from flashdistill.runtime.logs import hardware
 
 ROOT = Path(__file__).resolve().parents[1]

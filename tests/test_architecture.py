@@ -29,8 +29,6 @@ LAYERS = [
     ["distill", "teacher"],
     ["pipeline"],
     ["bench"],
-    ["speed"],
-    ["report"],
     ["quickstart", "studies"],
     ["cli"],
     ["__main__"],

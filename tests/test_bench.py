@@ -179,7 +179,7 @@ def test_nfe_curve_groups_by_model_and_draws_scores_and_frechet(tmp_path):
 
 
 def test_a_speedup_above_the_ideal_is_called_noise():
-    from flashdistill.report import noise_note
+    from flashdistill.quickstart.report import noise_note
 
     assert noise_note({"measured_speedup": 24.9, "ideal_speedup": 25.0}) == ""
     assert "noise" in noise_note({"measured_speedup": 28.1, "ideal_speedup": 25.0})

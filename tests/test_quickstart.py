@@ -3,6 +3,7 @@ and "nothing left to do". A whole tiny run takes ~10-20 s on one CPU thread (Min
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -147,7 +148,7 @@ def test_bench_rows_follow_the_recipes_step_count():
     preset = qs.PRESETS["default"]
 
     def labels(k):
-        return [r.label for r in qs.bench_rows(preset, k, "teacher:base", qs.Path("run"))]
+        return [r.label for r in qs.bench_rows(preset, k, "teacher:base", Path("run"))]
 
     assert labels(1) == ["teacher@50", "teacher@1", "student@1", "teacher@8", "teacher@4", "teacher@2"]
     assert labels(4) == ["teacher@50", "teacher@4", "student@4", "student@2", "student@1", "teacher@8", "teacher@2",

@@ -42,6 +42,7 @@ from pathlib import Path
 from flashdistill.errors import UserError
 from flashdistill.files import read_json_object, write_json_atomic
 from flashdistill.runfolder import claim_run
+from flashdistill.runtime.presets import Preset, pick_preset, preset_table
 from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
 from flashdistill.studies.spec import Arm, Finding, Study
 
@@ -52,11 +53,10 @@ MAX_SEEDS = 100
 
 
 @dataclass(frozen=True)
-class OwnPreset:
+class OwnPreset(Preset):
     """Sizes of every run of a study on your model: overrides on top of your recipe, and how many quick
     evaluations a run makes (eval.every = dmd.iterations / evaluations, unless you --set eval.every)."""
 
-    name: str
     sets: tuple[str, ...]
     evaluations: int
 
@@ -65,13 +65,13 @@ class OwnPreset:
                 "eval_every": recipe.eval.every, "sets": list(self.sets)}
 
 
-OWN_PRESETS = {
-    "full": OwnPreset("full", (), 10),  # the recipe's own sizes (configs/qwen-image-flash.yaml: 2000 iterations)
-    "small": OwnPreset("small", ("data.resolution=512", "roles.lora_rank=16", "dmd.iterations=300",
-                                 "run.checkpoint_every=50"), 6),
-    "tiny": OwnPreset("tiny", ("dmd.iterations=2", "dmd.batch_size=2", "dmd.micro_batch=0", "roles.lora_rank=4",
-                               "critic.updates=1", "run.checkpoint_every=1"), 2),
-}
+OWN_PRESETS = preset_table(
+    OwnPreset("full", (), 10),  # the recipe's own sizes (configs/qwen-image-flash.yaml: 2000 iterations)
+    OwnPreset("small", ("data.resolution=512", "roles.lora_rank=16", "dmd.iterations=300",
+                        "run.checkpoint_every=50"), 6),
+    OwnPreset("tiny", ("dmd.iterations=2", "dmd.batch_size=2", "dmd.micro_batch=0", "roles.lora_rank=4",
+                       "critic.updates=1", "run.checkpoint_every=1"), 2),
+)
 
 
 class OwnStudy:
@@ -81,15 +81,13 @@ class OwnStudy:
     def __init__(self, name: str, recipe_path: Path, preset: str, overrides: list[str], mixes: list[str]):
         from flashdistill.distill.recipe import load_recipe
 
-        if preset not in OWN_PRESETS:
-            raise UserError(f"--preset: unknown preset '{preset}' for a study on your recipe (known: "
-                            f"{', '.join(OWN_PRESETS)})")
+        own_preset = pick_preset(OWN_PRESETS, preset, " for a study on your recipe")
         for item in overrides:
             key = item.split("=", 1)[0].strip()
             if key in RESERVED:
                 raise UserError(f"--set {item}: the study sets {key} itself (one run per training seed, judged by "
                                 f"the VLM judge)")
-        self.name, self.path, self.preset = name, Path(recipe_path), OWN_PRESETS[preset]
+        self.name, self.path, self.preset = name, Path(recipe_path), own_preset
         self.overrides, self.mixes = list(overrides), list(mixes)
         sized = [*self.preset.sets, *overrides]  # the user's --set win over the preset's sizes
         first = load_recipe(self.path, sized)

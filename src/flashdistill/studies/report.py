@@ -23,7 +23,7 @@ from pathlib import Path
 from flashdistill.bench.stats import LEVEL, mean_ci, paired, verdict
 from flashdistill.errors import UserError
 from flashdistill.files import write_json_atomic, write_text_atomic
-from flashdistill.studies.spec import JUDGES, PAPER, Finding, Preset, Study, paper_value
+from flashdistill.studies.spec import JUDGES, PAPER, Finding, Study, StudyPreset, paper_value
 
 DONE_FILE = "done.json"  # a run's summary, written by the runner once its training and bench are finished
 
@@ -322,8 +322,8 @@ def render_markdown(study: Study, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: Preset, overrides: list[str],
-                       command: str | None = None, own: dict | None = None) -> Path:
+def write_study_report(study: Study, out: Path, seeds: int, arms: list[str], preset: StudyPreset,
+                       overrides: list[str], command: str | None = None, own: dict | None = None) -> Path:
     """Collect the finished runs and write study.json, study.md and curves.png; returns study.md's path. `own`: a
     study on the user's model (studies/own.py): its setting sentence, bench titles and judge, for the text."""
 

@@ -30,9 +30,10 @@ from tqdm import tqdm
 from flashdistill.errors import UserError, one_line
 from flashdistill.files import hash_file, write_json_atomic
 from flashdistill.runfolder import claim_run
+from flashdistill.runtime.presets import pick_preset
 from flashdistill.runtime.resume import TrainingDiverged
 from flashdistill.studies.report import DONE_FILE, seed_dir, write_study_report
-from flashdistill.studies.spec import PRESETS, STUDIES, Preset, Study
+from flashdistill.studies.spec import PRESETS, STUDIES, Study, StudyPreset
 
 STATE_FILE = "study-state.json"
 RESERVED = ("dmd.seed",)  # the runner sets it per run
@@ -45,12 +46,10 @@ def default_recipes() -> Path:
     return here if here.is_dir() else Path("configs") / "studies"
 
 
-def lookup(name: str, preset: str) -> tuple[Study, Preset]:
+def lookup(name: str, preset: str) -> tuple[Study, StudyPreset]:
     if name not in STUDIES:
         raise UserError(f"study: unknown study '{name}' (known: {', '.join(STUDIES)})")
-    if preset not in PRESETS:
-        raise UserError(f"--preset: unknown preset '{preset}' (known: {', '.join(PRESETS)})")
-    return STUDIES[name], PRESETS[preset].for_study(name)
+    return STUDIES[name], pick_preset(PRESETS, preset).for_study(name)
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -72,7 +71,7 @@ def arm_overrides(raw: dict, overrides: list[str]) -> list[str]:
     return keep
 
 
-def run_overrides(study_dir: Path, preset: Preset, raw: dict, seed: int, overrides: list[str]) -> list[str]:
+def run_overrides(study_dir: Path, preset: StudyPreset, raw: dict, seed: int, overrides: list[str]) -> list[str]:
     return [*preset.overrides(), f"dmd.seed={seed}", f"run.text_cache={study_dir / 'text-cache'}",
             *arm_overrides(raw, overrides)]
 
@@ -140,7 +139,7 @@ class StudyState:
             write_json_atomic(self.path, {"identity": identity})
 
 
-def check_finished_runs(out: Path, study: Study, size: Preset, recipes: Path, overrides: list[str]) -> None:
+def check_finished_runs(out: Path, study: Study, size: StudyPreset, recipes: Path, overrides: list[str]) -> None:
     """Every finished run in `out` was trained on the recipe the arm's file gives now (compared as --resume compares,
     without the resumable keys): so that a study continued with other recipes (`--recipes`, or recipe files
     edited since it began) is refused instead of mixing runs of two recipes in one table."""
@@ -172,17 +171,15 @@ def is_done(out: Path, arm: str, seed: int) -> bool:
 
 
 def train_run(recipe, run: Path, encoder, command: str) -> dict:
-    """One distillation (resumed when its folder holds a checkpoint)."""
-    from flashdistill.distill.export import CHECKPOINT_FILES
+    """One distillation with the world-judged quick evaluation, resumed when its folder holds a checkpoint
+    (distill/run_or_resume.py, as the quickstart's distill stage)."""
     from flashdistill.bench.quick import make_scorer
-    from flashdistill.distill.trainer import train_distill
-    from flashdistill.runtime.checkpoint import find_checkpoint
+    from flashdistill.distill.run_or_resume import train_or_resume
 
-    resume = find_checkpoint(run, CHECKPOINT_FILES) is not None
-    return train_distill(recipe, run, resume=resume, encoder=encoder, command=command, make_scorer=make_scorer)
+    return train_or_resume(recipe, run, encoder, command, make_scorer)
 
 
-def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) -> dict:
+def bench_run(study: Study, preset: StudyPreset, run: Path, folder: Path, encoder) -> dict:
     """The final student of `run` on each of the study's benches (slices of the mini benches, world judge)."""
     from flashdistill.bench.quick import WorldSlice
     from flashdistill.pipeline import load_student_model
@@ -199,7 +196,7 @@ def bench_run(study: Study, preset: Preset, run: Path, folder: Path, encoder) ->
     return results
 
 
-def run_one(study: Study, preset: Preset, out: Path, arm, seed: int, recipes: Path, overrides: list[str],
+def run_one(study: Study, preset: StudyPreset, out: Path, arm, seed: int, recipes: Path, overrides: list[str],
             encoder) -> dict:
     """Distil and bench arm × seed, then write its done.json (the summary the report reads)."""
     raw, _ = load_arm(recipes, arm.recipe, [])
@@ -270,8 +267,8 @@ def run_study(name: str, out: Path, seeds: int = 3, preset: str = "full", overri
         return write_study_report(study, out, seeds, [a.key for a in chosen], size, overrides, command)
 
 
-def _run_arms(study: Study, size: Preset, out: Path, chosen: list, seeds: int, recipes: Path, overrides: list[str],
-              encoder) -> None:
+def _run_arms(study: Study, size: StudyPreset, out: Path, chosen: list, seeds: int, recipes: Path,
+              overrides: list[str], encoder) -> None:
     """Every arm × seed without its done.json, in order."""
     todo = [(a, s) for a in chosen for s in range(seeds) if not is_done(out, a.key, s)]
     print(f"study {study.name}: {len(chosen)} arms × {seeds} seeds, {len(todo)} runs to do "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from flashdistill.runtime.presets import Preset, preset_table
 from flashdistill.world.categories import EDIT_CATEGORIES, T2I_CATEGORIES
 
 JUDGES = ("gemini", "gpt")
@@ -176,10 +177,9 @@ STUDIES = {s.name: s for s in (DATA_COMPOSITION, TEACHER_GUIDANCE, TASK_MIXTURE)
 
 
 @dataclass(frozen=True)
-class Preset:
+class StudyPreset(Preset):
     """The sizes every arm of a study runs at (overrides on top of its recipe) and its bench slice."""
 
-    name: str
     iterations: int
     batch_size: int
     eval_every: int  # quick-eval (val split) interval: the stability curves
@@ -189,7 +189,7 @@ class Preset:
     extra: tuple[str, ...] = ()
     per_study: dict = field(default_factory=dict)  # study name -> {field: value} replacing the sizes above
 
-    def for_study(self, name: str) -> Preset:
+    def for_study(self, name: str) -> StudyPreset:
         return replace(self, **self.per_study.get(name, {}), per_study={})
 
     def overrides(self) -> list[str]:
@@ -202,15 +202,15 @@ class Preset:
                                              "edit_limit")} | {"extra": list(self.extra)}
 
 
-PRESETS = {
+PRESETS = preset_table(
     # Measured on the shared 2-core CPU, one thread per run (README "Studies"): 415-680 s per arm and seed at 400
     # iterations, so 3 seeds of every arm fit in about 2.5 h per study. The teacher-guidance study, whose arms are
     # the cheapest and whose findings are about the course of training, runs longer, with quick evaluations on 16
     # val cases per category (on 4, one seed's curve swung by 0.2 between two evaluations, while two seeds' bench
     # averages differed by 0.001).
-    "full": Preset("full", iterations=400, batch_size=8, eval_every=40, eval_limit=8, t2i_limit=200, edit_limit=50,
-                   extra=("run.checkpoint_every=40",),
-                   per_study={"teacher-guidance": {"iterations": 600, "eval_every": 60, "eval_limit": 16}}),
-    "tiny": Preset("tiny", iterations=2, batch_size=2, eval_every=1, eval_limit=1, t2i_limit=1, edit_limit=1,
-                   extra=("critic.updates=1", "run.checkpoint_every=1", "run.device=cpu")),
-}
+    StudyPreset("full", iterations=400, batch_size=8, eval_every=40, eval_limit=8, t2i_limit=200, edit_limit=50,
+                extra=("run.checkpoint_every=40",),
+                per_study={"teacher-guidance": {"iterations": 600, "eval_every": 60, "eval_limit": 16}}),
+    StudyPreset("tiny", iterations=2, batch_size=2, eval_every=1, eval_limit=1, t2i_limit=1, edit_limit=1,
+                extra=("critic.updates=1", "run.checkpoint_every=1", "run.device=cpu")),
+)

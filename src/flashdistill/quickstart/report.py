@@ -21,7 +21,7 @@ from flashdistill.bench.cases import load_cases
 from flashdistill.bench.table import markdown as table_markdown
 from flashdistill.bench.table import rank_rows
 from flashdistill.imageio import load_png, save_grid
-from flashdistill.speed import ITERATION_PARTS
+from flashdistill.quickstart.speed import ITERATION_PARTS
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image
 
@@ -148,6 +148,11 @@ def nfe_section(out: Path, ranked: list[dict]) -> list[str]:
             f"Redraw: `flashdistill bench curve {out / 'bench'}/* --out {out / 'grids' / 'nfe.png'}`"]
 
 
+PART_TITLES = {"time_data": "Data", "time_student": "Student (simulation, loss, backward)",
+               "time_teachers": "Teachers (real score, CFG)", "time_critic": "Critic (fake score, updates)",
+               "step_time": "Whole iteration"}  # the columns of the distillation's split, by logged scalar
+
+
 def distill_section(out: Path, command: str) -> list[str]:
     run = out / "distill"
     info = json.loads((run / "student" / "student.json").read_text())
@@ -159,8 +164,8 @@ def distill_section(out: Path, command: str) -> list[str]:
              f"in diffusers' layout.", ""]
     if steps:
         lines += ["Seconds per iteration, by part (median over the logged iterations):", "",
-                  "| Data | Student (simulation, loss, backward) | Teachers (real score, CFG) | Critic (fake score, "
-                  "updates) | Whole iteration |", "|---:|---:|---:|---:|---:|",
+                  "| " + " | ".join(PART_TITLES.get(p, p) for p in ITERATION_PARTS) + " |",
+                  "|" + "---:|" * len(ITERATION_PARTS),
                   "| " + " | ".join(f"{statistics.median(r.get(p, 0.0) for r in steps):.3f}"
                                    for p in ITERATION_PARTS) + " |", ""]
     return lines + [f"Reproduce: `{command}`"]
@@ -168,8 +173,8 @@ def distill_section(out: Path, command: str) -> list[str]:
 
 def write_report(out: Path, preset, recipe, overrides: list[str], state: dict, rows: list,
                  recipe_file: Path) -> Path:
-    """`rows`: the benchmarked configurations (quickstart.bench_rows), `recipe_file`: the preset's recipe as the
-    commands name it (quickstart.recipe_path)."""
+    """`rows`: the benchmarked configurations (plan.bench_rows), `recipe_file`: the preset's recipe as the
+    commands name it (plan.recipe_path)."""
     from flashdistill.bench.cases import MINI_SIZES
 
     ranked = rank_rows(_results(out, rows, "t2i") + _results(out, rows, "edit"))

@@ -8,6 +8,9 @@ per second, and network passes per image (`SamplingSpec.passes`: a guided Euler 
 The ideal speed-up of a student over a teacher is the ratio of their passes per image (teacher at 50 NFE with CFG:
 100 passes; student at 4 NFE: 4 passes; 25x). The measured ratio is the ratio of images per second at the same
 batch size. Both come out of `compare`, which `flashdistill quickstart` and `benchmarks/speed.py` call.
+
+`iteration_split` times a distillation iteration by its parts (`ITERATION_PARTS`: the trainer's timers, read from
+distill/iteration.py's logged scalars).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import asdict, dataclass
 from tqdm import tqdm
 
 from flashdistill.bench.cases import t2i_bench_cases
+from flashdistill.distill.iteration import SCALARS
 
 
 @dataclass
@@ -98,7 +102,8 @@ def compare(samplers: list[tuple[str, object, int | None]], batches: list[int], 
                       "this process's torch threads"}
 
 
-ITERATION_PARTS = ("time_data", "time_student", "time_teachers", "time_critic", "step_time")
+# The seconds the trainer logs per iteration, by part (the iteration's own timers), then the whole iteration.
+ITERATION_PARTS = tuple(s for s in SCALARS if s.startswith("time_")) + ("step_time",)
 
 
 def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
