@@ -1,7 +1,7 @@
-"""The package's shape: imports flow one way through the layers the README lists, with no circle anywhere (imports
+"""The package's shape: imports flow one way through the layers docs/design.md lists, with no circle anywhere (imports
 inside functions included), and no file or function grows past what a reader takes in at once.
 
-The layer list below is the README's ("## Layout", the `layers:` block); a test checks the two agree. A module may
+The layer list below is docs/design.md's ("## Layout", the `layers:` block); a test checks the two agree. A module may
 import modules of a lower layer, and of its own package (`distill/iteration.py` may import `distill/recipe.py`).
 """
 
@@ -136,12 +136,12 @@ def test_files_and_functions_stay_readable():
                           + "\n".join(too_long))
 
 
-def test_the_readme_lists_these_layers():
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"layers, top to bottom:\n((?:    .+\n)+)", readme)
-    assert block, "README.md: the layer list ('layers, top to bottom:' and an indented block) is missing"
+def test_the_design_page_lists_these_layers():
+    design = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    block = re.search(r"layers, top to bottom:\n((?:    .+\n)+)", design)
+    assert block, "docs/design.md: the layer list ('layers, top to bottom:' and an indented block) is missing"
     listed = [line.split(":", 1)[1].split() for line in block.group(1).splitlines()]
-    assert listed == LAYERS[::-1], "README.md's layer list and tests/test_architecture.py's LAYERS differ"
+    assert listed == LAYERS[::-1], "docs/design.md's layer list and tests/test_architecture.py's LAYERS differ"
 
 
 def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):

@@ -28,7 +28,7 @@ FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=c
         "run.log_every=1", f"dmd.iterations={ITERATIONS}", f"run.checkpoint_every={ITERATIONS}", "dmd.lr=1e-3",
         "critic.lr=1e-3", "dmd.ema_decay=0.9"]
 # Tolerance of 2 ranks against 1 (float32, reduction order differs): losses and gradient norms relative, weights
-# absolute, after 10 AdamW steps at lr 1e-3 (measured: see the README's FSDP section).
+# absolute, after 10 AdamW steps at lr 1e-3 (measured: see docs/full-scale.md, "Scale: FSDP2").
 RTOL_LOG, ATOL_WEIGHTS = 1e-4, 1e-5
 FSDP = ["run.parallel=fsdp", "roles.gradient_checkpointing=true"]  # per-block checkpointing: memory, not math
 # PYTHONFAULTHANDLER: a rank that aborts inside torch/gloo prints the Python stack it aborted in

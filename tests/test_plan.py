@@ -55,7 +55,7 @@ def test_cli(tmp_path, capsys):
 
 def test_kappa_is_the_least_squares_fit_and_the_h200_runs_are_within_a_gib():
     """The activation factor is fitted on the six measured H200 peaks, and each run's predicted peak is within 2.6 GiB
-    (3.4 %) of its measurement (the calibration the README reports)."""
+    (3.4 %) of its measurement (the calibration docs/full-scale.md reports)."""
     from flashdistill.distill.layouts import peak
 
     c = peak.qwen_counts()

@@ -4,7 +4,7 @@
   .load_lora_weights` gives the merged transformer's image; ComfyUI's loader convention (read from its public source,
   below) gives the merged transformer's weights; a strength (diffusers' `set_adapters` weight, ComfyUI's
   strength_model) scales the same delta in both; the file holds the EMA adapter and nothing else.
-- The README's plain-diffusers snippet gives `flashdistill generate`'s PNG byte for byte.
+- The plain-diffusers snippet of docs/full-scale.md gives `flashdistill generate`'s PNG byte for byte.
 
 ComfyUI (not installable here) as read in comfyanonymous/ComfyUI: `comfy/lora.py` `model_lora_keys_unet` maps, for a
 QwenImage model, `transformer.<module>` to its `diffusion_model.<module>.weight` (its QwenImage model,
@@ -175,17 +175,17 @@ def test_the_header_says_scale_one_to_diffusers(exports):
     assert len(meta["transformer.target_modules"]) == 24
 
 
-def readme_snippet() -> str:
-    """The README's plain-diffusers snippet (the indented block that starts with `import torch`)."""
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+def docs_snippet() -> str:
+    """The plain-diffusers snippet of docs/full-scale.md (the indented block that starts with `import torch`)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "full-scale.md").read_text(encoding="utf-8")
     start = text.index("    import torch\n    from diffusers import FlowMatchEulerDiscreteScheduler")
     end = re.compile(r"\n\n(?! )").search(text, start).start()  # the first paragraph that is not indented
     return "\n".join(line[4:] for line in text[start:end].splitlines())
 
 
-def test_the_readme_snippet_gives_generates_png_exactly(base, exports, tmp_path):
-    """The README's snippet, run as written (paths and the tiny size substituted), against `flashdistill generate`:
-    the same PNG; without its torch.manual_seed line the image changes from call to call."""
+def test_the_docs_snippet_gives_generates_png_exactly(base, exports, tmp_path):
+    """The snippet of docs/full-scale.md, run as written (paths and the tiny size substituted), against
+    `flashdistill generate`: the same PNG; without its torch.manual_seed line the image changes from call to call."""
     from PIL import Image
 
     from flashdistill.cli import main
@@ -193,15 +193,15 @@ def test_the_readme_snippet_gives_generates_png_exactly(base, exports, tmp_path)
     student, _ = exports["alpha=4rank"]
     assert main(["generate", "--model", str(student), "--prompt", PROMPT, "--seed", "0",
                  "--out", str(tmp_path / "generate.png")]) == 0
-    code = readme_snippet()
+    code = docs_snippet()
     for old, new in (('"runs/flash/student"', repr(str(student))), ("height=1024, width=1024", "height=64, width=64"),
                      ('"open.png"', repr(str(tmp_path / "snippet.png")))):
         assert old in code
         code = code.replace(old, new)
-    exec(compile(code, "README snippet", "exec"), {"BASE": str(base[0])})
+    exec(compile(code, "docs/full-scale.md snippet", "exec"), {"BASE": str(base[0])})
     pixels = [np.asarray(Image.open(tmp_path / name)) for name in ("generate.png", "snippet.png")]
     assert pixels[0].shape == (64, 64, 3) and np.array_equal(pixels[0], pixels[1])
     unseeded = code.replace("torch.manual_seed(seed)", "torch.randn(7)")  # the global generator wherever it is
-    exec(compile(unseeded, "README snippet, unseeded", "exec"), {"BASE": str(base[0])})
+    exec(compile(unseeded, "docs/full-scale.md snippet, unseeded", "exec"), {"BASE": str(base[0])})
     off = np.abs(np.asarray(Image.open(tmp_path / "snippet.png")).astype(int) - pixels[0]).max()
     assert off > 10, off

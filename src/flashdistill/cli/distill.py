@@ -38,7 +38,8 @@ def main_distill(argv: list[str] | None = None, prog: str = "flashdistill distil
     """CLI entry: returns the exit code (0 done, 1 diverged, 2 bad input). Under torchrun each rank ends here with
     that code (roles.teardown_distributed); an uncaught exception still propagates with its traceback."""
     # Before CUDA starts: expandable segments keep fragmentation low as micro-batches of different token counts (T2I
-    # and edit rows) come and go: at 20B reserved ran 4-6 % above allocated with it, up to 18 % without (README).
+    # and edit rows) come and go: at 20B reserved ran 4-6 % above allocated with it, up to 18 % without
+    # (docs/full-scale.md).
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     try:
         code = _main_distill(argv, prog)

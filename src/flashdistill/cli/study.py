@@ -103,7 +103,7 @@ def add_study(top) -> None:
     p.add_argument("name", choices=list(STUDIES), metavar="STUDY", help=", ".join(STUDIES))
     p.add_argument("--seeds", type=positive_int, default=3, help="training seeds per arm (default 3)")
     p.add_argument("--preset", choices=sorted(set(PRESETS) | set(OWN_PRESETS)), default=None,
-                   help="embedded world: full (default; sized for ~3 h per study on a 2-core CPU, see the README) "
+                   help="embedded world: full (default; sized for ~3 h per study on a 2-core CPU, see docs/studies.md) "
                         "or tiny (seconds; a smoke test). With --recipe: small (default), full or tiny")
     p.add_argument("--recipe", default=None, help="a study on your own model: your recipe (the arms are overrides "
                                                   "of it, made from its data files)")

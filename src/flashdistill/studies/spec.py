@@ -203,7 +203,7 @@ class StudyPreset(Preset):
 
 
 PRESETS = preset_table(
-    # Measured on the shared 2-core CPU, one thread per run (README "Studies"): 415-680 s per arm and seed at 400
+    # Measured on the shared 2-core CPU, one thread per run (docs/studies.md): 415-680 s per arm and seed at 400
     # iterations, so 3 seeds of every arm fit in about 2.5 h per study. The teacher-guidance study, whose arms are
     # the cheapest and whose findings are about the course of training, runs longer, with quick evaluations on 16
     # val cases per category (on 4, one seed's curve swung by 0.2 between two evaluations, while two seeds' bench

@@ -10,7 +10,7 @@ Sharded roles (`run.parallel: fsdp`) count this rank's shards (DTensor local ten
 gradient shards after a backward, so a 2-rank run can be held to `flashdistill plan --world-size 2`
 (`planned(..., world=2)`; benchmarks/fsdp_memory.py).
 
-Run `python benchmarks/role_memory.py` for the lora-vs-full table of the README.
+Run `python benchmarks/role_memory.py` for the lora-vs-full table of docs/full-scale.md.
 """
 
 from __future__ import annotations
