@@ -69,7 +69,7 @@ OWN_PRESETS = preset_table(
     OwnPreset("full", (), 10),  # the recipe's own sizes (configs/qwen-image-flash.yaml: 2000 iterations)
     OwnPreset("small", ("data.resolution=512", "roles.lora_rank=16", "dmd.iterations=300",
                         "run.checkpoint_every=50"), 6),
-    OwnPreset("tiny", ("dmd.iterations=2", "dmd.batch_size=2", "dmd.micro_batch=0", "roles.lora_rank=4",
+    OwnPreset("tiny", ("dmd.iterations=2", "dmd.batch_size=2", "run.micro_batch=0", "roles.lora_rank=4",
                        "critic.updates=1", "run.checkpoint_every=1"), 2),
 )
 
