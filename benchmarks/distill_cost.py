@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="distill-cost-"))
     base, spec = (Path(p) for p in args.teachers) if args.teachers else fresh_teachers(tmp, args.preset)
+    # the DMD iteration's parts; the paired regression (its own cache, pairs.weight) is left out
     common = [f"dmd.batch_size={args.batch_size}", f"run.text_cache={args.text_cache or tmp / 'text-cache'}",
-              "eval.every=0", "run.device=cpu"]
+              "eval.every=0", "run.device=cpu", "pairs.weight=0"]
     recipes = {
         "two_teachers": load_recipe(args.recipe, [f"teachers.base={base}", f"teachers.specialized={spec}", *common]),
         "one_teacher": load_recipe(args.recipe, [f"teachers={{base: {base}}}", "guidance=null", *common]),

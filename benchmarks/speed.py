@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"teacher": args.teacher, "student": args.student, "cfg_scale": teacher.spec.cfg_scale,
               **compare(samplers, args.batches, args.repeats, reference=tn, student=f"student@{few}")}
     if args.iterations > 0:
-        recipe = load_recipe(args.recipe, ["eval.every=0", "run.device=cpu"])
+        recipe = load_recipe(args.recipe, ["eval.every=0", "run.device=cpu", "pairs.weight=0"])
         result["distill_iteration"] = {"recipe": args.recipe,
                                        **iteration_split(recipe, args.iterations, warmup=1, encoder=encoder)}
     result["hardware"] = hardware()
