@@ -498,13 +498,13 @@ def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encod
     scores = iter([1.0, 3.0, 2.0, 2.5, 9.0])
     seen = []
 
-    def scorer(student, iteration):
-        seen.append((iteration, student.timesteps))
+    def scorer(ema, iteration, dist):  # flashdistill.distill.trainer.Scorer
+        seen.append((iteration, ema is not None and dist.main))
         return {"score": next(scores)}
 
     recipe = tiny(teachers, cache_dir, "dmd.iterations=6", "eval.every=1", "eval.patience=2")
     summary = train_distill(recipe, tmp_path / "run", encoder=encoder, scorer=scorer)
-    assert [i for i, _ in seen] == [1, 2, 3, 4] and summary["stopped_early"] and summary["iterations"] == 4
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ok for _, ok in seen) and summary["stopped_early"] and summary["iterations"] == 4
     assert summary["best_score"] == 3.0 and summary["best_iteration"] == 2
     best = json.loads((tmp_path / "run" / "best" / STUDENT_FILE).read_text())
     assert best["iteration"] == 2 and best["weights"] == "best"

@@ -127,7 +127,7 @@ def test_export_loads_into_diffusers_and_samples_the_students_four_steps(world, 
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
     from diffusers.utils.torch_utils import randn_tensor
 
-    from flashdistill.models.qwen_image import QwenImageFamily
+    from flashdistill.models.qwen_image import QwenImageParts
     from flashdistill.sampling import few_step_sample
 
     student = straight[0] / "student"
@@ -137,7 +137,7 @@ def test_export_loads_into_diffusers_and_samples_the_students_four_steps(world, 
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(student)  # diffusers' own LoRA loader
     merged = _flow(QwenImageTransformer2DModel.from_pretrained(student / "transformer"))
-    family = QwenImageFamily(t2i, parts=("text",))
+    family = QwenImageParts(t2i, parts=("text",))
     prompt = "a sign that reads OPEN"
     cond = family.cond([prompt])
     g = torch.Generator().manual_seed(3)

@@ -1,7 +1,7 @@
 """Condition caches: every encoder output training needs, encoded once, so the text encoder and the VAE are never
 resident next to the roles (`flashdistill cache`).
 
-What is cached, per encoder (a family; `flashdistill.models.qwen_image.QwenImageFamily` for Qwen-Image folders):
+What is cached, per encoder (`flashdistill.models.qwen_image.QwenImageParts` for Qwen-Image folders):
 - every T2I prompt: its token embeddings, real tokens only (L, D);
 - the negative prompt (`negative_prompt`, default " ") for true CFG of T2I rows;
 - every edit (source image + instruction): the VL embedding of source + instruction (`emb`), of source + negative

@@ -154,14 +154,14 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     sharding = fsdp.sharding(recipe, dist)
     sharded = sharding is not None
     base_path = _base_path(recipe, dist, family, sharded)
-    rc = recipe.roles
+    layout = recipe.roles
 
     def full_critic(model):
         model.train().requires_grad_(True)
-        if rc.gradient_checkpointing:
+        if layout.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
 
-    dtype = frozen_dtype(rc.frozen_dtype, dist.device)
+    dtype = frozen_dtype(layout.frozen_dtype, dist.device)
     critic_full = None
     if not recipe.critic.lora and sharded:  # trainable: fp32 master weights
         critic_full = fsdp.load(family, base_path, sharding, full_critic, torch.float32)
@@ -170,7 +170,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     else:
         base = family.load_model(base_path, dtype).to(fsdp.load_device(sharding) if sharded else dist.device)
     base.eval().requires_grad_(False)
-    if rc.gradient_checkpointing:
+    if layout.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing(checkpoint_block)
     if not recipe.critic.lora and not sharded:
         critic_full = trainable_copy(base)
@@ -241,11 +241,11 @@ def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[s
     returns teacher name -> None (the base), an adapter name, or the Path of a different model."""
     from peft import LoraConfig
 
-    rc = recipe.roles
-    alpha = rc.lora_alpha or rc.lora_rank
-    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": rc.lora_rank, "alpha": float(alpha),
+    layout = recipe.roles
+    alpha = layout.lora_alpha or layout.lora_rank
+    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank, "alpha": float(alpha),
                       "targets": list(DEFAULT_TARGETS)}
-    config = LoraConfig(r=rc.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
+    config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
                         init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.dmd.seed)
