@@ -4,11 +4,9 @@ import json
 
 import pytest
 
-from flashdistill.bench.cases import load_cases, write_cases
-from flashdistill.bench.cases import BUILTIN_CASES
+from flashdistill.bench.cases import BUILTIN_CASES, edit_bench_cases, load_cases, t2i_bench_cases, write_cases
 from flashdistill.cli import main
 from flashdistill.errors import UserError
-from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases
 
 
 def test_shipped_mini_benches_have_the_documented_size():

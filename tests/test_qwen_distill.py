@@ -18,14 +18,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flashdistill.cli import main
-from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.layouts.build import build_roles
-from flashdistill.runtime.dist import Dist
 from flashdistill.cli.distill import main_distill
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import pack, unpack
 from flashdistill.models.qwen_tiny import write_tiny_folder
+from flashdistill.runtime.dist import Dist
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
 FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=cpu", "run.threads=1",

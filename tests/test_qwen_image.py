@@ -8,9 +8,9 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from flashdistill.conditioning import Cond
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, velocity_target
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import pack, unpack
 from flashdistill.models.qwen_image import QwenImageParts
 from flashdistill.models.qwen_tiny import write_tiny_folder

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from flashdistill.cli import main
-from flashdistill.data.cache import ConditionCache
 from flashdistill.cli.distill import main_distill
+from flashdistill.data.cache import ConditionCache
 from flashdistill.errors import UserError
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"

@@ -51,11 +51,11 @@ INDEX_KEYS = {"model_id": str, "model": str, "dtype": str, "negative_prompt": st
 
 
 def prompt_key(model_id: str, text: str) -> str:
-    return hashlib.sha256(f"{model_id}\nprompt\n{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{model_id}\nprompt\n{text}".encode()).hexdigest()
 
 
 def edit_key(model_id: str, instruction: str, image_digest: str, area: int) -> str:
-    return hashlib.sha256(f"{model_id}\nedit\n{area}\n{image_digest}\n{instruction}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{model_id}\nedit\n{area}\n{image_digest}\n{instruction}".encode()).hexdigest()
 
 
 class DamagedShard(UserError):

@@ -30,11 +30,11 @@ from typing import Protocol
 
 import torch
 
+from flashdistill.conditioning import Cond
 from flashdistill.data.batches import TaskMix, batch_of, choose_items
-from flashdistill.world.pools import edit_item, t2i_item
 from flashdistill.data.cache import pad_rows
 from flashdistill.errors import UserError
-from flashdistill.conditioning import Cond
+from flashdistill.world.pools import edit_item, t2i_item
 
 Tensor = torch.Tensor
 

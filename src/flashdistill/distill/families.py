@@ -30,8 +30,9 @@ not) or a `.safetensors` LoRA file in diffusers' format (`QwenImagePipeline.save
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
@@ -258,7 +259,6 @@ class QwenImageFolderFamily:
 
     def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
         from flashdistill.distill.qwen_export import export_qwen_student
-
         from flashdistill.models.qwen_image import size_value
 
         return export_qwen_student(roles, folder, timesteps, {**info, "resolution": size_value(self.size)},

@@ -31,15 +31,15 @@ from dataclasses import dataclass, field
 import torch
 
 from flashdistill.conditioning import Cond
-from flashdistill.distill import dmd, gan, pairs
-from flashdistill.distill.pairs import PairsCache
-from flashdistill.distill.results import CriticStep, GeneratorRows, GeneratorStep, Terms
 from flashdistill.data.sources import BatchSource
+from flashdistill.distill import dmd, gan, pairs
 from flashdistill.distill.families import Family
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import Recipe
 from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles
+from flashdistill.distill.pairs import PairsCache
+from flashdistill.distill.recipe import Recipe
+from flashdistill.distill.results import CriticStep, GeneratorRows, GeneratorStep, Terms
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate
 from flashdistill.runtime.dist import Dist

@@ -15,8 +15,17 @@ from pathlib import Path
 
 import torch
 
-from flashdistill.distill.pairs import (INDEX, PairsCache, guidance_row, pair_item, pair_noise, teacher_images,
-                                        text_tag, write_index, write_shard)
+from flashdistill.distill.pairs import (
+    INDEX,
+    PairsCache,
+    guidance_row,
+    pair_item,
+    pair_noise,
+    teacher_images,
+    text_tag,
+    write_index,
+    write_shard,
+)
 from flashdistill.errors import UserError
 
 

@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError, one_line
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError, one_line
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig, pack, unpack
 from flashdistill.records import read_record, require
 

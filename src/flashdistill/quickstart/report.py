@@ -25,6 +25,7 @@ from flashdistill.quickstart.speed import ITERATION_PARTS
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image
 
+
 def _cases(bench: str, limit: int):
     from flashdistill.bench.cases import BUILTIN_CASES
 

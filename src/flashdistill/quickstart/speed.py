@@ -112,9 +112,9 @@ def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
     import tempfile
     from pathlib import Path
 
+    from flashdistill.distill.iteration import build_context, train_iteration
     from flashdistill.distill.layouts.build import build_roles
     from flashdistill.runtime.dist import Dist
-    from flashdistill.distill.iteration import build_context, train_iteration
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="iteration-split-") as tmp:

@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
+from flashdistill.distill.recipe import Recipe
 from flashdistill.errors import UserError
 from flashdistill.files import read_json_object
 from flashdistill.studies.report import DONE_FILE
+from flashdistill.studies.spec import Arm, Study
 
 # One H200, the shipped recipe at full size (benchmarks/results/gpu_fullsize_h200.json, memory phase "8 2 0:1"):
 # 69.66 s per iteration of 8 rows at 1024², micro-batch 2, per-block checkpointing, critic.updates 2.
 H200_ITERATION_S, H200_ROWS, H200_PIXELS = 69.66, 8, 1024 * 1024
 H200_SOURCE = "benchmarks/results/gpu_fullsize_h200.json"
+
+
+class OwnStudy(Protocol):
+    """What the cost reads of a study on the user's recipe (studies/own.py `OwnStudy`)."""
+
+    path: Path  # the recipe file
+    recipe: Recipe
+    study: Study
 
 
 def seconds_per_iteration(own: OwnStudy, out: Path) -> tuple[float, str] | None:
