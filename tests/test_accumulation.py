@@ -135,4 +135,5 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
         got = read_full(tmp_path / "two" / "checkpoint", f"{role}/")
         assert set(got) == set(ref), role
         for key in ref:
-            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0, msg=lambda m, where=f"{role}:{key}": f"{where} {m}")
+            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0,
+                                       msg=lambda m, where=f"{role}:{key}": f"{where} {m}")

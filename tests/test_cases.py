@@ -56,7 +56,8 @@ GOOD = json.dumps({"id": "a", "category": "text", "prompt": "a sign", "seed": 1}
     (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": "1"}), "'seed' must be an integer"),
     (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": 1, "colour": 2}), "unknown key 'colour'"),
     (GOOD, "duplicate case id 'a'"),
-    ('{"id": "b", "category": "text", "prompt": "a \\ud800 sign", "seed": 1}', "'prompt' holds .* lone UTF-16 surrogate"),
+    ('{"id": "b", "category": "text", "prompt": "a \\ud800 sign", "seed": 1}',
+     "'prompt' holds .* lone UTF-16 surrogate"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, line, message):
     path = _write(tmp_path, [GOOD, line])

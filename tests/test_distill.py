@@ -504,7 +504,8 @@ def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encod
 
     recipe = tiny(teachers, cache_dir, "dmd.iterations=6", "eval.every=1", "eval.patience=2")
     summary = train_distill(recipe, tmp_path / "run", encoder=encoder, scorer=scorer)
-    assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ok for _, ok in seen) and summary["stopped_early"] and summary["iterations"] == 4
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ok for _, ok in seen)
+    assert summary["stopped_early"] and summary["iterations"] == 4
     assert summary["best_score"] == 3.0 and summary["best_iteration"] == 2
     best = json.loads((tmp_path / "run" / "best" / STUDENT_FILE).read_text())
     assert best["iteration"] == 2 and best["weights"] == "best"

@@ -1,5 +1,6 @@
 """A run's input identity: --resume is refused, naming the input, when a teacher's weights or a data file changed
-(runtime/inputs.py, distill/inputs.py); --accept-changed-inputs continues on purpose; what does not change the content passes."""
+(runtime/inputs.py, distill/inputs.py); --accept-changed-inputs continues on purpose;
+what does not change the content passes."""
 
 import json
 import os

@@ -67,7 +67,8 @@ def test_recipe_takes_the_files_categories(world):
     assert r.tasks.edit_mix == {"style": 1.0, "text_editing": 1.0}  # default: the edits file's categories
     assert r.timesteps == [1.0, 0.9, 0.75, 0.5] and r.roles.mode == "lora"
     assert r.task_mix().composition == {"landscape": 1, "portrait": 1, "text": 1}
-    assert r.data.size() == (64, 64) and load_recipe(RECIPE, sets + ["data.resolution=[48, 64]"]).data.size() == (48, 64)
+    assert r.data.size() == (64, 64)
+    assert load_recipe(RECIPE, sets + ["data.resolution=[48, 64]"]).data.size() == (48, 64)
     for extra, key in (("data.composition={landscape: 1, sky: 1}", "data.composition.sky"),
                        ("guidance.sky={base: 1.0}", "guidance.sky"),
                        ("tasks.edit_mix={object_manipulation: 1}", "tasks.edit_mix.object_manipulation"),

@@ -133,11 +133,13 @@ def _add_cache(top) -> None:
     p.add_argument("--prompts", default=None, help="prompts JSONL (default: the recipe's data.prompts)")
     p.add_argument("--edits", default=None, help="edits JSONL (default: the recipe's data.edits)")
     p.add_argument("--out", default=None, help="cache folder (default: the recipe's run.text_cache)")
-    p.add_argument("--negative-prompt", default=" ", type=model_text, help="the negative prompt of true CFG (default: ' ')")
+    p.add_argument("--negative-prompt", default=" ", type=model_text,
+                   help="the negative prompt of true CFG (default: ' ')")
     p.add_argument("--vae-area", type=positive_int, default=1024 * 1024,
                    help="pixel area of a source image at the VAE, aspect kept (default 1024*1024, the pipelines')")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per text-encoder pass")
-    p.add_argument("--shard-size", type=positive_int, default=256, help="entries per shard (a kill loses at most one shard)")
+    p.add_argument("--shard-size", type=positive_int, default=256,
+                   help="entries per shard (a kill loses at most one shard)")
     p.add_argument("--device", type=torch_device, default="cpu", help="cpu | cuda | cuda:N | mps")
     p.set_defaults(func=cmd_cache)

@@ -48,8 +48,8 @@ from flashdistill.runtime.steps import ema_update, micro_batches, step_generator
 from flashdistill.sampling import concat_cond, guided_velocity
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_pairs",
-           "loss_gan", "loss_gan_critic", "gan_acc", "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic",
-           "step_time")
+           "loss_gan", "loss_gan_critic", "gan_acc", "k", "skipped", "time_data", "time_student", "time_teachers",
+           "time_critic", "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
 
@@ -193,13 +193,15 @@ def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond
     x0_fake when `ctx.peek` asks for them."""
     r, recipe, terms = ctx.roles, ctx.recipe, Terms()
     with ctx.timed("student"):
-        x, v, z = dmd.simulate(r.student_train, draws.noises, recipe.timesteps, draws.k, cond, recipe.dmd.bf16, r.student)
+        x, v, z = dmd.simulate(r.student_train, draws.noises, recipe.timesteps, draws.k, cond, recipe.dmd.bf16,
+                               r.student)
     x_t = interpolate(x.detach(), draws.xi, draws.t)
     with ctx.timed("teachers"):
         mix = teacher_mix(ctx, draws, cond, uncond)
         x0_real, ran = dmd.real_x0(mix, x_t, draws.t)
         if recipe.dmd.regression > 0:
-            target = dmd.teacher_ode_x0(mix, z, recipe.timesteps[draws.k], recipe.dmd.regression_nfe, recipe.student.shift)
+            target = dmd.teacher_ode_x0(mix, z, recipe.timesteps[draws.k], recipe.dmd.regression_nfe,
+                                        recipe.student.shift)
         if ctx.dist.any(bool(mix.nonfinite))[0]:
             check_teachers(ctx, ran, cond, uncond)
     with ctx.timed("critic"):

@@ -55,8 +55,8 @@ class Roles:
 
 
 def adamw_roles(teachers: dict[str, FlowModel], student: FlowModel, ema: FlowModel, critic: FlowModel,
-                dmd: DMDSection, critic_section: CriticSection, family: Family, *, student_train: torch.nn.Module | None = None,
-                critic_train: torch.nn.Module | None = None) -> Roles:
+                dmd: DMDSection, critic_section: CriticSection, family: Family, *,
+                student_train: torch.nn.Module | None = None, critic_train: torch.nn.Module | None = None) -> Roles:
     """The roles every layout builds: AdamW on the student at `dmd.lr` / `dmd.weight_decay` and on the critic at
     `critic.lr` / `critic.weight_decay` (constant rates, DMD2); the grad passes go through `student_train` /
     `critic_train` (a DDP wrapper) or, when None, the bare modules."""

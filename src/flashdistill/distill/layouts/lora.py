@@ -243,8 +243,8 @@ def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[s
 
     layout = recipe.roles
     alpha = layout.lora_alpha or layout.lora_rank
-    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank, "alpha": float(alpha),
-                      "targets": list(DEFAULT_TARGETS)}
+    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank,
+                      "alpha": float(alpha), "targets": list(DEFAULT_TARGETS)}
     config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
                         init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
