@@ -137,3 +137,17 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
         for key in ref:
             torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0,
                                        msg=lambda m, where=f"{role}:{key}": f"{where} {m}")
+
+
+def test_the_old_micro_batch_key_is_read_into_run(tmp_path):
+    """`dmd.micro_batch` moved to `run.micro_batch`: the old key is read there with a note (also under an empty
+    `run:`), and giving both is refused naming the old key."""
+    from flashdistill.errors import UserError
+
+    path = tmp_path / "r.yaml"
+    path.write_text("teachers: {base: teacher:base}\ndmd: {micro_batch: 2}\nrun:\n")
+    recipe = load_recipe(path)
+    assert recipe.run.micro_batch == 2 and "micro_batch" not in recipe.to_dict()["dmd"]
+    assert any("run.micro_batch" in note for note in recipe.notes)
+    with pytest.raises(UserError, match=r"^dmd\.micro_batch: "):
+        load_recipe(path, ["run.micro_batch=1"])

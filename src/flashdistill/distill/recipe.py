@@ -297,9 +297,12 @@ def _micro_batch_moved(raw: dict) -> list[str]:
     dmd = raw.get("dmd")
     if not isinstance(dmd, dict) or "micro_batch" not in dmd:
         return []
-    run = raw.setdefault("run", {}) if isinstance(raw.get("run", {}), dict) else None
-    require(run is not None and "micro_batch" not in run, "dmd.micro_batch", "is run.micro_batch's old name; give "
-            "run.micro_batch only")
+    if raw.get("run") is None:  # absent, or `run:` with nothing under it
+        raw["run"] = {}
+    run = raw["run"]
+    if not isinstance(run, dict):
+        return []  # the strict loader refuses `run` itself, naming it
+    require("micro_batch" not in run, "dmd.micro_batch", "is run.micro_batch's old name; give run.micro_batch only")
     run["micro_batch"] = dmd.pop("micro_batch")
     return ["dmd.micro_batch is now run.micro_batch (read as such)"]
 
