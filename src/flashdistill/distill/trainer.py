@@ -63,9 +63,9 @@ class Scorer(Protocol):
     def __call__(self, ema, iteration: int, dist: Dist) -> dict | None: ...
 
 
-def checkpoint_files(recipe: Recipe, dist: Dist) -> tuple[str, ...]:
+def checkpoint_files(parallel: str, dist: Dist) -> tuple[str, ...]:
     """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
-    return sharded_checkpoint.FILES if fsdp.active(recipe.run.parallel, dist) else CHECKPOINT_FILES
+    return sharded_checkpoint.FILES if fsdp.active(parallel, dist) else CHECKPOINT_FILES
 
 
 def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
@@ -97,7 +97,7 @@ def restore_run(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dis
     """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous
     checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported;
     changed teacher weights or data files are refused unless `accept_inputs`."""
-    files = checkpoint_files(recipe, dist)
+    files = checkpoint_files(recipe.run.parallel, dist)
     other = CHECKPOINT_FILES if files != CHECKPOINT_FILES else sharded_checkpoint.FILES
     if find_checkpoint(out, files) is None and find_checkpoint(out, other) is not None:
         raise UserError(f"{out} holds a checkpoint of another run.parallel layout or world size: resume it with "
@@ -119,7 +119,7 @@ class DistillJob:
 
     def __init__(self, ctx: Context, out: Path, tracker: BestTracker, scorer: Scorer | None, inputs: dict | None):
         self.ctx, self.out, self.tracker, self.scorer, self.inputs = ctx, out, tracker, scorer, inputs
-        self.checkpoint_files = checkpoint_files(ctx.recipe, ctx.dist)
+        self.checkpoint_files = checkpoint_files(ctx.recipe.run.parallel, ctx.dist)
 
     def step(self, index: int) -> dict:
         every = self.ctx.recipe.run.log_every
