@@ -76,9 +76,9 @@ def random_family(folder: Path, resolution: int, device: torch.device, seed: int
     """The qwen-image family on `folder`, with random weights built on the device and a random condition cache."""
     from flashdistill.data.files import read_edits, read_prompts
     from flashdistill.data.sources import FileSource
-    from flashdistill.distill.families import QwenImageFolder
+    from flashdistill.distill.families import QwenImageFolderFamily
 
-    class RandomFolder(QwenImageFolder):
+    class RandomFolder(QwenImageFolderFamily):
         @staticmethod
         def read_transformer(folder: Path, dtype: torch.dtype):
             from diffusers import QwenImageTransformer2DModel

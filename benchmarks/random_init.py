@@ -32,7 +32,7 @@ def measure(init: str, layers: int, heads: int, side: int, seed: int = 0) -> lis
 
     from flashdistill.conditioning import Cond
     from flashdistill.models.mmdit import FlowModel, MMDiTConfig
-    from flashdistill.models.qwen_image import QwenImageFamily
+    from flashdistill.models.qwen_image import QwenImageParts
 
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(num_layers=layers, num_attention_heads=heads).eval()
@@ -49,7 +49,7 @@ def measure(init: str, layers: int, heads: int, side: int, seed: int = 0) -> lis
         tt = torch.tensor([t])
         with torch.no_grad():
             v_cond, v_neg = model(z, tt, cond), model(z, tt, neg)
-            guided = QwenImageFamily.cfg(v_cond, v_neg, 4.0)
+            guided = QwenImageParts.cfg(v_cond, v_neg, 4.0)
         rows.append({"t": t, "v_std": v_cond.std().item(),
                      "conditional_gap": ((v_cond - v_neg).norm() / v_cond.norm()).item(),
                      "dmd_gradient_over_signal": ((guided - v_cond).norm() / v_cond.norm()).item()})

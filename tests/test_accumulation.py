@@ -27,8 +27,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.iteration import micro_batches
+from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.trainer import train_distill
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +135,8 @@ def test_two_fsdp_ranks_accumulating_match_one_rank(qwen_world, one_pass, tmp_pa
         got = read_full(tmp_path / "two" / "checkpoint", f"{role}/")
         assert set(got) == set(ref), role
         for key in ref:
-            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0, msg=lambda m: f"{role}:{key} {m}")
+            torch.testing.assert_close(got[key], ref[key], atol=ATOL_WEIGHTS, rtol=0,
+                                       msg=lambda m, where=f"{role}:{key}": f"{where} {m}")
 
 
 def test_the_old_micro_batch_key_is_read_into_run(tmp_path):

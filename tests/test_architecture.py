@@ -148,7 +148,8 @@ def test_the_checker_sees_imports_inside_functions_and_relative_ones(tmp_path):
     """The graph is not vacuous: function-level and relative imports count, names resolve to their modules."""
     path = tmp_path / "trainer.py"
     path.write_text("from . import dmd\nfrom ..bench.quick import make_scorer\n\n\ndef f():\n"
-                    "    import flashdistill.world.pools as pools\n    from flashdistill.models.mmdit import FlowModel\n")
+                    "    import flashdistill.world.pools as pools\n"
+                    "    from flashdistill.models.mmdit import FlowModel\n")
     known = dict.fromkeys(["distill", "distill.trainer", "distill.dmd", "bench.quick", "world.pools", "models",
                            "models.mmdit"], path)
     assert imports_of("distill.trainer", path, known) == {"distill", "distill.dmd", "bench.quick", "world.pools",

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 
 from flashdistill.bench.calibrate import check_bars
-from flashdistill.bench.cases import load_cases
+from flashdistill.bench.cases import BUILTIN_CASES, load_cases
 from flashdistill.bench.models import load_model
 from flashdistill.bench.runner import run_bench
 from flashdistill.bench.world_judge import WorldJudge
-from flashdistill.bench.cases import BUILTIN_CASES
 from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.world.edits import source_image

@@ -12,7 +12,7 @@ from flashdistill.cli import main
 from flashdistill.data.cache import ConditionCache, build_cache
 from flashdistill.data.files import read_edits, read_prompts
 from flashdistill.errors import UserError
-from flashdistill.models.qwen_image import QwenImageFamily
+from flashdistill.models.qwen_image import QwenImageParts
 from flashdistill.models.qwen_tiny import write_tiny_folder
 
 AREA = 64 * 64  # small VAE area for the sources: fast
@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     edits.write_text("\n".join(json.dumps({"image": f"{n}.png", "instruction": i, "category": "style"})
                                for n, i in [("a", "make it blue"), ("b", "add a hat")]) + "\n")
     folder = write_tiny_folder(root / "edit-plus", "edit-plus")
-    family = QwenImageFamily(folder, parts=("text", "vae"))
+    family = QwenImageParts(folder, parts=("text", "vae"))
     return root, family, read_prompts(prompts), read_edits(edits)
 
 

@@ -4,11 +4,9 @@ import json
 
 import pytest
 
-from flashdistill.bench.cases import load_cases, write_cases
-from flashdistill.bench.cases import BUILTIN_CASES
+from flashdistill.bench.cases import BUILTIN_CASES, edit_bench_cases, load_cases, t2i_bench_cases, write_cases
 from flashdistill.cli import main
 from flashdistill.errors import UserError
-from flashdistill.bench.cases import edit_bench_cases, t2i_bench_cases
 
 
 def test_shipped_mini_benches_have_the_documented_size():
@@ -58,7 +56,8 @@ GOOD = json.dumps({"id": "a", "category": "text", "prompt": "a sign", "seed": 1}
     (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": "1"}), "'seed' must be an integer"),
     (json.dumps({"id": "b", "category": "text", "prompt": "x", "seed": 1, "colour": 2}), "unknown key 'colour'"),
     (GOOD, "duplicate case id 'a'"),
-    ('{"id": "b", "category": "text", "prompt": "a \\ud800 sign", "seed": 1}', "'prompt' holds .* lone UTF-16 surrogate"),
+    ('{"id": "b", "category": "text", "prompt": "a \\ud800 sign", "seed": 1}',
+     "'prompt' holds .* lone UTF-16 surrogate"),
 ])
 def test_malformed_line_names_file_and_line(tmp_path, line, message):
     path = _write(tmp_path, [GOOD, line])

@@ -39,7 +39,8 @@ def test_judge_eval_reader_prints_the_clean_blur_noise_table(tmp_path, capsys):
     out = tmp_path / "reader.json"
     assert main(["judge", "eval-reader", "--n", "3", "--json", str(out)]) == 0
     table = capsys.readouterr().out
-    assert "| category | attribute | clean | blur 1.0 | noise 0.1 |" in table and "| text | word (whole word) |" in table
+    assert "| category | attribute | clean | blur 1.0 | noise 0.1 |" in table
+    assert "| text | word (whole word) |" in table
     assert set(json.loads(out.read_text())) == {"clean", "blur 1.0", "noise 0.1"}
 
 

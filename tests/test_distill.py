@@ -4,8 +4,8 @@ Tiny random teachers (MMDiTConfig.tiny), batch 4, 1 CPU thread, a few iterations
 slow one (~30 s)."""
 
 import json
-import re
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -16,22 +16,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flashdistill.cli.distill import main_distill
+from flashdistill.conditioning import Cond
 from flashdistill.data.batches import choose_items, make_batch
 from flashdistill.distill import dmd
 from flashdistill.distill.export import STUDENT_FILE, load_student
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import load_recipe, resume_fingerprint
-from flashdistill.distill.layouts.build import build_roles
-from flashdistill.runtime.dist import Dist
-from flashdistill.cli.distill import main_distill
 from flashdistill.distill.iteration import build_context, train_iteration
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.distill.recipe import load_recipe, resume_fingerprint
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.flow import v_from_x0
-from flashdistill.conditioning import Cond
 from flashdistill.models.text import TextEncoder
 from flashdistill.pipeline import StudentModel
 from flashdistill.runfolder import MARKER
+from flashdistill.runtime.dist import Dist
 from flashdistill.teacher.train import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -498,13 +498,14 @@ def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encod
     scores = iter([1.0, 3.0, 2.0, 2.5, 9.0])
     seen = []
 
-    def scorer(student, iteration):
-        seen.append((iteration, student.timesteps))
+    def scorer(ema, iteration, dist):  # flashdistill.distill.trainer.Scorer
+        seen.append((iteration, ema is not None and dist.main))
         return {"score": next(scores)}
 
     recipe = tiny(teachers, cache_dir, "dmd.iterations=6", "eval.every=1", "eval.patience=2")
     summary = train_distill(recipe, tmp_path / "run", encoder=encoder, scorer=scorer)
-    assert [i for i, _ in seen] == [1, 2, 3, 4] and summary["stopped_early"] and summary["iterations"] == 4
+    assert [i for i, _ in seen] == [1, 2, 3, 4] and all(ok for _, ok in seen)
+    assert summary["stopped_early"] and summary["iterations"] == 4
     assert summary["best_score"] == 3.0 and summary["best_iteration"] == 2
     best = json.loads((tmp_path / "run" / "best" / STUDENT_FILE).read_text())
     assert best["iteration"] == 2 and best["weights"] == "best"
@@ -518,8 +519,7 @@ def test_quick_eval_keeps_the_best_and_patience_stops(teachers, cache_dir, encod
 def test_export_reloads_through_diffusers_and_serves_the_benches(teachers, cache_dir, encoder, tmp_path):
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
 
-    from flashdistill.bench.cases import load_cases
-    from flashdistill.bench.cases import BUILTIN_CASES
+    from flashdistill.bench.cases import BUILTIN_CASES, load_cases
 
     run = tmp_path / "run"
     train_distill(tiny(teachers, cache_dir, "dmd.iterations=2"), run, encoder=encoder)

@@ -69,3 +69,15 @@ def test_the_checker_sees_a_broken_link(tmp_path):
     page.write_text("See [gone](gone.md), [b](b.md#real-heading), [bad](b.md#nope) and `[x](code.md)`.\n\n"
                     "    [y](indented.md)\n", encoding="utf-8")
     assert broken_links(page, tmp_path) == ["gone.md: no such file", "b.md#nope: no heading #nope in b.md"]
+
+
+def test_the_design_pages_file_map_names_files_that_exist():
+    """docs/design.md's "What a reader finds where" names files under src/flashdistill/: each must exist."""
+    page = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    table = page.split("## What a reader finds where", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    named = {name for row in rows for name in re.findall(r"`([\w/<>]+(?:\.py|/))`", row.rsplit("|", 2)[1])}
+    assert len(named) > 15
+    src = ROOT / "src" / "flashdistill"
+    missing = [n for n in named if "<" not in n and not (src / n).exists()]
+    assert not missing, f"docs/design.md names files that are not under {src}: {missing}"

@@ -35,12 +35,21 @@ DIFFUSERS_TEST_VAE = dict(base_dim=24, z_dim=4, dim_mult=[1, 2, 4], num_res_bloc
 def diffusers_t2i_folder(out: Path, vae: dict | None = None) -> Path:
     """A tiny QwenImagePipeline built from the library classes and saved by diffusers itself, with our tiny VAE or
     `vae` (the transformer packs 4 x its z_dim channels in, z_dim out)."""
-    from diffusers import (AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline,
-                           QwenImageTransformer2DModel)
+    from diffusers import (
+        AutoencoderKLQwenImage,
+        FlowMatchEulerDiscreteScheduler,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+    )
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from flashdistill.models.qwen_tiny import (build_tokenizer, scheduler_config, text_encoder_config,
-                                               transformer_config, vae_config)
+    from flashdistill.models.qwen_tiny import (
+        build_tokenizer,
+        scheduler_config,
+        text_encoder_config,
+        transformer_config,
+        vae_config,
+    )
 
     torch.manual_seed(0)
     tokenizer = build_tokenizer()

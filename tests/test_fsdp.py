@@ -94,7 +94,8 @@ def test_two_sharded_ranks_follow_one_rank(runs, mode):
         for key in wa[role]:
             torch.testing.assert_close(wb[role][key], wa[role][key], atol=ATOL_WEIGHTS, rtol=0, msg=f"{role}:{key}")
     assert json.loads((two / "checkpoint" / "state.json").read_text())["sharded"] == 2
-    assert max((wb["student"][k] - wb["ema"][k]).abs().max().item() for k in wb["student"]) > 0  # the EMA lags the trained student: the comparison is not between untouched copies
+    # the EMA lags the trained student: the comparison is not between untouched copies
+    assert max((wb["student"][k] - wb["ema"][k]).abs().max().item() for k in wb["student"]) > 0
 
 
 def test_gathered_export_loads_into_diffusers(runs, tmp_path):

@@ -1,5 +1,6 @@
 """A run's input identity: --resume is refused, naming the input, when a teacher's weights or a data file changed
-(runtime/inputs.py, distill/inputs.py); --accept-changed-inputs continues on purpose; what does not change the content passes."""
+(runtime/inputs.py, distill/inputs.py); --accept-changed-inputs continues on purpose;
+what does not change the content passes."""
 
 import json
 import os
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flashdistill.errors import UserError
 from flashdistill.distill.inputs import input_fingerprint
 from flashdistill.distill.pairs import INDEX, PairsSection
+from flashdistill.errors import UserError
 from flashdistill.runtime.inputs import FULL_HASH_BYTES, check_inputs, input_changes, weight_fingerprint
 
 
@@ -138,8 +139,8 @@ class _Counting:
 def test_resume_refuses_a_replaced_lora_teacher(qwen_world, tmp_path, one_thread):
     """The whole path: a checkpoint records its inputs; replacing the specialized LoRA file in place stops
     `--resume` with one line naming it; --accept-changed-inputs continues and records the new inputs."""
-    from flashdistill.distill.recipe import load_recipe
     from flashdistill.cli.distill import main_distill
+    from flashdistill.distill.recipe import load_recipe
     from flashdistill.models.qwen_tiny import write_random_lora
     from flashdistill.runtime.checkpoint import read_state
 

@@ -8,17 +8,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flashdistill.conditioning import Cond
 from flashdistill.distill.export import load_student
+from flashdistill.distill.layouts.build import build_roles
 from flashdistill.distill.layouts.lora import AdapterView
 from flashdistill.distill.layouts.plan import lora_params
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.layouts.build import build_roles
-from flashdistill.runtime.dist import Dist
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import TextEncoder
+from flashdistill.runtime.dist import Dist
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "distill_tiny.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread")

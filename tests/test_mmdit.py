@@ -4,8 +4,8 @@ import pytest
 import torch
 from diffusers import QwenImageTransformer2DModel
 
-from flashdistill.errors import UserError
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig, pack, unpack
 
 B, L, D = 4, 7, 384

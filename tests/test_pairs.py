@@ -6,6 +6,7 @@ logs and resumes exactly."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from flashdistill.distill import pairs
 from flashdistill.distill.guidance import Guidance
 from flashdistill.distill.pairs_build import build_pairs
+from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
@@ -176,3 +178,28 @@ def test_pairs_command_line(teachers, cache_dir, tmp_path):
     assert "2 pairs in" in done.stdout and json.loads((tmp_path / "p" / "index.json").read_text())["pairs"] == 2
     bad = subprocess.run(cmd[:4] + ["--n", "0"] + cmd[6:], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--n" in bad.stderr
+
+
+def test_pairs_from_data_files_on_a_qwen_image_folder(qwen_world, tmp_path):
+    """At full scale the pairs come from the user's prompt and edit files: `flashdistill pairs` on a (tiny) Qwen-Image
+    folder samples along the pipeline's own sigmas (its scheduler's shift at the latent sides), and a LoRA-roles
+    run regresses onto them."""
+    from flashdistill.cli import main
+    from flashdistill.distill.families import family_for
+
+    _, sets = qwen_world
+    recipe_file = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
+    fast = ["roles.lora_rank=4", "dmd.batch_size=2", "dmd.bf16=false", "run.device=cpu", "run.threads=1",
+            "dmd.iterations=2", "run.checkpoint_every=2", "roles.frozen_dtype=fp32", "run.micro_batch=0"]
+    family = family_for(load_recipe(recipe_file, sets + fast))
+    sigmas = family.sampling_sigmas("unused", 4)
+    assert len(sigmas) == 5 and float(sigmas[0]) == 1.0 and float(sigmas[-1]) == 0.0
+    assert bool((sigmas[1:] < sigmas[:-1]).all())
+    assert main(["pairs", str(recipe_file), "--n", "2", "--nfe", "2", "--out", str(tmp_path / "p"),
+                 "--set", *sets, *fast]) == 0
+    assert json.loads((tmp_path / "p" / "index.json").read_text())["pairs"] == 2
+    run = tmp_path / "run"
+    assert main(["distill", str(recipe_file), "--out", str(run), "--set", *sets, *fast,
+                 f"pairs.folder={tmp_path / 'p'}", "pairs.weight=1"]) == 0
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"loss_pairs"' in line]
+    assert len(log) == 2 and all(r["loss_pairs"] > 0 for r in log)

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from flashdistill.cli import main
+from flashdistill.conditioning import Cond
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, x0_from_v
 from flashdistill.imageio import load_png, save_png
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.shipped import TEACHERS_DIR
 from flashdistill.pipeline import FlowPipeline, SamplingSpec, load_teacher

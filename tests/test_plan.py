@@ -4,8 +4,13 @@ import pytest
 from diffusers import QwenImageTransformer2DModel
 
 from flashdistill.cli import main
-from flashdistill.distill.layouts.plan import (activation_bytes, count, meta_transformer, role_rows,
-                                               transformer_config_path)
+from flashdistill.distill.layouts.plan import (
+    activation_bytes,
+    count,
+    meta_transformer,
+    role_rows,
+    transformer_config_path,
+)
 from flashdistill.models.lora import add_lora
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.qwen_tiny import write_tiny_folder

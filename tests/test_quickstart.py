@@ -12,7 +12,6 @@ from flashdistill.cli import main
 from flashdistill.errors import UserError
 from flashdistill.sampling import sub_schedule
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -18,14 +18,14 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from flashdistill.cli import main
-from flashdistill.distill.recipe import load_recipe
-from flashdistill.distill.layouts.build import build_roles
-from flashdistill.runtime.dist import Dist
 from flashdistill.cli.distill import main_distill
+from flashdistill.distill.layouts.build import build_roles
+from flashdistill.distill.recipe import load_recipe
 from flashdistill.distill.trainer import train_distill
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import pack, unpack
 from flashdistill.models.qwen_tiny import write_tiny_folder
+from flashdistill.runtime.dist import Dist
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
 FAST = ["roles.lora_rank=4", "dmd.batch_size=4", "dmd.bf16=false", "run.device=cpu", "run.threads=1",
@@ -67,7 +67,8 @@ def test_recipe_takes_the_files_categories(world):
     assert r.tasks.edit_mix == {"style": 1.0, "text_editing": 1.0}  # default: the edits file's categories
     assert r.timesteps == [1.0, 0.9, 0.75, 0.5] and r.roles.mode == "lora"
     assert r.task_mix().composition == {"landscape": 1, "portrait": 1, "text": 1}
-    assert r.data.size() == (64, 64) and load_recipe(RECIPE, sets + ["data.resolution=[48, 64]"]).data.size() == (48, 64)
+    assert r.data.size() == (64, 64)
+    assert load_recipe(RECIPE, sets + ["data.resolution=[48, 64]"]).data.size() == (48, 64)
     for extra, key in (("data.composition={landscape: 1, sky: 1}", "data.composition.sky"),
                        ("guidance.sky={base: 1.0}", "guidance.sky"),
                        ("tasks.edit_mix={object_manipulation: 1}", "tasks.edit_mix.object_manipulation"),
@@ -127,7 +128,7 @@ def test_export_loads_into_diffusers_and_samples_the_students_four_steps(world, 
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
     from diffusers.utils.torch_utils import randn_tensor
 
-    from flashdistill.models.qwen_image import QwenImageFamily
+    from flashdistill.models.qwen_image import QwenImageParts
     from flashdistill.sampling import few_step_sample
 
     student = straight[0] / "student"
@@ -137,7 +138,7 @@ def test_export_loads_into_diffusers_and_samples_the_students_four_steps(world, 
     pipe.set_progress_bar_config(disable=True)
     pipe.load_lora_weights(student)  # diffusers' own LoRA loader
     merged = _flow(QwenImageTransformer2DModel.from_pretrained(student / "transformer"))
-    family = QwenImageFamily(t2i, parts=("text",))
+    family = QwenImageParts(t2i, parts=("text",))
     prompt = "a sign that reads OPEN"
     cond = family.cond([prompt])
     g = torch.Generator().manual_seed(3)

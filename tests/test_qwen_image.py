@@ -8,11 +8,11 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from flashdistill.conditioning import Cond
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate, velocity_target
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import pack, unpack
-from flashdistill.models.qwen_image import QwenImageFamily
+from flashdistill.models.qwen_image import QwenImageParts
 from flashdistill.models.qwen_tiny import write_tiny_folder
 
 
@@ -35,7 +35,7 @@ def _our_sampling(family, cond, neg, nfe, height, width, scale, seed):
 
 
 def test_t2i_matches_pipeline(folders, one_thread):
-    family = QwenImageFamily(folders["t2i"])
+    family = QwenImageParts(folders["t2i"])
     args = dict(prompt="a red cat on a mat", negative_prompt=" ", true_cfg_scale=3.0, height=64, width=48,
                 num_inference_steps=3)
     want = family.pipe(**args, generator=torch.Generator().manual_seed(0), output_type="latent").images
@@ -52,7 +52,7 @@ def test_t2i_matches_pipeline(folders, one_thread):
 
 @pytest.mark.parametrize("kind", ["edit", "edit-plus"])
 def test_edit_matches_pipeline(folders, kind, one_thread):
-    family = QwenImageFamily(folders[kind])
+    family = QwenImageParts(folders[kind])
     source = Image.fromarray((np.random.default_rng(0).random((32, 48, 3)) * 255).astype(np.uint8))
     args = dict(image=source, prompt="make it blue", negative_prompt=" ", true_cfg_scale=2.5, height=32, width=32,
                 num_inference_steps=2)
@@ -66,7 +66,7 @@ def test_edit_matches_pipeline(folders, kind, one_thread):
 
 
 def test_latents_are_normalised_as_the_pipeline(folders, one_thread):
-    family = QwenImageFamily(folders["edit"], parts=("vae",))
+    family = QwenImageParts(folders["edit"], parts=("vae",))
     pixels = torch.rand(2, 3, 32, 48) * 2 - 1
     ours = family.encode_images(pixels)
     theirs = family.pipe._encode_vae_image(pixels.unsqueeze(2), generator=None)[:, :, 0]
@@ -77,7 +77,7 @@ def test_latents_are_normalised_as_the_pipeline(folders, one_thread):
 
 
 def test_packing_and_time_convention(folders):
-    family = QwenImageFamily(folders["t2i"], parts=("transformer",))
+    family = QwenImageParts(folders["t2i"], parts=("transformer",))
     x = torch.randn(2, 16, 6, 4)
     packed = family.pipe._pack_latents(x, 2, 16, 6, 4)
     assert torch.equal(pack(x), packed)
@@ -92,15 +92,15 @@ def test_packing_and_time_convention(folders):
 
 def test_cfg_rule_preserves_norm():
     cond, neg = torch.randn(1, 16, 4, 4), torch.randn(1, 16, 4, 4)
-    out = QwenImageFamily.cfg(cond, neg, 4.0)
+    out = QwenImageParts.cfg(cond, neg, 4.0)
     assert torch.allclose(pack(out).norm(dim=-1), pack(cond).norm(dim=-1), atol=1e-5)
-    assert torch.allclose(QwenImageFamily.cfg(cond, neg, 1.0), cond, atol=1e-6)
+    assert torch.allclose(QwenImageParts.cfg(cond, neg, 1.0), cond, atol=1e-6)
 
 
 def test_user_errors(folders, tmp_path):
     with pytest.raises(UserError, match="model_index.json"):
-        QwenImageFamily(tmp_path)
-    family = QwenImageFamily(folders["t2i"], parts=("text",))
+        QwenImageParts(tmp_path)
+    family = QwenImageParts(folders["t2i"], parts=("text",))
     with pytest.raises(UserError, match="cannot encode an edit source"):
         family.encode_prompts(["x"], [Image.new("RGB", (8, 8))])
     with pytest.raises(UserError, match="not loaded"):

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from flashdistill.cli import main
-from flashdistill.data.cache import ConditionCache
 from flashdistill.cli.distill import main_distill
+from flashdistill.data.cache import ConditionCache
 from flashdistill.errors import UserError
 
 RECIPE = Path(__file__).resolve().parents[1] / "configs" / "qwen-image-flash.yaml"
@@ -251,7 +251,8 @@ def test_damaged_student_record(student, tmp_path, capsys, change, message):
     _one_error_line(capsys, str(copy / "student.json"), message)
 
 
-@pytest.mark.parametrize("raw, message", [(b"\xff\xfe", "not UTF-8"), (b"[" * 20000, "nested more than 100 levels deep"),
+@pytest.mark.parametrize("raw, message", [(b"\xff\xfe", "not UTF-8"),
+                                          (b"[" * 20000, "nested more than 100 levels deep"),
                                           (b'"qwen"', "must hold a JSON object")])
 def test_unreadable_student_record(student, tmp_path, capsys, raw, message):
     copy = _variant(student, tmp_path, raw=raw)

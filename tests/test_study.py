@@ -367,3 +367,19 @@ def test_study_seeds_says_how_many_seeds_resolve_a_difference(tmp_path, capsys):
     assert rows["arm_spreads"][0]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert "| s | k | 3 | +0.200 ± 0.248 |" in capsys.readouterr().out
     assert mod.main([str(tmp_path / "missing")]) == 2  # not a study folder: one line, exit 2
+
+
+@pytest.mark.parametrize("files", [("model.safetensors", "ema.safetensors", "state.safetensors", "state.json"),
+                                   ("state.json",)], ids=["per-role", "sharded"])
+def test_a_run_folder_with_a_checkpoint_of_either_layout_is_resumed(tmp_path, monkeypatch, files):
+    """A study or quickstart run resumes a per-role checkpoint and an fsdp run's sharded one alike (restore_run then
+    refuses a layout that does not match the recipe's); an empty folder starts fresh."""
+    from flashdistill.distill import run_or_resume
+    asked = []
+    monkeypatch.setattr(run_or_resume, "train_distill", lambda recipe, run, resume, **kw: asked.append(resume) or {})
+    run_or_resume.train_or_resume(None, tmp_path, None, "cmd", None)
+    (tmp_path / "checkpoint").mkdir()
+    for name in files:
+        (tmp_path / "checkpoint" / name).write_bytes(b"x")
+    run_or_resume.train_or_resume(None, tmp_path, None, "cmd", None)
+    assert asked == [False, True]

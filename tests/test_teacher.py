@@ -14,18 +14,24 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flashdistill.cli.teacher import main_train
+from flashdistill.conditioning import Cond
 from flashdistill.data.batches import TaskMix, choose_items, make_batch
 from flashdistill.errors import UserError
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import EmbeddingCache, TextEncoder
-from flashdistill.teacher import train as train_mod
 from flashdistill.runtime.checkpoint import flatten, unflatten
+from flashdistill.teacher import train as train_mod
 from flashdistill.teacher.config import config_from_raw, load_config
 from flashdistill.teacher.specialize import specialize_teacher
-from flashdistill.cli.teacher import main_train
-from flashdistill.teacher.train import (TrainingDiverged, build_state, flow_matching_loss, prepare_inputs,
-                                        step_generator, train_teacher)
+from flashdistill.teacher.train import (
+    TrainingDiverged,
+    build_state,
+    flow_matching_loss,
+    prepare_inputs,
+    step_generator,
+    train_teacher,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "teacher_tiny.yaml"

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flashdistill.errors import UserError
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
 from flashdistill.models.text import TextEncoder, encoder_for, spell_quoted
 from flashdistill.pipeline import FlowPipeline, SamplingSpec

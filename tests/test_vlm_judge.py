@@ -549,7 +549,6 @@ def test_a_category_whose_cases_all_failed_gives_no_average_and_exit_1(server, t
 
 def test_an_endpoint_that_is_down_fails_every_case_and_exits_1(server, tmp_path, monkeypatch, capsys):
     import flashdistill.bench.vlm as vlm
-
     from flashdistill.cli import main
 
     monkeypatch.setattr(vlm, "_MAX_DELAY_S", 0.01)  # the CLI's backoff, shortened: four attempts in no time

@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError
-from flashdistill.flow import to_image, to_model_space
 from flashdistill.conditioning import Cond
 from flashdistill.distill.export import Student, load_student
+from flashdistill.errors import UserError
+from flashdistill.flow import to_image, to_model_space
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.shipped import recorded_sampling, teacher_folder
 from flashdistill.sampling import euler_sample, few_step_sample, network_passes, sub_schedule

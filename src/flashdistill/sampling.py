@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from flashdistill.flow import euler_timesteps, interpolate, x0_from_v
 from flashdistill.conditioning import Cond
+from flashdistill.flow import euler_timesteps, interpolate, x0_from_v
 
 
 def network_passes(nfe: int, cfg_scale: float) -> int:

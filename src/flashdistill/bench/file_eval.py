@@ -30,25 +30,23 @@ import torch
 
 from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.conditioning import Cond
+from flashdistill.distill.families import QwenImageFolderFamily
 from flashdistill.errors import UserError
 from flashdistill.runtime.steps import micro_batches
 from flashdistill.sampling import few_step_sample
 
 
 class FileEval:
-    """`__call__(ema, iteration, dist)` on every rank: sample, then on rank 0 decode, write, judge (see above)."""
+    """`__call__(ema, iteration, dist)` on every rank: sample, then on rank 0 decode, write, judge (see above); a
+    `flashdistill.distill.trainer.Scorer`."""
 
-    collective = True  # every rank calls it (trainer.evaluate)
-
-    def __init__(self, recipe, family, out: Path, device: torch.device, judge=None):
-        from flashdistill.data.cache import ConditionCache
+    def __init__(self, recipe, family: QwenImageFolderFamily, out: Path, device: torch.device, judge=None):
         from flashdistill.data.files import read_edits, read_prompts
-        from flashdistill.models.qwen_image import folder_identity
 
         e = recipe.eval
         self.t2i = read_prompts(e.prompts) if e.prompts else []
         self.edits = read_edits(e.edits) if e.edits else []
-        self.cache = ConditionCache(recipe.run.text_cache, folder_identity(family.folder, family.index["_class_name"]))
+        self.cache = family.condition_cache(recipe.run.text_cache)
         if judge is not None:  # the edit rubrics are the Editing-Bench's, one per category
             from flashdistill.world.categories import EDIT_SUBSCORE_KEYS
 
@@ -109,9 +107,9 @@ class FileEval:
         if len(latents) == 0:
             return []
         if self.decoder is None:
-            from flashdistill.models.qwen_image import QwenImageFamily
+            from flashdistill.models.qwen_image import QwenImageParts
 
-            self.decoder = QwenImageFamily(self.folder, parts=("vae",), device=self.device)
+            self.decoder = QwenImageParts(self.folder, parts=("vae",), device=self.device)
         images = [self.decoder.decode(latents[i:i + 1])[0] for i in range(len(latents))]  # (3, H, W) in [0, 1]
         return [img.permute(1, 2, 0).clamp(0, 1).cpu().numpy() for img in images]
 

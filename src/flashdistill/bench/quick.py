@@ -7,8 +7,9 @@ it is the best so far the student is exported to `<run>/best/` (what `load_stude
 `flashdistill.runtime.best.BestTracker`). `eval.patience` stops a run that has not improved for that many
 evaluations.
 
-A scorer is any callable `scorer(student: Student, iteration: int) -> dict` with a float `"score"` (higher is
-better); tests inject a cheap fake. `BenchScorer` is the real one: `run_bench` on `limit` cases per category of the
+A scorer is what `flashdistill.distill.trainer.Scorer` says: `scorer(ema, iteration, dist) -> dict | None`, called on
+every rank, with a float `"score"` (higher is better); tests inject a cheap fake. `BenchScorer` is the world's: on
+rank 0, `run_bench` on `limit` cases per category of the
 `val` split (bench-like cases from seeds disjoint from the bench and from training), score = mean of the T2I and
 edit averages (1-5). `WorldSlice` is a bench slice judged by the world judge (the scorer's, the quickstart's and
 the studies' benches). On data files the quick evaluation is `flashdistill.bench.file_eval.FileEval`;
@@ -54,12 +55,18 @@ class WorldSlice:
 class BenchScorer:
     """World-judge score of a student on a bench slice; bench folders go to `<out>/step-NNNNNN/{t2i,edit}`."""
 
-    def __init__(self, out: Path, limit: int, resolution: int = 32, encoder=None, benches=("t2i", "edit")):
-        self.out, self.resolution, self.encoder = Path(out), resolution, encoder
+    def __init__(self, out: Path, limit: int, timesteps: list[float], resolution: int = 32, encoder=None,
+                 benches=("t2i", "edit")):
+        self.out, self.timesteps, self.resolution, self.encoder = Path(out), list(timesteps), resolution, encoder
         # The val split: choosing the best checkpoint on the bench itself would flatter the reported scores.
         self.slice = WorldSlice({b: limit for b in benches}, resolution, split="val")
 
-    def __call__(self, student: Student, iteration: int) -> dict:
+    def __call__(self, ema, iteration: int, dist) -> dict | None:
+        """Rank 0 scores the EMA student at the run's step times; the other ranks return None (the world's quick
+        evaluation runs on one rank: `eval.every` needs run.parallel ddp, recipe.py)."""
+        if not dist.main:
+            return None
+        student = Student(ema, self.timesteps)
         model = StudentModel(student, name=f"student@{iteration}", encoder=self.encoder)
         result = {}
         for bench in self.slice.cases:
@@ -75,10 +82,10 @@ def make_scorer(recipe, ctx, out: Path):
     is vlm). `ctx`: the run's iteration context (student config, batch source, family, Dist)."""
     dist = ctx.dist
     if not recipe.data.uses_files():
-        if not dist.main:
-            return None
-        return BenchScorer(out / "eval", recipe.eval.limit, ctx.roles.student.config.resolution, ctx.source.encoder)
+        return BenchScorer(out / "eval", recipe.eval.limit, recipe.timesteps, ctx.roles.student.config.resolution,
+                           ctx.source.encoder)
     from flashdistill.bench.file_eval import FileEval
+    from flashdistill.distill.families import QwenImageFolderFamily
 
     judge = None
     e = recipe.eval
@@ -86,4 +93,6 @@ def make_scorer(recipe, ctx, out: Path):
         from flashdistill.bench.vlm import VLMJudge
 
         judge = VLMJudge(e.vlm_base_url, e.vlm_model, api_key_env=e.vlm_api_key_env, concurrency=e.vlm_concurrency)
-    return FileEval(recipe, ctx.family, out / "eval", dist.device, judge)
+    family = ctx.family
+    assert isinstance(family, QwenImageFolderFamily)  # data files: the family's check() refused any other
+    return FileEval(recipe, family, out / "eval", dist.device, judge)

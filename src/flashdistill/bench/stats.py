@@ -45,7 +45,9 @@ class Interval:
         return self.mean + self.half
 
     def to_json(self) -> dict:
-        fin = (lambda x: round(x, 6) if math.isfinite(x) else None)
+        def fin(x: float) -> float | None:
+            return round(x, 6) if math.isfinite(x) else None
+
         return {**asdict(self), "mean": fin(self.mean), "half": fin(self.half), "low": fin(self.low),
                 "high": fin(self.high)}
 

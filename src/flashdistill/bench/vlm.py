@@ -37,10 +37,10 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterator
 from urllib.parse import urlparse
 
 import numpy as np
@@ -50,8 +50,8 @@ from PIL import Image
 
 from flashdistill.bench.cases import EditCase, T2ICase
 from flashdistill.bench.rubrics import edit_system_prompt, t2i_system_prompt
-from flashdistill.bench.vlm_http import deadline, deadline_client, redact_url, scrub
 from flashdistill.bench.types import CaseScore
+from flashdistill.bench.vlm_http import deadline, deadline_client, redact_url, scrub
 from flashdistill.errors import UserError
 from flashdistill.world.categories import EDIT_SUBSCORE_KEYS
 

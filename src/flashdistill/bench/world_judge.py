@@ -28,7 +28,7 @@ instead of scoring it against nothing.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -103,7 +103,7 @@ class WorldJudge:
         for category, idx in by_cat.items():
             batch = np.stack([images[i] for i in idx])
             preds = self.reader.predict(batch, category)
-            for i, img, pred, dist in zip(idx, batch, preds, self._quality(batch, preds)):
+            for i, pred, dist in zip(idx, preds, self._quality(batch, preds)):
                 results[i] = self._t2i_case(cases[i], pred, dist)
         for i in range(len(cases)):
             yield i, results[i]

@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "  generate / edit   sample images from a teacher or a distilled student\n"
                     "  qwen / cache / plan   Qwen-Image folders: tiny test folders, embedding caches, memory plan",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    top = parser.add_subparsers(dest="command", required=True, metavar="{quickstart,world,bench,judge,teacher,distill,pairs,study,generate,edit,qwen,cache,plan}")
+    top = parser.add_subparsers(dest="command", required=True,
+                                metavar="{quickstart,world,bench,judge,teacher,distill,pairs,study,"
+                                        "generate,edit,qwen,cache,plan}")
     study.add_quickstart(top)
     world.add_commands(top)
     bench.add_commands(top)

@@ -16,8 +16,8 @@ from flashdistill.bench.quick import make_scorer
 from flashdistill.cli.args import Parser
 from flashdistill.cli.exits import exit_code, main_rank
 from flashdistill.distill.recipe import load_recipe
-from flashdistill.runtime.dist import destroy_distributed, teardown_distributed
 from flashdistill.distill.trainer import train_distill
+from flashdistill.runtime.dist import destroy_distributed, teardown_distributed
 from flashdistill.runtime.inputs import ACCEPT_FLAG
 
 

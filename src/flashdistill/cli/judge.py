@@ -45,7 +45,8 @@ def add_commands(top) -> None:
     p.add_argument("--n-train", type=positive_int, default=24000, help="training renders per category")
     p.add_argument("--log-every", type=positive_int, default=250, help="steps between progress lines")
     p.set_defaults(func=cmd_judge_train_reader)
-    p = judge.add_parser("eval-reader", help="accuracy of the reader on fresh held-out renders: clean, blur 1.0, noise 0.1")
+    p = judge.add_parser("eval-reader",
+                         help="accuracy of the reader on fresh held-out renders: clean, blur 1.0, noise 0.1")
     p.add_argument("--weights", default=None, help="safetensors file (default: the shipped reader)")
     p.add_argument("--n", type=positive_int, default=1000, help="renders per category")
     p.add_argument("--seed", type=nonneg_int, default=12345, help="seed of the held-out renders")

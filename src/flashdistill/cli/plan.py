@@ -11,7 +11,6 @@ from pathlib import Path
 from flashdistill.errors import UserError
 from flashdistill.files import out_file
 
-
 # Bounds of `plan`'s values: beyond them the answer means nothing (fewer bytes per rank than one parameter, a
 # table row per teacher by the million) and the tables take minutes to print.
 MAX_WORLD_SIZE = 2**20

@@ -72,7 +72,7 @@ def _cache_command(args, out: str) -> str:
 def cmd_cache(args) -> None:
     from flashdistill.data.cache import build_cache
     from flashdistill.data.files import read_edits, read_prompts
-    from flashdistill.models.qwen_image import QwenImageFamily, read_model_index
+    from flashdistill.models.qwen_image import QwenImageParts, read_model_index
     from flashdistill.runfolder import claim_run
 
     model, prompts_files, edits_files, out = _cache_inputs(args)
@@ -80,8 +80,8 @@ def cmd_cache(args) -> None:
     prompts = [item for path in prompts_files for item in read_prompts(path)]
     edits = [item for path in edits_files for item in read_edits(path)]
     with claim_run(out, "cache"):  # not into another kind of run's folder, and one writer at a time
-        family = QwenImageFamily(model, parts=("text", "vae"), device=args.device)
-        counts = build_cache(out, family, prompts, edits, _cache_command(args, out),
+        parts = QwenImageParts(model, parts=("text", "vae"), device=args.device)
+        counts = build_cache(out, parts, prompts, edits, _cache_command(args, out),
                              negative_prompt=args.negative_prompt, vae_area=args.vae_area, dtype=args.dtype,
                              batch_size=args.batch_size, shard_size=args.shard_size)
     for line in counts["damaged"]:
@@ -133,11 +133,13 @@ def _add_cache(top) -> None:
     p.add_argument("--prompts", default=None, help="prompts JSONL (default: the recipe's data.prompts)")
     p.add_argument("--edits", default=None, help="edits JSONL (default: the recipe's data.edits)")
     p.add_argument("--out", default=None, help="cache folder (default: the recipe's run.text_cache)")
-    p.add_argument("--negative-prompt", default=" ", type=model_text, help="the negative prompt of true CFG (default: ' ')")
+    p.add_argument("--negative-prompt", default=" ", type=model_text,
+                   help="the negative prompt of true CFG (default: ' ')")
     p.add_argument("--vae-area", type=positive_int, default=1024 * 1024,
                    help="pixel area of a source image at the VAE, aspect kept (default 1024*1024, the pipelines')")
     p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default="bfloat16")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per text-encoder pass")
-    p.add_argument("--shard-size", type=positive_int, default=256, help="entries per shard (a kill loses at most one shard)")
+    p.add_argument("--shard-size", type=positive_int, default=256,
+                   help="entries per shard (a kill loses at most one shard)")
     p.add_argument("--device", type=torch_device, default="cpu", help="cpu | cuda | cuda:N | mps")
     p.set_defaults(func=cmd_cache)

@@ -1,7 +1,7 @@
 """Condition caches: every encoder output training needs, encoded once, so the text encoder and the VAE are never
 resident next to the roles (`flashdistill cache`).
 
-What is cached, per encoder (a family; `flashdistill.models.qwen_image.QwenImageFamily` for Qwen-Image folders):
+What is cached, per encoder (`flashdistill.models.qwen_image.QwenImageParts` for Qwen-Image folders):
 - every T2I prompt: its token embeddings, real tokens only (L, D);
 - the negative prompt (`negative_prompt`, default " ") for true CFG of T2I rows;
 - every edit (source image + instruction): the VL embedding of source + instruction (`emb`), of source + negative
@@ -51,11 +51,11 @@ INDEX_KEYS = {"model_id": str, "model": str, "dtype": str, "negative_prompt": st
 
 
 def prompt_key(model_id: str, text: str) -> str:
-    return hashlib.sha256(f"{model_id}\nprompt\n{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{model_id}\nprompt\n{text}".encode()).hexdigest()
 
 
 def edit_key(model_id: str, instruction: str, image_digest: str, area: int) -> str:
-    return hashlib.sha256(f"{model_id}\nedit\n{area}\n{image_digest}\n{instruction}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{model_id}\nedit\n{area}\n{image_digest}\n{instruction}".encode()).hexdigest()
 
 
 class DamagedShard(UserError):

@@ -7,7 +7,8 @@ Two JSONL formats, one JSON object per line (blank lines are skipped):
                                           "category": "scene_transformation"}
 
 An edit's `image` is a path, relative to the JSONL file's folder unless absolute; it must exist and open as an
-8-bit image (flashdistill.imageio.open_rgb: not a decompression bomb, not 16-bit greyscale). Every problem is reported as `FILE:LINE: what is wrong` (a `UserError`: the CLI prints it on one line and
+8-bit image (flashdistill.imageio.open_rgb: not a decompression bomb, not 16-bit greyscale).
+Every problem is reported as `FILE:LINE: what is wrong` (a `UserError`: the CLI prints it on one line and
 exits with code 2): invalid JSON, not an object, a missing, empty or non-string field, an unknown field, a missing
 or unreadable image.
 

@@ -1,7 +1,8 @@
 """Batch sources: what the DMD loop trains on, from the embedded world or from the user's data files.
 
-A source turns batch `step` into model-space tensors and conditioning, so the engine (`distill/trainer.py`) reads
-`source.batch(step, batch_size, rows)` and never knows where items come from or which family encodes them:
+A source (the `BatchSource` Protocol) turns batch `step` into model-space tensors and conditioning, so the engine
+(`distill/iteration.py`) reads `source.batch(step, batch_size, rows)` and never knows where items come from or which
+family encodes them:
 
 - `WorldSource`: `data.batches.make_batch` (procedural items, exact target images in pixel space) with the text
   from the MiniLM `EmbeddingCache`; the unconditional branch is the empty prompt (the teachers' CFG dropout).
@@ -25,14 +26,15 @@ Tests: `pytest tests/test_qwen_distill.py`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from flashdistill.conditioning import Cond
 from flashdistill.data.batches import TaskMix, batch_of, choose_items
-from flashdistill.world.pools import edit_item, t2i_item
 from flashdistill.data.cache import pad_rows
 from flashdistill.errors import UserError
-from flashdistill.conditioning import Cond
+from flashdistill.world.pools import edit_item, t2i_item
 
 Tensor = torch.Tensor
 
@@ -48,6 +50,28 @@ class TrainBatch:
 
 def _uncond(cond: Cond, emb: Tensor, mask: Tensor) -> Cond:
     return Cond(emb, mask, cond.source, cond.has_source, cond.category)
+
+
+class BatchSource(Protocol):
+    """What the engine asks of its training data (see the module docstring): `WorldSource`, `FileSource`."""
+
+    shape: tuple[int, ...]  # one target's (C, H, W) in model space
+    encoder: object | None  # the text encoder the quick evaluation shares (MiniLM), None from data files
+
+    def batch(self, step: int, batch_size: int, rows: slice) -> TrainBatch:
+        """This rank's `rows` of global batch `step` (`batch_size` rows), a pure function of (seed, step)."""
+
+    def items(self, keys: list[tuple[str, str, int]]) -> TrainBatch:
+        """The batch of these (task, category, index) items (the pairs cache names its items so)."""
+
+    def text(self, key: tuple[str, str, int]) -> str:
+        """The prompt or instruction of item `key` (what a pairs cache checks its items by)."""
+
+    def check_rows(self, rows_per_rank: int) -> None:
+        """Before the first iteration: refuse (UserError) a rank's batch size this source cannot stack."""
+
+    def flush(self) -> None:
+        """Write what the source learned (the text embeddings it encoded) so a resumed run finds it."""
 
 
 class WorldSource:
@@ -76,6 +100,9 @@ class WorldSource:
         task, category, index = key
         return t2i_item(category, index, "train").prompt if task == "t2i" else \
             edit_item(category, index, "train").instruction
+
+    def check_rows(self, rows_per_rank: int) -> None:
+        """Any number: the world renders every row at one resolution."""
 
     def flush(self) -> None:
         self.cache.flush()  # so a resumed run finds this run's embeddings on disk

@@ -10,5 +10,6 @@
 - `trainer.py`: the run as a job of the one training loop (runtime/loop.py): checkpoint, restore, quick evaluation
   with the scorer handed in, export; `train_distill` (the command line: `flashdistill/cli/distill.py`);
 - `run_or_resume.py`: `train_or_resume`, a run resumed when its folder holds a checkpoint (quickstart, studies);
-- `export.py`: diffusers-layout export and `load_student(dir)` (the student as a model to sample: `pipeline.StudentModel`).
+- `export.py`: diffusers-layout export and `load_student(dir)` (the student as a model to sample:
+  `pipeline.StudentModel`).
 """

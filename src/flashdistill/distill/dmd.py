@@ -22,14 +22,14 @@ Closed-form checks: `pytest tests/test_distill.py -k gaussian`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from flashdistill.flow import euler_timesteps, flow_matching_loss, interpolate, shift_time, v_from_x0, x0_from_v
 from flashdistill.conditioning import Cond
+from flashdistill.flow import euler_timesteps, flow_matching_loss, interpolate, shift_time, v_from_x0, x0_from_v
 from flashdistill.sampling import guided_velocity
 
 

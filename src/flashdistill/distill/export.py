@@ -29,10 +29,10 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from safetensors.torch import load_file
 
-from flashdistill.errors import UserError
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError
+from flashdistill.files import read_json_object, swap_in
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
-from flashdistill.files import swap_in, read_json_object
 from flashdistill.runtime.checkpoint import find_checkpoint, read_state, restore_latest
 
 STUDENT_FILE = "student.json"

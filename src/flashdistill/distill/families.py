@@ -1,7 +1,9 @@
-"""Model families at the engine's seams (design.md §3): the trainer asks its family, never which family it is.
+"""Model families at the engine's seams (docs/design.md, "Seams"): the trainer asks its `Family`, never which family
+it is.
 
 `family_for(recipe)` looks once at the base teacher (`student.init_from`): a diffusers Qwen-Image pipeline folder
-(`model_index.json`) is the `qwen-image` family, anything else the `embedded` one. A family answers:
+(`model_index.json`) is the `qwen-image` family (`QwenImageFolderFamily`), anything else the `embedded` one
+(`EmbeddedFamily`). A family answers (the `Family` Protocol):
 
 - `resolve(spec, key)`: the path a teacher spec names (errors name the recipe key);
 - `load_model(path, dtype)`: a frozen-able `FlowModel` (`v = model(z_t, t, cond)`) whose weights are read from
@@ -13,11 +15,13 @@
   base, or None; `roles.mode:
   lora` loads it as an adapter on the shared base instead of fusing it (distill/layouts/lora.py);
 - `cfg_rule`: how the teachers' guided velocity is formed (None: v_u + w·(v_c - v_u); Qwen-Image: the pipelines'
-  norm-preserving true CFG, `QwenImageFamily.cfg`);
+  norm-preserving true CFG, `QwenImageParts.cfg`);
 - `source(recipe, out, encoder, config)`: the batch source (flashdistill.data.sources): the world with MiniLM text,
   or the data files with the ConditionCache (no text encoder, no VAE);
 - `export(roles, folder, timesteps, info)`: the student on disk (distill/export.py, or distill/qwen_export.py:
-  diffusers LoRA file + merged transformer + 4-step scheduler).
+  diffusers LoRA file + merged transformer + 4-step scheduler);
+- `sampling_sigmas(spec, nfe)`: the base teacher's own sampling grid (the pairs cache samples along it);
+- `check(recipe)`: refuse a recipe this family cannot train, naming the key.
 
 Teachers of the qwen-image family: a pipeline folder (its `transformer/` is read; the text encoder and the VAE are
 not) or a `.safetensors` LoRA file in diffusers' format (`QwenImagePipeline.save_lora_weights`) on the base.
@@ -26,10 +30,13 @@ not) or a `.safetensors` LoRA file in diffusers' format (`QwenImagePipeline.save
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
+from flashdistill.data.sources import BatchSource
 from flashdistill.errors import UserError
 from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig
@@ -38,18 +45,43 @@ from flashdistill.models.shipped import teacher_folder
 DEFAULT_RESOLUTION = 1024  # Qwen-Image's native side; data.resolution overrides it
 
 
-def family_for(recipe):
+class Family(Protocol):
+    """What the engine asks of a model family (see the module docstring); `EmbeddedFamily`, `QwenImageFolderFamily`."""
+
+    name: str  # "embedded" | "qwen-image": recorded with caches built for the family
+    cfg_rule: Callable | None
+
+    def check(self, recipe) -> None: ...
+
+    def resolve(self, spec: str, key: str) -> Path: ...
+
+    def load_model(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel: ...
+
+    def structure(self, path: Path, dtype: torch.dtype = torch.float32) -> FlowModel: ...
+
+    def is_lora(self, path: Path) -> bool: ...
+
+    def lora_adapter(self, path: Path, base_path: Path) -> tuple[Path, str, str | None] | None: ...
+
+    def source(self, recipe, out: Path, encoder, config: MMDiTConfig) -> BatchSource: ...
+
+    def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path: ...
+
+    def sampling_sigmas(self, spec: str, nfe: int) -> torch.Tensor: ...
+
+
+def family_for(recipe) -> Family:
     """The family of the recipe's base teacher (see the module docstring)."""
     spec = recipe.teachers[recipe.student.init_from]
     if (Path(spec) / "model_index.json").is_file():
-        family = QwenImageFolder(Path(spec), recipe.data.size(DEFAULT_RESOLUTION))
+        family = QwenImageFolderFamily(Path(spec), recipe.data.size(DEFAULT_RESOLUTION))
     else:
-        family = Embedded()
+        family = EmbeddedFamily()
     family.check(recipe)
     return family
 
 
-class Embedded:
+class EmbeddedFamily:
     """flashdistill's own models (FlowModel folders, `teacher:NAME`), the world, MiniLM text."""
 
     name = "embedded"
@@ -125,13 +157,13 @@ def resolve_teacher(spec: str, key: str) -> Path:
         raise UserError(f"{key}: {err}") from None
 
 
-class QwenImageFolder:
+class QwenImageFolderFamily:
     """A diffusers Qwen-Image(-Edit) pipeline folder as the base; the user's data files through the cache."""
 
     name = "qwen-image"
 
     def __init__(self, folder: Path, size: tuple[int, int]):
-        from flashdistill.models.qwen_image import QwenImageFamily, read_model_index, vae_factor
+        from flashdistill.models.qwen_image import QwenImageParts, read_model_index, vae_factor
 
         self.folder = folder.resolve()
         self.index = read_model_index(self.folder)
@@ -140,7 +172,7 @@ class QwenImageFolder:
         if any(px % (2 * self.factor) for px in size):
             raise UserError(f"data.resolution {list(size)}: the VAE of {self.folder} has factor {self.factor}, so "
                             f"with 2x2 patches each side must be a multiple of {2 * self.factor}")
-        self.cfg_rule = QwenImageFamily.cfg
+        self.cfg_rule = QwenImageParts.cfg
 
     def check(self, recipe) -> None:
         if not recipe.data.uses_files():
@@ -201,27 +233,32 @@ class QwenImageFolder:
         return (path.parent, path.name, "transformer") if path.is_file() else None
 
     def source(self, recipe, out: Path, encoder, config: MMDiTConfig):
-        from flashdistill.data.cache import ConditionCache
         from flashdistill.data.files import read_edits, read_prompts
         from flashdistill.data.sources import FileSource
-        from flashdistill.models.qwen_image import folder_identity
 
         d = recipe.data
-        cache = ConditionCache(recipe.run.text_cache, folder_identity(self.folder, self.index["_class_name"]))
+        cache = self.condition_cache(recipe.run.text_cache)
         prompts = read_prompts(d.prompts) if d.prompts else []
         edits = read_edits(d.edits, check_images=False) if d.edits else []
         return FileSource(recipe.task_mix(), recipe.dmd.seed, prompts, edits, cache,
                           (config.channels, *self.latent_sides()))
 
+    def condition_cache(self, folder: str):
+        """The condition cache `flashdistill cache` wrote into `folder` for this base's encoders (data/cache.py)."""
+        from flashdistill.data.cache import ConditionCache
+        from flashdistill.models.qwen_image import folder_identity
+
+        return ConditionCache(folder, folder_identity(self.folder, self.index["_class_name"]))
+
     def sampling_sigmas(self, spec: str, nfe: int) -> torch.Tensor:
-        """The pipeline's own `nfe`-step sigmas at data.resolution (its scheduler's dynamic shift; last 0)."""
+        """The pipeline's own `nfe`-step sigmas at data.resolution (its scheduler's dynamic shift over the latent
+        sides, as the pipelines compute it; last 0)."""
         from flashdistill.models.qwen_image import pipeline_sigmas
 
-        return pipeline_sigmas(self.folder, nfe, self.resolution // 8, self.resolution // 8)
+        return pipeline_sigmas(self.folder, nfe, *self.latent_sides())
 
     def export(self, roles, folder: Path, timesteps: list[float], info: dict) -> Path:
         from flashdistill.distill.qwen_export import export_qwen_student
-
         from flashdistill.models.qwen_image import size_value
 
         return export_qwen_student(roles, folder, timesteps, {**info, "resolution": size_value(self.size)},

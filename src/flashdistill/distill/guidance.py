@@ -5,7 +5,8 @@ The real score at student step k is a convex mix of teachers, s_real^(k) = Σ_m 
 mixes the teachers' x0 predictions with the same weights (see `flashdistill.distill.dmd.real_x0`).
 
 Recipe form (`guidance:` in YAML): a key per category (any T2I or edit category; with data files, the categories
-the files name) and an optional `default` for the categories not listed. A value is one row `{teacher: weight}` used at every student step, or a list of exactly K
+the files name) and an optional `default` for the categories not listed. A value is one row `{teacher: weight}` used
+at every student step, or a list of exactly K
 rows, one per student step k = 0..K-1 (k = 0 is the first step, from pure noise):
 
     guidance:

@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flashdistill.data.files import read_edits
+from flashdistill.distill.families import Family
 from flashdistill.distill.pairs import index_path
 from flashdistill.runtime.inputs import fingerprint_inputs
 
 
-def input_fingerprint(recipe, family) -> dict:
+def input_fingerprint(recipe, family: Family) -> dict:
     """The identity of a run's inputs: every teacher's weight files (`family.resolve` gives each teacher's path)
     and the data files of `recipe.data`. Pure: reads files, writes nothing; equal inputs give equal dicts."""
     teachers = {f"teachers.{name}": spec for name, spec in recipe.teachers.items()}

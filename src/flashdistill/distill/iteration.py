@@ -31,13 +31,15 @@ from dataclasses import dataclass, field
 import torch
 
 from flashdistill.conditioning import Cond
+from flashdistill.data.sources import BatchSource
 from flashdistill.distill import dmd, gan, pairs
-from flashdistill.distill.pairs import PairsCache
-from flashdistill.distill.results import CriticStep, GeneratorRows, GeneratorStep, Terms
+from flashdistill.distill.families import Family
 from flashdistill.distill.guidance import Guidance
-from flashdistill.distill.recipe import Recipe
 from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles
+from flashdistill.distill.pairs import PairsCache
+from flashdistill.distill.recipe import Recipe
+from flashdistill.distill.results import CriticStep, GeneratorRows, GeneratorStep, Terms
 from flashdistill.errors import UserError
 from flashdistill.flow import interpolate
 from flashdistill.runtime.dist import Dist
@@ -46,8 +48,8 @@ from flashdistill.runtime.steps import ema_update, micro_batches, step_generator
 from flashdistill.sampling import concat_cond, guided_velocity
 
 SCALARS = ("loss", "loss_critic", "grad_norm", "grad_norm_critic", "dmd_grad_norm", "loss_reg", "loss_pairs",
-           "loss_gan", "loss_gan_critic", "gan_acc", "k", "skipped", "time_data", "time_student", "time_teachers", "time_critic",
-           "step_time")
+           "loss_gan", "loss_gan_critic", "gan_acc", "k", "skipped", "time_data", "time_student", "time_teachers",
+           "time_critic", "step_time")
 PEEK_ROWS = 4  # rows of x_θ / x0_real / x0_fake kept for the logs
 
 
@@ -94,10 +96,10 @@ class Context:
     recipe: Recipe
     roles: Roles
     guidance: Guidance
-    source: object  # flashdistill.data.sources: WorldSource | FileSource
+    source: BatchSource  # flashdistill.data.sources: WorldSource | FileSource
     dist: Dist
     timers: dict[str, float]
-    family: object = None  # distill/families.py: the teachers' CFG rule and the export
+    family: Family  # distill/families.py: the teachers' CFG rule, the batch source, the export
     snapshot: Snapshot = field(default_factory=Snapshot)  # the critic before its updates (reused buffers)
     peek: bool = False  # keep this iteration's first rows of x_θ, x0_real, x0_fake in `peeked` (for the logs)
     peeked: dict[str, torch.Tensor] = field(default_factory=dict)  # train_iteration's, from its GeneratorStep
@@ -128,10 +130,10 @@ def build_inputs(ctx: Context, step: int) -> tuple[torch.Tensor | None, Cond, Co
 def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Cond, draws: Draws) -> GeneratorStep:
     """Eq. 4/7 with backward simulation, up to the gradient. The rows run in micro-batches whose gradients add up to
     the whole batch's (each loss weighted by its share of the rows)."""
-    r, rc = ctx.roles, ctx.recipe
+    r, recipe = ctx.roles, ctx.recipe
     r.opt_student.zero_grad(set_to_none=True)
     n = cond.batch_size
-    parts = micro_batches(n, rc.run.micro_batch)
+    parts = micro_batches(n, recipe.run.micro_batch)
     terms = Terms()
     xs, loss_sum, ran, dmd_norm, peeked = [], pairs_update(ctx, terms), [], 0.0, {}
     for j, sl in enumerate(parts):
@@ -147,19 +149,19 @@ def generator_update(ctx: Context, x_data: torch.Tensor, cond: Cond, uncond: Con
         terms.merge(rows.terms)
         peeked = peeked or rows.peeked
     with ctx.timed("student"):
-        ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, rc.dmd.grad_clip, ctx.dist)
+        ok, norm = finish_backward(r.student_train, r.opt_student, loss_sum, recipe.dmd.grad_clip, ctx.dist)
     return GeneratorStep(torch.cat(xs), loss_sum, norm, ok, ran, dmd_norm, terms, peeked)
 
 
 def pairs_update(ctx: Context, terms: Terms) -> float:
     """The paired regression's backward (distill/pairs.py), before the DMD's micro-batches so that their last,
     synchronised backward carries its gradient to every rank; returns its weighted loss (0.0 when off)."""
-    rc, r, cache = ctx.recipe, ctx.roles, ctx.pairs
-    weight = rc.pairs.weight_at(ctx.step, rc.dmd.iterations) if cache is not None else 0.0
+    recipe, r, cache = ctx.recipe, ctx.roles, ctx.pairs
+    weight = recipe.pairs.weight_at(ctx.step, recipe.dmd.iterations) if cache is not None else 0.0
     if weight <= 0:
         return 0.0
-    size, dev = rc.pairs.batch_size or rc.dmd.batch_size, ctx.dist.device
-    gen = step_generator(rc.dmd.seed, ctx.step, stream=2)
+    size, dev = recipe.pairs.batch_size or recipe.dmd.batch_size, ctx.dist.device
+    gen = step_generator(recipe.dmd.seed, ctx.step, stream=2)
     positions = torch.randint(len(cache), (size,), generator=gen)[ctx.dist.rows(size)].tolist()
     eps = torch.randn((size, *ctx.source.shape), generator=gen)[ctx.dist.rows(size)].to(dev)
     with ctx.timed("data"):
@@ -167,10 +169,10 @@ def pairs_update(ctx: Context, terms: Terms) -> float:
         cond = ctx.source.items(keys).cond.to(dev)
         z = pairs.pair_noise(cache.identity["seed"], indices, ctx.source.shape).to(dev)
     with ctx.timed("student"), grad_sync(r.student_train, False):
-        x0 = pairs.student_x0(r.student_train, z, rc.timesteps[0], cond, rc.dmd.bf16)
-        layers = gan.head_layers(r.critic.config.num_layers, rc.gan)
-        term = pairs.regression_distance(x0, target.to(dev), rc.pairs.distance, r.critic, cond, layers, eps,
-                                         rc.dmd.bf16)
+        x0 = pairs.student_x0(r.student_train, z, recipe.timesteps[0], cond, recipe.dmd.bf16)
+        layers = gan.head_layers(r.critic.config.num_layers, recipe.gan)
+        term = pairs.regression_distance(x0, target.to(dev), recipe.pairs.distance, r.critic, cond, layers, eps,
+                                         recipe.dmd.bf16)
         (weight * term).backward()
     terms.add("loss_pairs", term.item())
     return weight * term.item()
@@ -178,43 +180,45 @@ def pairs_update(ctx: Context, terms: Terms) -> float:
 
 def teacher_mix(ctx: Context, draws: Draws, cond: Cond, uncond: Cond) -> dmd.TeacherMix:
     """The λ_k-weighted guided teachers of these rows, the columns matched to the teachers by name."""
-    rc = ctx.recipe
+    recipe = ctx.recipe
     teachers = {name: ctx.roles.teachers[name] for name in ctx.guidance.teachers}
-    any_rank = ctx.dist.any if fsdp.active(rc.run.parallel, ctx.dist) else None  # same teacher calls on every rank
-    return dmd.TeacherMix(teachers, ctx.guidance.weights(draws.k, cond.category), cond, uncond, rc.dmd.cfg_scale,
-                          rc.dmd.bf16, ctx.family.cfg_rule, any_rank)
+    any_rank = ctx.dist.any if fsdp.active(recipe.run.parallel, ctx.dist) else None  # same teacher calls on every rank
+    return dmd.TeacherMix(teachers, ctx.guidance.weights(draws.k, cond.category), cond, uncond, recipe.dmd.cfg_scale,
+                          recipe.dmd.bf16, ctx.family.cfg_rule, any_rank)
 
 
 def generator_rows(ctx: Context, x_data: torch.Tensor | None, cond: Cond, uncond: Cond, draws: Draws,
                    first: bool) -> GeneratorRows:
     """One micro-batch of the generator update. The `first` micro-batch keeps its first rows of x_θ, x0_real and
     x0_fake when `ctx.peek` asks for them."""
-    r, rc, terms = ctx.roles, ctx.recipe, Terms()
+    r, recipe, terms = ctx.roles, ctx.recipe, Terms()
     with ctx.timed("student"):
-        x, v, z = dmd.simulate(r.student_train, draws.noises, rc.timesteps, draws.k, cond, rc.dmd.bf16, r.student)
+        x, v, z = dmd.simulate(r.student_train, draws.noises, recipe.timesteps, draws.k, cond, recipe.dmd.bf16,
+                               r.student)
     x_t = interpolate(x.detach(), draws.xi, draws.t)
     with ctx.timed("teachers"):
         mix = teacher_mix(ctx, draws, cond, uncond)
         x0_real, ran = dmd.real_x0(mix, x_t, draws.t)
-        if rc.dmd.regression > 0:
-            target = dmd.teacher_ode_x0(mix, z, rc.timesteps[draws.k], rc.dmd.regression_nfe, rc.student.shift)
+        if recipe.dmd.regression > 0:
+            target = dmd.teacher_ode_x0(mix, z, recipe.timesteps[draws.k], recipe.dmd.regression_nfe,
+                                        recipe.student.shift)
         if ctx.dist.any(bool(mix.nonfinite))[0]:
             check_teachers(ctx, ran, cond, uncond)
     with ctx.timed("critic"):
-        x0_fake = dmd.fake_x0(r.critic, x_t, draws.t, cond, rc.dmd.bf16)
+        x0_fake = dmd.fake_x0(r.critic, x_t, draws.t, cond, recipe.dmd.bf16)
     with ctx.timed("student"):
-        grad = dmd.dmd_gradient(x, x0_real, x0_fake, rc.dmd.normalize)
+        grad = dmd.dmd_gradient(x, x0_real, x0_fake, recipe.dmd.normalize)
         loss = dmd.generator_loss(x, grad)
-        if rc.dmd.first_step_fm > 0 and draws.k == 0:  # same k on every rank: the graphs agree under DDP
-            loss = loss + rc.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
-        if rc.dmd.regression > 0:
+        if recipe.dmd.first_step_fm > 0 and draws.k == 0:  # same k on every rank: the graphs agree under DDP
+            loss = loss + recipe.dmd.first_step_fm * dmd.first_step_fm_loss(v, draws.noises[0], x_data)
+        if recipe.dmd.regression > 0:
             term = dmd.regression_loss(x, target)
             terms.add("loss_reg", term.item())
-            loss = loss + rc.dmd.regression * term
-    weight = rc.gan.weight_at(ctx.step)
+            loss = loss + recipe.dmd.regression * term
+    weight = recipe.gan.weight_at(ctx.step)
     if r.gan_head is not None and weight > 0:
         with ctx.timed("critic"):  # D(x_θ_s) through the critic, with a graph back to the student
-            fake = gan.logits(r.critic, r.gan_head, x, draws.gan_eps[0], draws.gan_t[0], cond, rc.dmd.bf16)
+            fake = gan.logits(r.critic, r.gan_head, x, draws.gan_eps[0], draws.gan_t[0], cond, recipe.dmd.bf16)
             term = gan.generator_gan_loss(fake)
         terms.add("loss_gan", term.item())
         loss = loss + weight * term
@@ -229,14 +233,14 @@ def check_teachers(ctx: Context, names: list[str], cond: Cond, uncond: Cond) -> 
     samples that is the student's fault, which the iteration guard handles; so each teacher that ran is run again on
     pure noise at t = 1 with the same conditions, and one whose output is still not finite stops the run, naming it
     (every rank makes the same calls)."""
-    rc = ctx.recipe
+    recipe = ctx.recipe
     z = torch.randn((cond.batch_size, *ctx.source.shape), generator=torch.Generator().manual_seed(0)).to(
         ctx.dist.device)
     t = torch.ones(cond.batch_size, device=ctx.dist.device)
     broken = []
     for name in names:
-        with dmd.autocast(z.device, rc.dmd.bf16):
-            v = guided_velocity(ctx.roles.teachers[name], z, t, cond, uncond, rc.dmd.cfg_scale, ctx.family.cfg_rule)
+        with dmd.autocast(z.device, recipe.dmd.bf16):
+            v = guided_velocity(ctx.roles.teachers[name], z, t, cond, uncond, recipe.dmd.cfg_scale, ctx.family.cfg_rule)
         broken.append(not bool(torch.isfinite(v).all()))
     flags = ctx.dist.any(*broken) if names else ()
     culprits = [name for name, flag in zip(names, flags) if flag]
@@ -259,13 +263,13 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
     With the GAN term on, each update also trains the classifier on the real images `x_data` against the
     student's. A non-finite update stops them and puts the critic, the classifier and their optimizers back as
     before the first."""
-    r, rc, terms = ctx.roles, ctx.recipe, Terms()
+    r, recipe, terms = ctx.roles, ctx.recipe, Terms()
     losses, norm = [], float("nan")
-    before = ctx.snapshot.take(r.critic, r.opt_critic) if rc.critic.updates > 1 else None
+    before = ctx.snapshot.take(r.critic, r.opt_critic) if recipe.critic.updates > 1 else None
     head_before = ctx.gan_snapshot.take(r.gan_head, r.opt_gan) if before and r.gan_head is not None else None
-    parts = micro_batches(cond.batch_size, rc.run.micro_batch)
+    parts = micro_batches(cond.batch_size, recipe.run.micro_batch)
     with ctx.timed("critic"):
-        for u in range(rc.critic.updates):
+        for u in range(recipe.critic.updates):
             r.opt_critic.zero_grad(set_to_none=True)
             if r.opt_gan is not None:
                 r.opt_gan.zero_grad(set_to_none=True)  # also drops what the generator's GAN term left there
@@ -276,7 +280,7 @@ def critic_update(ctx: Context, x: torch.Tensor, cond: Cond, draws: Draws, x_dat
                     part = part * ((sl.stop - sl.start) / cond.batch_size)
                     part.backward()
                 loss += part.item()
-            ok, norm = finish_backward(r.critic_train, r.opt_critic, loss, rc.dmd.grad_clip, ctx.dist)
+            ok, norm = finish_backward(r.critic_train, r.opt_critic, loss, recipe.dmd.grad_clip, ctx.dist)
             losses.append(loss)
             if ok:
                 r.opt_critic.step()
@@ -296,19 +300,19 @@ def critic_rows(ctx: Context, x: torch.Tensor, x_real: torch.Tensor | None, draw
     """One micro-batch of critic update `u`: flow matching on the student's samples (eq. 2), plus with the GAN
     term the classifier's loss on real against fake rows, both noised to the GAN's own (s, eps) of this update,
     in one forward (distill/gan.py); the classifier's loss and accuracy go to `terms`."""
-    r, rc = ctx.roles, ctx.recipe
+    r, recipe = ctx.roles, ctx.recipe
     eps, t, rows = draws.critic_eps[u, sl], draws.critic_t[u, sl], cond.rows(sl)
-    loss = dmd.critic_loss(r.critic_train, x, eps, t, rows, rc.dmd.bf16)
-    if r.gan_head is None or rc.gan.critic_weight == 0 or x_real is None:
+    loss = dmd.critic_loss(r.critic_train, x, eps, t, rows, recipe.dmd.bf16)
+    if r.gan_head is None or recipe.gan.critic_weight == 0 or x_real is None:
         return loss
     s, eps_s = draws.gan_t[1 + u, sl], draws.gan_eps[1 + u, sl]
     both = gan.logits(r.critic_train, r.gan_head, torch.cat([x_real, x.detach()]), torch.cat([eps_s, eps_s]),
-                      torch.cat([s, s]), concat_cond(rows, rows), rc.dmd.bf16)
+                      torch.cat([s, s]), concat_cond(rows, rows), recipe.dmd.bf16)
     real, fake = both.chunk(2)
     term = gan.classifier_loss(real, fake)
     terms.add("loss_gan_critic", term.item())
     terms.add("gan_acc", gan.accuracy(real, fake))
-    return loss + rc.gan.critic_weight * term
+    return loss + recipe.gan.critic_weight * term
 
 
 def train_iteration(ctx: Context, step: int) -> dict:
@@ -343,13 +347,9 @@ def train_iteration(ctx: Context, step: int) -> dict:
 def build_context(recipe: Recipe, roles: Roles, dist: Dist, out, encoder=None) -> Context:
     """The iteration's context: the family's batch source (its text cache in `out`), the guidance table."""
     family = roles.family
-    if family is None:
-        from flashdistill.distill.families import family_for
-
-        family = family_for(recipe)
     source = family.source(recipe, out, encoder, roles.student.config)
-    if hasattr(source, "check_rows"):  # before the first iteration: can a rank's batch stack its edit sources?
-        source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
+    # before the first iteration: can a rank's batch stack its edit sources?
+    source.check_rows(len(range(recipe.dmd.batch_size)[dist.rows(recipe.dmd.batch_size)]))
     ctx = Context(recipe, roles, recipe.weights, source, dist, {}, family)
     if recipe.pairs.enabled():
         ctx.pairs = open_pairs(recipe, family, source)

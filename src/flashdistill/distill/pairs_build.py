@@ -15,8 +15,17 @@ from pathlib import Path
 
 import torch
 
-from flashdistill.distill.pairs import (INDEX, PairsCache, guidance_row, pair_item, pair_noise, teacher_images,
-                                        text_tag, write_index, write_shard)
+from flashdistill.distill.pairs import (
+    INDEX,
+    PairsCache,
+    guidance_row,
+    pair_item,
+    pair_noise,
+    teacher_images,
+    text_tag,
+    write_index,
+    write_shard,
+)
 from flashdistill.errors import UserError
 
 
@@ -104,8 +113,7 @@ def build_pairs(recipe, folder: str | Path, n: int, nfe: int = 50, cfg_scale: fl
             items += [[task, cat, index, text_tag(source.text((task, cat, index)))] for task, cat, index in keys]
             bar.update(len(chunk))
         write_shard(folder, missing[0], torch.cat(targets), missing, items)
-        if hasattr(source, "flush"):
-            source.flush()
+        source.flush()
     bar.close()
     dist.barrier()
     index = write_index(folder, identity, command) if dist.main else {}

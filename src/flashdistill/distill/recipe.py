@@ -22,7 +22,8 @@ Layout (every group but `teachers` optional; a missing key takes the default bel
     run:       checkpoint_every, log_every, text_cache, device (auto | cpu | cuda), threads (CPU threads; 0 = default),
                micro_batch (rows per forward/backward on a rank, gradient accumulation; 0 = the rank's whole share;
                `dmd.micro_batch`, its old place, is still read),
-               parallel (ddp | fsdp: how torchrun ranks hold the roles), fsdp_offload (fsdp: parameter shards on the host),
+               parallel (ddp | fsdp: how torchrun ranks hold the roles),
+               fsdp_offload (fsdp: parameter shards on the host),
                compile (none | blocks: torch.compile of every transformer block, `flashdistill.models.compiled`)
     gan:       generator_weight, critic_weight, layers, lr, t_min/t_max/t_shift (its own noise levels), warmup:
                DMD2's GAN term on the critic's features (0 = off; the embedded world only, `flashdistill.distill.gan`)
@@ -58,8 +59,9 @@ from flashdistill.runtime.config import from_dict, require
 # Keys a resumed run may change: bookkeeping, and the tuning knobs one lowers after a divergence (they change how
 # the remaining iterations move, not what the run is); `--resume` says which of them changed. `dmd.micro_batch` is
 # run.micro_batch's old place: checkpoints written before the move hold it.
-RESUMABLE_KEYS = ("dmd.iterations", "run.micro_batch", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every", "run.log_every",
-                  "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "run.compile", "eval.every", "eval.limit",
+RESUMABLE_KEYS = ("dmd.iterations", "run.micro_batch", "dmd.micro_batch", "dmd.max_bad_steps", "run.checkpoint_every",
+                  "run.log_every", "run.text_cache", "run.device", "run.threads", "run.fsdp_offload", "run.compile",
+                  "eval.every", "eval.limit",
                   "eval.patience", "eval.prompts", "eval.edits", "eval.judge", "eval.vlm_base_url", "eval.vlm_model",
                   "eval.vlm_api_key_env", "eval.vlm_concurrency", "pairs.folder", "dmd.lr", "critic.lr",
                   "dmd.weight_decay", "critic.weight_decay", "dmd.grad_clip")

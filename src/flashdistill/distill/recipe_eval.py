@@ -13,7 +13,8 @@ from flashdistill.runtime.config import require
 
 @dataclass
 class EvalSection:
-    """The quick evaluation: the world's val slice (embedded), or samples of eval files (data files, bench/file_eval.py)."""
+    """The quick evaluation: the world's val slice (embedded), or samples of eval files (data files,
+    bench/file_eval.py)."""
 
     every: int = 0  # iterations between quick evaluations; 0 = off
     limit: int = 2  # world: bench cases per category in the slice

@@ -17,8 +17,8 @@ part: student, teachers, critic; x_θ / x0_real / x0_fake images; eval scores), 
 data-parallel (see `layouts/`); with `run.parallel: fsdp` every role is sharded (`layouts/fsdp.py`) and the checkpoint
 is sharded too (`runtime/sharded.py`).
 
-The quick evaluation's scorer is built above the engine (the CLI, the quickstart, the studies: `make_scorer`) and
-handed in: the engine never imports a judge.
+The quick evaluation's scorer (`Scorer`) is built above the engine (the CLI, the quickstart, the studies:
+`make_scorer`) and handed in: the engine never imports a judge.
 """
 
 from __future__ import annotations
@@ -29,10 +29,11 @@ import time
 from contextlib import nullcontext
 from dataclasses import fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
-from flashdistill.distill.export import CHECKPOINT_FILES, Student
+from flashdistill.distill.export import CHECKPOINT_FILES
 from flashdistill.distill.inputs import input_fingerprint
 from flashdistill.distill.iteration import SCALARS, Context, build_context, train_iteration
 from flashdistill.distill.layouts import fsdp
@@ -53,9 +54,18 @@ from flashdistill.runtime.loop import Cadence, checked_load, restore, run
 from flashdistill.runtime.resume import retune
 
 
-def checkpoint_files(recipe: Recipe, dist: Dist) -> tuple[str, ...]:
+class Scorer(Protocol):
+    """The quick evaluation (bench/quick.py `BenchScorer`: world-judged val slices; bench/file_eval.py `FileEval`:
+    samples of the eval files, VLM-judged). Called on every rank with the EMA student, the iterations done and the
+    ranks; a scorer that runs on rank 0 alone returns None on the others. The result (rank 0's counts) has a float
+    `"score"`, higher is better, or no score (samples only); `"grid"`, an image path, is logged when present."""
+
+    def __call__(self, ema, iteration: int, dist: Dist) -> dict | None: ...
+
+
+def checkpoint_files(parallel: str, dist: Dist) -> tuple[str, ...]:
     """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
-    return sharded_checkpoint.FILES if fsdp.active(recipe.run.parallel, dist) else CHECKPOINT_FILES
+    return sharded_checkpoint.FILES if fsdp.active(parallel, dist) else CHECKPOINT_FILES
 
 
 def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
@@ -87,7 +97,7 @@ def restore_run(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dis
     """(first iteration, saved meta): 0 and {} for a fresh run, the checkpoint's for --resume (the previous
     checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported;
     changed teacher weights or data files are refused unless `accept_inputs`."""
-    files = checkpoint_files(recipe, dist)
+    files = checkpoint_files(recipe.run.parallel, dist)
     other = CHECKPOINT_FILES if files != CHECKPOINT_FILES else sharded_checkpoint.FILES
     if find_checkpoint(out, files) is None and find_checkpoint(out, other) is not None:
         raise UserError(f"{out} holds a checkpoint of another run.parallel layout or world size: resume it with "
@@ -107,9 +117,9 @@ class DistillJob:
 
     name, unit, bar_unit = "distill", "iteration", "it"
 
-    def __init__(self, ctx: Context, out: Path, tracker: BestTracker, scorer, inputs: dict | None):
+    def __init__(self, ctx: Context, out: Path, tracker: BestTracker, scorer: Scorer | None, inputs: dict | None):
         self.ctx, self.out, self.tracker, self.scorer, self.inputs = ctx, out, tracker, scorer, inputs
-        self.checkpoint_files = checkpoint_files(ctx.recipe, ctx.dist)
+        self.checkpoint_files = checkpoint_files(ctx.recipe.run.parallel, ctx.dist)
 
     def step(self, index: int) -> dict:
         every = self.ctx.recipe.run.log_every
@@ -140,14 +150,10 @@ class DistillJob:
         save(ctx, self.out, done, {**own, **meta, "inputs": self.inputs})
 
     def evaluate(self, done: int, logger) -> bool:
-        """Quick evaluation of the EMA student, best kept; returns whether `eval.patience` says stop. A collective
-        scorer (samples of eval files) runs on every rank, the world's on rank 0; the result counts on rank 0."""
+        """Quick evaluation of the EMA student, best kept; returns whether `eval.patience` says stop. The scorer is
+        called on every rank (`Scorer`); the result counts on rank 0."""
         ctx, tracker, start = self.ctx, self.tracker, time.perf_counter()
-        result = None
-        if getattr(self.scorer, "collective", False):
-            result = self.scorer(ctx.roles.ema, done, ctx.dist)
-        elif ctx.dist.main:
-            result = self.scorer(Student(ctx.roles.ema, ctx.recipe.timesteps), done)
+        result = self.scorer(ctx.roles.ema, done, ctx.dist)
         score = None if result is None else result.get("score")
         is_best = bool(ctx.dist.broadcast(score is not None and tracker.beats(float(score), done)))
         if is_best:  # every rank: gathering a sharded EMA for the export is collective

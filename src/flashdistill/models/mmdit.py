@@ -22,7 +22,8 @@ groups run as two forwards and the outputs are scattered back into batch order; 
 Save/load: `save_pretrained(folder)` writes `folder/transformer/` with diffusers' own save_pretrained (config.json
 + safetensors, loadable by `QwenImageTransformer2DModel.from_pretrained(folder, subfolder="transformer")`, the
 pipelines' layout) and `folder/flashdistill_model.json` with our config. A LoRA model (`models/lora.py`) writes
-its adapter and the name of its base instead, and loads back fused into a plain model. Tests: `pytest tests/test_mmdit.py`.
+its adapter and the name of its base instead, and loads back fused into a plain model.
+Tests: `pytest tests/test_mmdit.py`.
 """
 
 from __future__ import annotations
@@ -202,7 +203,8 @@ class FlowModel(nn.Module):
         v = unpack(out[:, :n], h, w, p).to(z_t.dtype)  # only the target tokens are denoised
         if not layers:
             return v, None
-        return v, captured[layers[0]] if isinstance(hidden_layer, int) else torch.stack([captured[j] for j in layers], 1)
+        return v, (captured[layers[0]] if isinstance(hidden_layer, int)
+                   else torch.stack([captured[j] for j in layers], 1))
 
     def save_pretrained(self, folder: str | Path) -> None:
         """A LoRA model (models.lora) writes its adapter and the name of its base; any other the full weights."""

@@ -1,6 +1,7 @@
-"""The `qwen-image` family: a diffusers Qwen-Image pipeline folder behind flashdistill's interfaces.
+"""A diffusers Qwen-Image pipeline folder's parts (text encoder, VAE, transformer) behind flashdistill's interfaces;
+the engine's `qwen-image` family (distill/families.py `QwenImageFolderFamily`) reads its folders through them.
 
-`QwenImageFamily(folder)` reads a folder of `QwenImagePipeline`, `QwenImageEditPipeline` or
+`QwenImageParts(folder)` reads a folder of `QwenImagePipeline`, `QwenImageEditPipeline` or
 `QwenImageEditPlusPipeline` (`model_index.json`; a real checkpoint or `flashdistill qwen tiny-folder`) with
 diffusers' own classes, and calls diffusers' own code for what it already does:
 
@@ -36,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from flashdistill.errors import UserError, one_line
 from flashdistill.conditioning import Cond
+from flashdistill.errors import UserError, one_line
 from flashdistill.models.mmdit import FlowModel, MMDiTConfig, pack, unpack
 from flashdistill.records import read_record, require
 
@@ -132,8 +133,9 @@ def load_pretrained(cls, folder: Path, **kwargs):
         raise UserError(f"{folder}: the {cls.__name__} does not load from it ({one_line(err)[:300]})") from None
 
 
-class QwenImageFamily:
-    """Everything model-specific about a Qwen-Image(-Edit) folder (see the module docstring)."""
+class QwenImageParts:
+    """The loaded parts of a Qwen-Image(-Edit) pipeline folder and everything model-specific about them (see the
+    module docstring)."""
 
     def __init__(self, folder: str | Path, parts: tuple[str, ...] = PARTS, device="cpu",
                  dtype: torch.dtype = torch.float32):

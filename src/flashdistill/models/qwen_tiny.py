@@ -6,7 +6,8 @@ or `QwenImageEditPlusPipeline` (`edit-plus`) read with `from_pretrained(out)`:
     model_index.json                    pipeline class + one [library, class] pair per component
     scheduler/scheduler_config.json     FlowMatchEulerDiscreteScheduler, Qwen-Image's dynamic-shift settings
     transformer/                        QwenImageTransformer2DModel, 2 layers, in 64 / out 16 (the real channel layout)
-    vae/                                AutoencoderKLQwenImage, z_dim 16, 8x spatial, base_dim 4, random latents_mean/std
+    vae/                                AutoencoderKLQwenImage, z_dim 16, 8x spatial, base_dim 4, random
+                                        latents_mean/std
     text_encoder/                       Qwen2_5_VLForConditionalGeneration, hidden 32, 2 layers, tiny vision tower
     tokenizer/                          Qwen2Tokenizer: 256 byte-level symbols, no merges, Qwen's special tokens
     processor/                          (edit kinds) Qwen2VLProcessor files: the tokenizer + image/video processor

@@ -5,7 +5,8 @@ The world judge needs to know what an image *shows*: which attributes a generate
 to re-render as the nearest clean image. `ReaderNet` is a shared conv trunk and a 64-d bottleneck (also the feature
 vector for per-category Fréchet distances), with one small classification head per category; the text `word` is read
 as 5 left-aligned character slots over A-Z plus blank. `Reader` runs it on numpy images; `load_reader` loads the
-shipped weights (or a file). Its training and accuracy evaluation are `flashdistill.bench.reader` (`flashdistill judge train-reader | eval-reader`); teacher training
+shipped weights (or a file). Its training and accuracy evaluation are `flashdistill.bench.reader`
+(`flashdistill judge train-reader | eval-reader`); teacher training
 uses its trunk as REPA's target encoder (`flashdistill.teacher.repa`).
 """
 

@@ -166,7 +166,7 @@ class EmbeddingCache:
         self._scan()
 
     def key(self, text: str) -> str:
-        return hashlib.sha256(f"{self.encoder.id}\n{text}".encode("utf-8")).hexdigest()
+        return hashlib.sha256(f"{self.encoder.id}\n{text}".encode()).hexdigest()
 
     def __contains__(self, text: str) -> bool:
         k = self.key(text)

@@ -25,8 +25,16 @@ The package: `plan.py` (presets, bench rows, the recipe, quickstart.json), `stag
 iteration's split into parts; also `benchmarks/speed.py`'s), `report.py` (report.md and report.html).
 """
 
-from flashdistill.quickstart.plan import (PRESETS, STATE_FILE, QuickstartPreset, Row, State, bench_rows, recipe_path,
-                                          student_nfes)
+from flashdistill.quickstart.plan import (
+                                          PRESETS,
+                                          STATE_FILE,
+                                          QuickstartPreset,
+                                          Row,
+                                          State,
+                                          bench_rows,
+                                          recipe_path,
+                                          student_nfes,
+)
 from flashdistill.quickstart.stages import STAGES, quickstart
 
 __all__ = ["PRESETS", "STAGES", "STATE_FILE", "QuickstartPreset", "Row", "State", "bench_rows", "quickstart",

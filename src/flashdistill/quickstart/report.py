@@ -25,6 +25,7 @@ from flashdistill.quickstart.speed import ITERATION_PARTS
 from flashdistill.world.categories import EDIT_CATEGORIES, EDIT_TITLES, T2I_CATEGORIES
 from flashdistill.world.edits import source_image, target_image
 
+
 def _cases(bench: str, limit: int):
     from flashdistill.bench.cases import BUILTIN_CASES
 
@@ -114,7 +115,8 @@ def speed_section(speed: dict, out: Path) -> list[str]:
     for r in speed["rows"]:
         lines.append(f"| {r['label']} | {r['nfe']} | {r['passes']} | {r['batch']} | {r['seconds_per_batch']:.3f} | "
                      f"{r['images_per_s']:.2f} |")
-    lines += ["", "| Batch | Measured speed-up | Ideal (passes) | Teacher's cost per image-pass, relative to the student's |",
+    lines += ["", "| Batch | Measured speed-up | Ideal (passes) | Teacher's cost per image-pass, relative to the "
+                  "student's |",
               "|---:|---:|---:|---:|"]
     for r in speed["ratios"]:
         above = " (above the ideal: noise)" if r["measured_speedup"] > r["ideal_speedup"] else ""

@@ -2,7 +2,8 @@
 
 A measurement times `pipeline.sample` on a fixed batch of prompts: one 1-NFE warm-up call first (it encodes the
 prompts and lets the allocator settle, so text encoding is billed to neither side), then timed calls until
-`min_seconds` have passed or `repeats` calls were made, of which the median counts. Reported per configuration: seconds per batch, latency (seconds per batch at batch 1), images
+`min_seconds` have passed or `repeats` calls were made, of which the median counts.
+Reported per configuration: seconds per batch, latency (seconds per batch at batch 1), images
 per second, and network passes per image (`SamplingSpec.passes`: a guided Euler step is two passes).
 
 The ideal speed-up of a student over a teacher is the ratio of their passes per image (teacher at 50 NFE with CFG:
@@ -112,9 +113,9 @@ def iteration_split(recipe, iterations: int, warmup: int, encoder=None) -> dict:
     import tempfile
     from pathlib import Path
 
+    from flashdistill.distill.iteration import build_context, train_iteration
     from flashdistill.distill.layouts.build import build_roles
     from flashdistill.runtime.dist import Dist
-    from flashdistill.distill.iteration import build_context, train_iteration
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="iteration-split-") as tmp:

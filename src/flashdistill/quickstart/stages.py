@@ -9,8 +9,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 from flashdistill.files import read_json_object, write_json_atomic
-from flashdistill.quickstart.plan import (PRESETS, STATE_FILE, QuickstartPreset, State, bench_rows,
-                                          load_quickstart_recipe, recipe_path)
+from flashdistill.quickstart.plan import (
+    PRESETS,
+    STATE_FILE,
+    QuickstartPreset,
+    State,
+    bench_rows,
+    load_quickstart_recipe,
+    recipe_path,
+)
 from flashdistill.runfolder import claim_run
 from flashdistill.runtime.presets import pick_preset
 

@@ -30,10 +30,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 import sys
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError

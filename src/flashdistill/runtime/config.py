@@ -15,9 +15,9 @@ import copy
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Callable
 
 import yaml
 

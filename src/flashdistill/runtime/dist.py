@@ -1,6 +1,7 @@
 """The ranks of a run under torchrun: `Dist` (this rank, the world size, the device, and the few collectives the
 training loops use), `setup_distributed` (torchrun's environment read, the process group made: NCCL for CUDA tensors
-and gloo for host ones on a GPU, gloo on a CPU) and `teardown_distributed` / `destroy_distributed` (the group ended). One rank, no torchrun: `Dist()`.
+and gloo for host ones on a GPU, gloo on a CPU) and `teardown_distributed` / `destroy_distributed` (the group ended).
+One rank, no torchrun: `Dist()`.
 Used by distillation (tests: `pytest tests/test_distill.py -k two_ranks`); nothing here knows models or DMD."""
 
 from __future__ import annotations

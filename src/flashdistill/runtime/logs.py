@@ -13,9 +13,9 @@ View with `tensorboard --logdir <out>/tb`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
-import math
 from pathlib import Path
 
 import torch

@@ -308,7 +308,8 @@ def run_own_study(name: str, recipe_path: Path, out: Path, seeds: int = 2, prese
         raise UserError("flashdistill study draws its curves with matplotlib: pip install matplotlib")
     with claim_run(out, "study"):
         identity = {"study": name, "recipe_file": str(own.path.resolve()), "recipe": own.recipe.to_dict(),
-                    "preset": preset, "mixes": own.mixes, "inputs": input_fingerprint(own.recipe, family_for(own.recipe))}
+                    "preset": preset, "mixes": own.mixes,
+                    "inputs": input_fingerprint(own.recipe, family_for(own.recipe))}
         check_identity(out, identity)
         from tqdm import tqdm
 

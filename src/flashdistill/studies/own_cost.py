@@ -5,15 +5,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Protocol
 
+from flashdistill.distill.recipe import Recipe
 from flashdistill.errors import UserError
 from flashdistill.files import read_json_object
 from flashdistill.studies.report import DONE_FILE
+from flashdistill.studies.spec import Arm, Study
 
 # One H200, the shipped recipe at full size (benchmarks/results/gpu_fullsize_h200.json, memory phase "8 2 0:1"):
 # 69.66 s per iteration of 8 rows at 1024², micro-batch 2, per-block checkpointing, critic.updates 2.
 H200_ITERATION_S, H200_ROWS, H200_PIXELS = 69.66, 8, 1024 * 1024
 H200_SOURCE = "benchmarks/results/gpu_fullsize_h200.json"
+
+
+class OwnStudy(Protocol):
+    """What the cost reads of a study on the user's recipe (studies/own.py `OwnStudy`)."""
+
+    path: Path  # the recipe file
+    recipe: Recipe
+    study: Study
 
 
 def seconds_per_iteration(own: OwnStudy, out: Path) -> tuple[float, str] | None:
@@ -27,14 +38,14 @@ def seconds_per_iteration(own: OwnStudy, out: Path) -> tuple[float, str] | None:
             walls.append(float(train["wall_time_s"]) / int(train["iterations"]))
     if walls:
         return sum(walls) / len(walls), f"measured by this study's {len(walls)} finished runs"
-    rc = own.recipe
-    if rc.run.device == "cpu" or not _full_size(rc.teachers["base"]):
+    recipe = own.recipe
+    if recipe.run.device == "cpu" or not _full_size(recipe.teachers["base"]):
         return None
-    h, w = rc.data.size(1024)
-    scale = rc.dmd.batch_size / H200_ROWS * (h * w) / H200_PIXELS
+    h, w = recipe.data.size(1024)
+    scale = recipe.dmd.batch_size / H200_ROWS * (h * w) / H200_PIXELS
     return (H200_ITERATION_S * scale,
             f"{H200_ITERATION_S:.1f} s per iteration of {H200_ROWS} rows at 1024² on one H200 ({H200_SOURCE}), "
-            f"scaled in proportion to rows and pixels to {rc.dmd.batch_size} rows at {h}x{w}, an estimate; quick "
+            f"scaled in proportion to rows and pixels to {recipe.dmd.batch_size} rows at {h}x{w}, an estimate; quick "
             f"evaluations not counted")
 
 
@@ -54,15 +65,15 @@ def cost_line(own: OwnStudy, out: Path, seeds: int, todo: list[tuple[Arm, int]])
     """What the study will cost: runs, iterations, judge calls, and the time when a measured figure applies."""
     from flashdistill.data.files import read_edits, read_prompts
 
-    rc, study = own.recipe, own.study
-    iterations = rc.dmd.iterations
-    t2i = len(read_prompts(rc.eval.prompts))
-    edits = len(read_edits(rc.eval.edits, check_images=False)) if rc.eval.edits else 0
+    recipe, study = own.recipe, own.study
+    iterations = recipe.dmd.iterations
+    t2i = len(read_prompts(recipe.eval.prompts))
+    edits = len(read_edits(recipe.eval.edits, check_images=False)) if recipe.eval.edits else 0
     per_eval = {a.key: t2i + (0 if "eval.edits=null" in a.overrides else edits) for a in study.arms}
-    calls = sum(per_eval[a.key] * (iterations // rc.eval.every) for a, _ in todo)
+    calls = sum(per_eval[a.key] * (iterations // recipe.eval.every) for a, _ in todo)
     text = (f"study {study.name} on {own.path}: {len(study.arms)} arms × {seeds} seeds = {len(study.arms) * seeds} "
-            f"runs, {len(todo)} to do, each {iterations} iterations at batch {rc.dmd.batch_size} "
-            f"({len(todo) * iterations} in all) and {iterations // rc.eval.every} judged evaluations "
+            f"runs, {len(todo)} to do, each {iterations} iterations at batch {recipe.dmd.batch_size} "
+            f"({len(todo) * iterations} in all) and {iterations // recipe.eval.every} judged evaluations "
             f"({calls} VLM judge calls)")
     rate = seconds_per_iteration(own, out)
     if rate is None:

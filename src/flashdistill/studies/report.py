@@ -314,7 +314,8 @@ def render_markdown(study: Study, result: dict) -> str:
         lines.append(f"| {study.arm(a).label} | {d['text']} | {drops['text']} | {seeds or '—'} |")
     if result["drop_pairs"]:
         lines += ["", "Drops compared per training seed (a − b > 0: a falls less from its best than b; verdict at "
-                  "95% as for the findings):", "", "| a − b | per seed | mean ± 95% CI | verdict |", "|---|---|---:|---|"]
+                  "95% as for the findings):", "", "| a − b | per seed | mean ± 95% CI | verdict |",
+                  "|---|---|---:|---|"]
         for p in result["drop_pairs"]:
             per_seed = ", ".join(f"{v:+.3f}" for v in p["per_seed"].values()) or "—"
             lines.append(f"| {study.arm(p['a']).label} − {study.arm(p['b']).label} | {per_seed} | "

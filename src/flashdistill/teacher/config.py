@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-
 from flashdistill.data.batches import TaskMix
 from flashdistill.errors import UserError
 from flashdistill.models.mmdit import MMDiTConfig

@@ -2,8 +2,8 @@
 
 Copies the teacher's weights into `flashdistill/assets/teachers/NAME/` stored as float16 (half the bytes; the
 pipeline loads them back as float32, and every shipped figure is measured on the shipped file) - for a LoRA teacher
-(`lora.rank > 0`) only its adapter, with its base renamed to the shipped `--base` (default teacher:base) - records the chosen
-classifier-free guidance scale in teacher.json (`sampling.cfg_scale`, chosen on the val split with
+(`lora.rank > 0`) only its adapter, with its base renamed to the shipped `--base` (default teacher:base) - records the
+chosen classifier-free guidance scale in teacher.json (`sampling.cfg_scale`, chosen on the val split with
 `benchmarks/teacher_cfg.py`), and writes the model card `MODEL_CARD.md` from what the training run recorded: the
 exact command, config and seed, parameter count, training time and hardware.
 """
@@ -45,14 +45,16 @@ def model_card(name: str, info: dict, num_params: int, size_mb: float, storage: 
         f"| T2I composition | {mix.get('composition')} |",
         f"| edit mix | {mix.get('edit_mix')} |",
         f"| T2I : Edit | {mix.get('t2i_weight')} : {mix.get('edit_weight')} |",
-        f"| final training loss{' (flow matching + REPA term, which is negative)' if cfg.get('repa', {}).get('weight') else ''}"
+        "| final training loss"
+        f"{' (flow matching + REPA term, which is negative)' if cfg.get('repa', {}).get('weight') else ''}"
         f" | {info.get('final_loss'):.4f} |" if info.get("final_loss") is not None else
         "| final training loss | n/a |",
         f"| training time | {info.get('wall_time_s', 0) / 60:.1f} min |",
         f"| hardware | {hw.get('cpus')} CPUs ({hw.get('machine')}), torch {hw.get('torch')}, "
         f"{hw.get('torch_threads')} threads |",
         f"| sampling | Euler, shift {info.get('sampling', {}).get('shift')}, CFG scale "
-        f"{info.get('sampling', {}).get('cfg_scale')} (`--cfg` of the ship command; see the note for how it was chosen) |",
+        f"{info.get('sampling', {}).get('cfg_scale')} (`--cfg` of the ship command; see the note for how it was "
+        "chosen) |",
         f"| text encoder | {info.get('text_encoder')} |",
         "",
         *([note, ""] if note else []),

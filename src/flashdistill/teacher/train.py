@@ -32,23 +32,28 @@ from pathlib import Path
 
 import torch
 
+from flashdistill.conditioning import Cond
 from flashdistill.data.batches import Batch, make_batch
 from flashdistill.errors import UserError
 from flashdistill.files import swap_in
-from flashdistill.flow import interpolate, sample_training_t, velocity_target
+from flashdistill.flow import flow_matching_loss, interpolate, sample_training_t, velocity_target
 from flashdistill.models.lora import add_lora
-from flashdistill.flow import flow_matching_loss
-from flashdistill.conditioning import Cond
 from flashdistill.models.mmdit import FlowModel
 from flashdistill.models.text import open_text_cache
+from flashdistill.runfolder import claim_run
 from flashdistill.runtime.checkpoint import load_state, save_state
 from flashdistill.runtime.logs import hardware
 from flashdistill.runtime.loop import Cadence, checked_load, restore, run
 from flashdistill.runtime.resume import TrainingDiverged, retune
-from flashdistill.runfolder import claim_run
 from flashdistill.runtime.steps import ema_update, step_generator
-from flashdistill.teacher.config import (RESUMABLE_KEYS, WHOLE_TABLES, TeacherConfig, TimestepSection, TrainSection,
-                                         resume_fingerprint)
+from flashdistill.teacher.config import (
+    RESUMABLE_KEYS,
+    WHOLE_TABLES,
+    TeacherConfig,
+    TimestepSection,
+    TrainSection,
+    resume_fingerprint,
+)
 from flashdistill.teacher.repa import ReaderFeatures, RepaHead, repa_loss
 
 

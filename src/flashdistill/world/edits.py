@@ -89,7 +89,8 @@ def _object(rng, held_out):
     choice = _pick(rng, ("tree", "sky", "lake"))
     if choice == "tree":
         more = src["trees"] == 0 or (src["trees"] < 3 and rng.random() < 0.5)
-        return src, {**src, "trees": src["trees"] + (1 if more else -1)}, _say(rng, "add_tree" if more else "remove_tree")
+        return (src, {**src, "trees": src["trees"] + (1 if more else -1)},
+                _say(rng, "add_tree" if more else "remove_tree"))
     if choice == "sky":
         old, new = src["sky_object"], _other(rng, SCHEMA["landscape"]["sky_object"], src["sky_object"])
         key = "remove_sky" if new == "none" else ("add_sky" if old == "none" else "replace_sky")
@@ -103,7 +104,8 @@ def _text(rng, held_out):
     if rng.random() < 0.7:
         new = _other(rng, SCHEMA["text"]["word"], src["word"])
         return src, {**src, "word": new}, _say(rng, "word", new=new, old=src["word"], medium=src["medium"])
-    colours = [c for c in SCHEMA["text"]["text_color"] if c != src["text_color"] and text_pair_ok(c, src["board_color"])]
+    colours = [c for c in SCHEMA["text"]["text_color"]
+               if c != src["text_color"] and text_pair_ok(c, src["board_color"])]
     new = _pick(rng, colours)
     return src, {**src, "text_color": new}, _say(rng, "text_color", new=new)
 

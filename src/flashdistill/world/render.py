@@ -6,7 +6,8 @@ pixels carry an attribute (eyes, mouth, glasses, stars, letters) are then painte
 in 32-px units and scaled by `s = max(1, R // 32)`, so they stay crisp and readable.
 
 The same record and resolution always give the same array, bit for bit; nothing here draws random numbers.
-Any multiple of 16 from 16 to 256 renders (16 px is drawn at 32 and box-filtered down); 32 px is the default (see `DEFAULT_RESOLUTION`).
+Any multiple of 16 from 16 to 256 renders (16 px is drawn at 32 and box-filtered down); 32 px is the default
+(see `DEFAULT_RESOLUTION`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from flashdistill.distill.families import Family
 from flashdistill.distill.recipe import CriticSection, DMDSection
 from flashdistill.models.mmdit import FlowModel
 
@@ -40,7 +41,7 @@ class Roles:
     opt_critic: torch.optim.Optimizer
     student_train: torch.nn.Module  # what the grad passes go through: DDP wrapper or the bare module
     critic_train: torch.nn.Module
-    family: object = None  # distill/families.py: what reads the teachers, the batches, the export
+    family: Family  # distill/families.py: what reads the teachers, the batches, the export
     gan_head: torch.nn.Module | None = None  # DMD2's classifier on the critic's features (distill/gan.py), if on
     opt_gan: torch.optim.Optimizer | None = None
 
@@ -54,8 +55,8 @@ class Roles:
 
 
 def adamw_roles(teachers: dict[str, FlowModel], student: FlowModel, ema: FlowModel, critic: FlowModel,
-                dmd: DMDSection, critic_section: CriticSection, family, *, student_train: torch.nn.Module | None = None,
-                critic_train: torch.nn.Module | None = None) -> Roles:
+                dmd: DMDSection, critic_section: CriticSection, family: Family, *,
+                student_train: torch.nn.Module | None = None, critic_train: torch.nn.Module | None = None) -> Roles:
     """The roles every layout builds: AdamW on the student at `dmd.lr` / `dmd.weight_decay` and on the critic at
     `critic.lr` / `critic.weight_decay` (constant rates, DMD2); the grad passes go through `student_train` /
     `critic_train` (a DDP wrapper) or, when None, the bare modules."""

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from flashdistill.distill.families import family_for
-from flashdistill.distill.gan import build_head
+from flashdistill.distill.families import Family, family_for
+from flashdistill.distill.gan import GanSection, build_head
 from flashdistill.distill.layouts.base import Roles
 from flashdistill.distill.layouts.full import build_full_roles
 from flashdistill.distill.layouts.lora import build_lora_roles
@@ -18,14 +18,14 @@ from flashdistill.runtime.config import require
 from flashdistill.runtime.dist import Dist
 
 
-def build_roles(recipe: Recipe, dist: Dist, family=None) -> Roles:
+def build_roles(recipe: Recipe, dist: Dist, family: Family | None = None) -> Roles:
     family = family or family_for(recipe)
     if recipe.roles.mode == "lora":  # one frozen base shared by every role (layouts/lora.py)
         roles = build_lora_roles(recipe, dist, family)
     else:
         roles = build_full_roles(recipe, dist, family)
     if recipe.gan.enabled():
-        add_gan_head(roles, recipe, dist)
+        add_gan_head(roles, recipe.gan, recipe.dmd.seed, dist)
     if recipe.run.compile == "blocks":
         compile_blocks(transformers(roles), dist.device)
     return roles
@@ -38,10 +38,10 @@ def transformers(roles: Roles) -> list[torch.nn.Module]:
     return list(found.values())
 
 
-def add_gan_head(roles: Roles, recipe: Recipe, dist: Dist) -> None:
+def add_gan_head(roles: Roles, gan: GanSection, seed: int, dist: Dist) -> None:
     """DMD2's classifier head on the critic's features and its AdamW (distill/gan.py), checkpointed with the roles."""
     require(dist.world == 1, "gan", "runs in one process for now (its classifier head is not wrapped for "
             "torchrun's data parallelism); set its weights to 0 or run without torchrun")
-    head = build_head(roles.critic, recipe.gan, recipe.dmd.seed).to(dist.device)
+    head = build_head(roles.critic, gan, seed).to(dist.device)
     roles.gan_head = head
-    roles.opt_gan = torch.optim.AdamW(head.parameters(), lr=recipe.gan.lr, weight_decay=0.0)
+    roles.opt_gan = torch.optim.AdamW(head.parameters(), lr=gan.lr, weight_decay=0.0)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from flashdistill.distill.families import Family
 from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.distill.recipe import Recipe
@@ -29,7 +30,8 @@ from flashdistill.models.mmdit import FlowModel
 from flashdistill.runtime.dist import Dist
 
 
-def load_teachers(recipe: Recipe, device: torch.device, family, dist: Dist | None = None) -> dict[str, FlowModel]:
+def load_teachers(recipe: Recipe, device: torch.device, family: Family,
+                  dist: Dist | None = None) -> dict[str, FlowModel]:
     """Every named teacher, frozen, in eval mode; teachers sharing a path share one module. `family`
     (distill/families.py) reads the paths. With `dist` under fsdp: sharded teachers."""
     dtype = frozen_dtype(recipe.roles.frozen_dtype, device)
@@ -66,7 +68,7 @@ def _wrap(module: torch.nn.Module, dist: Dist) -> torch.nn.Module:
     return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=True)
 
 
-def build_full_roles(recipe: Recipe, dist: Dist, family) -> Roles:
+def build_full_roles(recipe: Recipe, dist: Dist, family: Family) -> Roles:
     """The roles of `roles.mode: full` (see the module docstring); `family` resolves and loads the teachers."""
     if fsdp.active(recipe.run.parallel, dist):
         return _sharded_roles(recipe, dist, family)
@@ -81,7 +83,7 @@ def build_full_roles(recipe: Recipe, dist: Dist, family) -> Roles:
                        student_train=_wrap(student, dist), critic_train=_wrap(critic, dist))
 
 
-def _sharded_roles(recipe: Recipe, dist: Dist, family) -> Roles:
+def _sharded_roles(recipe: Recipe, dist: Dist, family: Family) -> Roles:
     """`roles.mode: full` under `run.parallel: fsdp`: every role sharded (layouts/fsdp.py)."""
     teachers = load_teachers(recipe, dist.device, family, dist)
 

@@ -36,6 +36,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from flashdistill.distill.families import Family
 from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.errors import UserError
@@ -137,7 +138,7 @@ class AdapterView(nn.Module):
         meta = {"format": 1, "model": "mmdit-lora", "config": asdict(self.config), "lora": self.base.lora_spec}
         (folder / CONFIG_FILE).write_text(json.dumps(meta, indent=1) + "\n")
 
-    def unsharded(self, state: dict, recipe, family, path: Path) -> AdapterView:
+    def unsharded(self, state: dict, recipe, family: Family, path: Path) -> AdapterView:
         """This view on a plain base built from `path` with every adapter, holding `state`: the full state of the
         sharded base, gathered on rank 0 for export (layouts/fsdp.py `gather_ema`)."""
         names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
@@ -146,7 +147,7 @@ class AdapterView(nn.Module):
         return AdapterView(model.eval(), self.adapter)
 
 
-def build_lora_roles(recipe, dist, family) -> Roles:
+def build_lora_roles(recipe, dist, family: Family) -> Roles:
     """The roles of `roles.mode: lora` (see the module docstring); `family` (distill/families.py) resolves and
     loads the teachers and says which one is a LoRA on the base. Under `run.parallel: fsdp` the base, with every
     adapter already added, is sharded as one module (layouts/fsdp.py): rank 0 reads it, the others build it on
@@ -154,14 +155,14 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     sharding = fsdp.sharding(recipe, dist)
     sharded = sharding is not None
     base_path = _base_path(recipe, dist, family, sharded)
-    rc = recipe.roles
+    layout = recipe.roles
 
     def full_critic(model):
         model.train().requires_grad_(True)
-        if rc.gradient_checkpointing:
+        if layout.gradient_checkpointing:
             model.transformer.enable_gradient_checkpointing()
 
-    dtype = frozen_dtype(rc.frozen_dtype, dist.device)
+    dtype = frozen_dtype(layout.frozen_dtype, dist.device)
     critic_full = None
     if not recipe.critic.lora and sharded:  # trainable: fp32 master weights
         critic_full = fsdp.load(family, base_path, sharding, full_critic, torch.float32)
@@ -170,7 +171,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     else:
         base = family.load_model(base_path, dtype).to(fsdp.load_device(sharding) if sharded else dist.device)
     base.eval().requires_grad_(False)
-    if rc.gradient_checkpointing:
+    if layout.gradient_checkpointing:
         base.transformer.enable_gradient_checkpointing(checkpoint_block)
     if not recipe.critic.lora and not sharded:
         critic_full = trainable_copy(base)
@@ -200,7 +201,7 @@ def build_lora_roles(recipe, dist, family) -> Roles:
     return adamw_roles(teachers, student, ema, critic, recipe.dmd, recipe.critic, family)
 
 
-def _base_path(recipe, dist, family, sharded: bool) -> Path:
+def _base_path(recipe, dist, family: Family, sharded: bool) -> Path:
     """The shared base of `roles.mode: lora` (the student's teacher), refused where this layout cannot hold it."""
     if dist.world > 1 and not sharded:
         raise UserError("roles.mode: lora under torchrun needs run.parallel: fsdp (DDP holds only roles.mode full)")
@@ -236,16 +237,16 @@ def keep_activations_bf16(base: FlowModel) -> None:
             module.cast_input_dtype_enabled = False
 
 
-def add_adapters(base: FlowModel, recipe, family, base_path: Path, names: list[str]) -> dict:
+def add_adapters(base: FlowModel, recipe, family: Family, base_path: Path, names: list[str]) -> dict:
     """Add the trainable adapters `names` (seeded) and every teacher stored as a LoRA on the base to `base`;
     returns teacher name -> None (the base), an adapter name, or the Path of a different model."""
     from peft import LoraConfig
 
-    rc = recipe.roles
-    alpha = rc.lora_alpha or rc.lora_rank
-    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": rc.lora_rank, "alpha": float(alpha),
-                      "targets": list(DEFAULT_TARGETS)}
-    config = LoraConfig(r=rc.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
+    layout = recipe.roles
+    alpha = layout.lora_alpha or layout.lora_rank
+    base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank,
+                      "alpha": float(alpha), "targets": list(DEFAULT_TARGETS)}
+    config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
                         init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.dmd.seed)

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashdistill.distill.layouts.plan import (GIB, SHIPPED, Counts, activation_bytes, count, meta_transformer,
-                                              role_rows)
+from flashdistill.distill.layouts.plan import GIB, SHIPPED, Counts, activation_bytes, count, meta_transformer, role_rows
 
 # Measured peak allocated GiB of `train_iteration` on one H200 (20.43B transformer, rank-64 LoRA roles, 1024²,
 # per-block checkpointing, bf16 frozen base; 120 prompt, 300 VL and 4096 source tokens per row): (layout, rows of the

@@ -127,7 +127,7 @@ def lora_params(model: torch.nn.Module, rank: int, targets=DEFAULT_TARGETS) -> i
 
 
 def count(model, rank: int) -> Counts:
-    blocks = getattr(model, "transformer_blocks")
+    blocks = model.transformer_blocks
     cfg = model.config
     return Counts(params=sum(p.numel() for p in model.parameters()), lora_params=lora_params(model, rank),
                   largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
