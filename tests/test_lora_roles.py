@@ -144,3 +144,23 @@ def test_checkpointed_blocks_recompute_under_the_adapter_they_ran_under(teachers
     assert grads[0].keys() == grads[1].keys() and any(k.startswith("critic.") for k in grads[0])
     worst = max((grads[0][n] - grads[1][n]).abs().max().item() for n in grads[0])
     assert worst < 1e-5, worst
+
+
+def test_adapters_on_the_recipes_targets_train_and_export(teachers, lora_teacher, tmp_path, encoder):
+    """roles.lora_targets puts the adapters on the named modules (here the timestep modulation, which the default
+    targets leave frozen): peft's parameters match the planner's count, they train, and the export reloads."""
+    targets = ["to_q", "img_mod.1", "txt_mod.1"]
+    r = recipe(teachers, lora_teacher, tmp_path / "cache", "dmd.iterations=2",
+               f"roles.lora_targets=[{','.join(targets)}]")
+    roles = build_roles(r, Dist())
+    names = [n for n, _ in roles.student.named_parameters()]
+    assert any(".img_mod.1.lora_" in n for n in names) and not any(".to_k.lora_" in n for n in names)
+    assert sum(p.numel() for p in roles.student.parameters()) == lora_params(
+        FlowModel.from_pretrained(teachers / "base").transformer, 4, targets)
+    done = train_distill(r, tmp_path / "run", encoder=encoder)
+    ema = load_file(str(tmp_path / "run" / "checkpoint" / "ema.safetensors"))
+    assert any(".img_mod.1.lora_B" in k and v.abs().max() > 0 for k, v in ema.items())  # the modulation trained
+    roles.ema.load_state_dict(ema)
+    z, t, cond = _inputs(1)
+    with torch.no_grad():
+        assert torch.allclose(load_student(done["student"])(z, t, cond), roles.ema(z, t, cond), atol=1e-5)

@@ -150,3 +150,23 @@ def test_fsdp_on_one_rank_and_offload():
     off = peak.predict(c, "lora", 2, work, sharded=True, offload=True)
     assert off.states == off.grads == 0 and off.host == plain.states + plain.grads
     assert off.total == pytest.approx(off.gather + off.activations) and off.total / GIB < 24 < plain.total / GIB
+
+
+def test_a_recipe_is_planned_at_its_own_lora_rank_and_targets(tmp_path, capsys):
+    """A recipe SPEC plans its roles.lora_rank and roles.lora_targets (the timestep modulation here), and the
+    count equals what peft adds on those targets; --lora-rank still overrides the recipe's rank."""
+    folder = write_tiny_folder(tmp_path / "t", "t2i")
+    targets = ["to_q", "to_v", "img_mod.1", "txt_mod.1"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"teachers: {{base: {folder}}}\nguidance: {{default: {{base: 1.0}}}}\n"
+                      f"roles: {{mode: lora, lora_rank: 4, lora_targets: [{', '.join(targets)}]}}\n")
+    real = QwenImageTransformer2DModel.from_pretrained(folder / "transformer")
+    peft_count = sum(p.numel() for p in add_lora(FlowModel(MMDiTConfig.from_transformer(real, 8), real), rank=4,
+                                                   alpha=None, targets=targets, base="x"))
+    assert main(["plan", str(recipe)]) == 0
+    assert f"LoRA rank 4 on 4 targets: {peft_count:,} parameters" in capsys.readouterr().out
+    assert main(["plan", str(recipe), "--lora-rank", "8"]) == 0
+    assert f"LoRA rank 8 on 4 targets: {2 * peft_count:,} parameters" in capsys.readouterr().out
+    recipe.write_text(recipe.read_text().replace("lora_targets: [", "lora_targets: [to_q, "))
+    assert main(["plan", str(recipe)]) == 2
+    assert "roles.lora_targets" in capsys.readouterr().err

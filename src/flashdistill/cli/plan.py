@@ -15,6 +15,7 @@ from flashdistill.files import out_file
 # table row per teacher by the million) and the tables take minutes to print.
 MAX_WORLD_SIZE = 2**20
 MAX_TEACHERS = 64
+DEFAULT_RANK = 64  # --lora-rank for a model SPEC (a recipe plans its own roles.lora_rank)
 PIXELS_PER_TOKEN = 16  # the VAE's factor 8 times the transformer's 2x2 patches
 SUMMARY = ("bytes per rank of every role per role layout, and the predicted peak GPU memory of a DMD iteration "
            "(does it fit?)")
@@ -49,30 +50,40 @@ def check_plan_args(args) -> None:
 def cmd_plan(args) -> None:
     from flashdistill.distill.layouts import peak
     from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec, render
+    from flashdistill.models.lora import DEFAULT_TARGETS
 
     check_plan_args(args)
     if args.out:
         out_file(args.out)
     config, teachers = plan_spec(args.spec, args.overrides)
-    settings = _plan_settings(args, teachers)
-    counts = count(meta_transformer(config), args.lora_rank)
-    text = render(args.spec, counts, args.world_size, args.lora_rank, settings.teachers, settings.frozen_bytes)
+    recipe = _recipe(args)
+    settings = _plan_settings(args, teachers, recipe)
+    rank = args.lora_rank or (recipe.roles.lora_rank if recipe else DEFAULT_RANK)
+    counts = count(meta_transformer(config), rank, recipe.roles.targets() if recipe else DEFAULT_TARGETS)
+    text = render(args.spec, counts, args.world_size, rank, settings.teachers, settings.frozen_bytes)
     text += "\n" + peak.render(counts, settings, args.gpu_memory)
     print(text, end="")
     if args.out:
         Path(args.out).write_text(text)
 
 
-def _plan_settings(args, teachers: int):
+def _recipe(args):
+    """The recipe SPEC names (its roles.lora_rank and roles.lora_targets are planned), or None for a model."""
+    if not args.spec.endswith((".yaml", ".yml")):
+        return None
+    from flashdistill.distill.recipe import load_recipe
+
+    return load_recipe(args.spec, args.overrides)
+
+
+def _plan_settings(args, teachers: int, recipe):
     """The peak's settings: a recipe's (its roles, batch, micro-batch, task ratio), else the flags' defaults."""
     from dataclasses import replace
 
     from flashdistill.distill.layouts import peak
 
-    if args.spec.endswith((".yaml", ".yml")):
-        from flashdistill.distill.recipe import load_recipe
-
-        settings = peak.settings_from_recipe(load_recipe(args.spec, args.overrides), args.world_size)
+    if recipe is not None:
+        settings = peak.settings_from_recipe(recipe, args.world_size)
     else:
         settings = peak.PlanSettings(teachers=teachers, world=args.world_size,
                                      work=peak.Workload(micro_batch=1))
@@ -96,7 +107,9 @@ def add_command(top) -> None:
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="extend", nargs="+", default=[],
                    help="dotted overrides of the recipe")
     p.add_argument("--world-size", type=int, default=1, help="ranks the sharded states are split over")
-    p.add_argument("--lora-rank", type=int, default=64, help="rank of the student/critic adapters (default 64)")
+    p.add_argument("--lora-rank", type=int, default=None,
+                   help=f"rank of the student/critic adapters (default: a recipe's roles.lora_rank, else "
+                        f"{DEFAULT_RANK})")
     p.add_argument("--teachers", type=int, default=None,
                    help=f"distinct teachers, the base included (default: the recipe's, or 1; at most {MAX_TEACHERS})")
     p.add_argument("--mode", choices=["full", "lora", "lora, critic.lora false"], default=None,

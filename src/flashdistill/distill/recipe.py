@@ -53,6 +53,7 @@ from flashdistill.distill.recipe_eval import EvalSection
 from flashdistill.distill.recipe_run import RunSection
 from flashdistill.errors import UserError
 from flashdistill.flow import euler_timesteps
+from flashdistill.models.lora import DEFAULT_TARGETS
 from flashdistill.runtime import config as loader
 from flashdistill.runtime.config import from_dict, require
 
@@ -107,6 +108,9 @@ class RolesSection:
     mode: str = "full"
     lora_rank: int = 64
     lora_alpha: float | None = None  # default: the rank (scale 1)
+    # Module-name suffixes the adapters wrap, as peft matches them; default: models/lora.py DEFAULT_TARGETS
+    # (attention and MLP projections). Add e.g. img_mod.1, txt_mod.1 (the timestep modulation), proj_out.
+    lora_targets: list[str] | None = None
     gradient_checkpointing: bool = False  # per transformer block, in the grad passes
     # What is frozen (base, teachers, teacher adapters): bf16 | fp32 | auto (bf16 on CUDA, fp32 on a CPU). What
     # trains (adapters or a full critic), its gradients, AdamW moments and the EMA are fp32 whatever this says.
@@ -119,6 +123,16 @@ class RolesSection:
         require(1 <= self.lora_rank <= MAX_LORA_RANK, "roles.lora_rank", f"must be in [1, {MAX_LORA_RANK}], got "
                  f"{self.lora_rank}")
         require(self.lora_alpha is None or self.lora_alpha > 0, "roles.lora_alpha", "must be > 0")
+        targets = self.lora_targets
+        require(targets is None or (isinstance(targets, list) and targets
+                                    and all(isinstance(t, str) and t.strip() for t in targets)),
+                "roles.lora_targets", f"must be a non-empty list of module names, got {targets!r}")
+        require(targets is None or len(set(targets)) == len(targets), "roles.lora_targets",
+                f"names a module twice: {targets}")
+
+    def targets(self) -> list[str]:
+        """The module-name suffixes the adapters wrap."""
+        return list(self.lora_targets or DEFAULT_TARGETS)
 
 
 @dataclass
@@ -333,10 +347,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 # Keys added after checkpoints existed, left out of the fingerprint at their defaults so those checkpoints resume:
 # run.parallel (ddp was every checkpoint's layout), roles.frozen_dtype (auto is fp32 on a CPU), gan (off),
-# dmd.regression (off) and its dmd.regression_nfe, pairs (off).
+# dmd.regression (off) and its dmd.regression_nfe, pairs (off), roles.lora_targets (the default targets).
 LEGACY_DEFAULTS = (("run.parallel", lambda v: v == "ddp"), ("roles.frozen_dtype", lambda v: v == "auto"),
                    ("gan", lambda g: g == asdict(GanSection())), ("dmd.regression", lambda v: v == 0),
-                   ("dmd.regression_nfe", lambda v: v == 8), ("pairs", lambda p: p == asdict(PairsSection())))
+                   ("dmd.regression_nfe", lambda v: v == 8), ("pairs", lambda p: p == asdict(PairsSection())),
+                   ("roles.lora_targets", lambda v: v is None))
 
 
 def resume_fingerprint(recipe: Recipe) -> dict:

@@ -41,7 +41,7 @@ from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.errors import UserError
 from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
-from flashdistill.models.lora import DEFAULT_TARGETS, WEIGHTS
+from flashdistill.models.lora import WEIGHTS
 from flashdistill.models.mmdit import FlowModel
 
 TRAINABLE = ("student", "critic")
@@ -245,8 +245,8 @@ def add_adapters(base: FlowModel, recipe, family: Family, base_path: Path, names
     layout = recipe.roles
     alpha = layout.lora_alpha or layout.lora_rank
     base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank,
-                      "alpha": float(alpha), "targets": list(DEFAULT_TARGETS)}
-    config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=list(DEFAULT_TARGETS),
+                      "alpha": float(alpha), "targets": layout.targets()}
+    config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=layout.targets(),
                         init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.dmd.seed)

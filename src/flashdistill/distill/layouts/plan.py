@@ -115,6 +115,7 @@ class Counts:
     largest_block: int  # parameters of the largest transformer block
     layers: int
     width: int  # D = heads x head dim
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # the module-name suffixes A counts (roles.lora_targets)
 
 
 def lora_params(model: torch.nn.Module, rank: int, targets=DEFAULT_TARGETS) -> int:
@@ -126,10 +127,11 @@ def lora_params(model: torch.nn.Module, rank: int, targets=DEFAULT_TARGETS) -> i
     return total
 
 
-def count(model, rank: int) -> Counts:
+def count(model, rank: int, targets=DEFAULT_TARGETS) -> Counts:
     blocks = model.transformer_blocks
     cfg = model.config
-    return Counts(params=sum(p.numel() for p in model.parameters()), lora_params=lora_params(model, rank),
+    return Counts(params=sum(p.numel() for p in model.parameters()), lora_params=lora_params(model, rank, targets),
+                  targets=tuple(targets),
                   largest_block=max(sum(p.numel() for p in b.parameters()) for b in blocks),
                   layers=len(blocks), width=cfg.num_attention_heads * cfg.attention_head_dim)
 
@@ -198,7 +200,7 @@ def render(spec: str, c: Counts, world: int, rank: int, teachers: int, frozen_by
     frozen = dtype_name(frozen_bytes)
     lines = [f"# Memory plan: {spec}", "",
              f"Transformer: {c.params:,} parameters ({c.params / 1e9:.2f} B), {c.layers} blocks, width {c.width}; "
-             f"LoRA rank {rank} on {len(DEFAULT_TARGETS)} targets: {c.lora_params:,} parameters. "
+             f"LoRA rank {rank} on {len(c.targets)} targets: {c.lora_params:,} parameters. "
              f"World size {world}; {teachers} teacher(s). GiB per rank; frozen {frozen}, trainable fp32 master + "
              f"fp32 grad + AdamW 2x fp32, EMA fp32, sharded / {world}.", ""]
     for mode in MODES:
