@@ -225,3 +225,15 @@ def test_each_rank_holds_what_plan_world_size_2_says(tmp_path):
             for group in ("frozen", "trainable", "ema"):
                 assert res["groups"][group]["elements"] == res["groups"][group]["planned_elements"], (mode, group)
             assert 0 < res["groups"]["grads"]["elements"] <= res["groups"]["grads"]["planned_elements"]
+
+
+def test_adapters_outside_the_blocks_are_refused_under_fsdp(qwen_world, tmp_path):
+    """Adapters on root modules (proj_out here) made the sharded run drift from the unsharded one: under fsdp such
+    roles.lora_targets are refused with one line naming them (exit code 2), before any training."""
+    _, sets = qwen_world
+    proc = _distill(sets + FAST + FSDP + ["roles.mode=lora", "roles.lora_targets=[to_q,img_mod.1,proj_out]"],
+                    tmp_path / "run", ranks=1)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0 and "exitcode: 2" in err, err[-2000:]  # the rank's exit code; torchrun's is 1
+    assert "roles.lora_targets: proj_out lie outside the transformer blocks" in err, err[-2000:]
+    assert not (tmp_path / "run" / "checkpoint").exists()

@@ -187,17 +187,24 @@ def test_live_roles_hold_what_the_planner_counts(world):
     from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
 
     config, teachers = plan_spec(str(RECIPE), world[1])
-    counts = count(meta_transformer(config), rank=4)
+    targets = load_recipe(RECIPE, world[1]).roles.targets()  # the recipe's (with the timestep modulation)
+    counts = count(meta_transformer(config), rank=4, targets=targets)
+    # the planner counts the specialized teacher's LoRA at the recipe's targets; this one has the default targets
+    teacher_lora = count(meta_transformer(config), rank=4).lora_params
     live = {}
     for mode in ("full", "lora"):
         roles = build_roles(load_recipe(RECIPE, world[1] + [f"roles.mode={mode}"]), Dist())
         materialize_optimizer_states(roles)
         live[mode] = measure(roles)
-        assert teachers == 2 and live[mode].elements == planned(counts, mode, teachers).elements, mode
+        plan = planned(counts, mode, teachers).elements
+        if mode == "lora":
+            plan["frozen"] -= counts.lora_params - teacher_lora
+        assert teachers == 2 and live[mode].elements == plan, mode
         assert live[mode].elements["optimizer"] == 2 * live[mode].elements["trainable"] > 0
-    # full: 2 teachers + student + critic + EMA = 5 copies; lora: one base + 4 rank-4 adapters
+    # full: 2 teachers + student + critic + EMA = 5 copies; lora: one base + the teacher's and 3 rank-4 adapters
     assert live["full"].elements["frozen"] == 2 * counts.params
-    assert live["lora"].elements["frozen"] == counts.params + counts.lora_params
+    assert live["lora"].elements["frozen"] == counts.params + teacher_lora
+    assert live["lora"].elements["trainable"] == 2 * counts.lora_params > 2 * teacher_lora  # student + critic
     assert live["lora"].total_bytes < live["full"].total_bytes / 3
 
 
@@ -208,7 +215,8 @@ def test_bf16_layout_frozen_bf16_trainable_fp32_and_bytes_equal_the_plan(world):
     from flashdistill.distill.layouts.memory import materialize_optimizer_states, measure, planned
     from flashdistill.distill.layouts.plan import count, meta_transformer, plan_spec
 
-    sets = world[1] + ["roles.frozen_dtype=bf16", "dmd.bf16=true"]
+    # the default targets, as the specialized teacher's LoRA has (the planner counts it at the recipe's targets)
+    sets = world[1] + ["roles.frozen_dtype=bf16", "dmd.bf16=true", "roles.lora_targets=null"]
     config, teachers = plan_spec(str(RECIPE), sets)
     counts = count(meta_transformer(config), rank=4)
     for mode in ("lora", "full"):

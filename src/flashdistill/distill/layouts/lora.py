@@ -179,6 +179,7 @@ def build_lora_roles(recipe, dist, family: Family) -> Roles:
     names = ["student", "ema"] + (["critic"] if recipe.critic.lora else [])
     teachers = add_adapters(base, recipe, family, base_path, names)
     if sharded:
+        _refuse_root_adapters(base)
         _shard_base(base, sharding)
     for name, path in list(teachers.items()):  # a different model: its own frozen copy, as in roles.mode full
         if isinstance(path, Path):
@@ -213,6 +214,17 @@ def _base_path(recipe, dist, family: Family, sharded: bool) -> Path:
     if family.is_lora(base_path):
         raise UserError(f"teachers.{base_name}: the base of roles.mode lora must be a full model, not a LoRA")
     return base_path
+
+
+def _refuse_root_adapters(base: FlowModel) -> None:
+    """Under fsdp, adapters live in the transformer blocks only: on a root module (proj_out, norm_out.linear,
+    img_in, ...) the sharded run's losses drift from the unsharded run's (measured by tests/test_fsdp.py), so such
+    targets are refused rather than trained wrongly."""
+    outside = sorted({name.split(".lora_")[0] for name, _ in base.transformer.named_parameters()
+                      if ".lora_" in name and not name.startswith("transformer_blocks.")})
+    if outside:
+        raise UserError(f"roles.lora_targets: {', '.join(outside)} lie outside the transformer blocks; under "
+                        f"run.parallel fsdp adapters go on block modules only (drop them, or run unsharded)")
 
 
 def _shard_base(base: FlowModel, sharding: fsdp.Sharding) -> None:
