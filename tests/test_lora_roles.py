@@ -164,3 +164,5 @@ def test_adapters_on_the_recipes_targets_train_and_export(teachers, lora_teacher
     z, t, cond = _inputs(1)
     with torch.no_grad():
         assert torch.allclose(load_student(done["student"])(z, t, cond), roles.ema(z, t, cond), atol=1e-5)
+    with pytest.raises(UserError, match=r"roles.lora_targets: img_mod.7 match no linear layer"):  # peft skips it
+        build_roles(recipe(teachers, lora_teacher, tmp_path / "cache", "roles.lora_targets=[to_q,img_mod.7]"), Dist())

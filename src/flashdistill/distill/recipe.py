@@ -109,7 +109,7 @@ class RolesSection:
     lora_rank: int = 64
     lora_alpha: float | None = None  # default: the rank (scale 1)
     # Module-name suffixes the adapters wrap, as peft matches them; default: models/lora.py DEFAULT_TARGETS
-    # (attention and MLP projections). Add e.g. img_mod.1, txt_mod.1 (the timestep modulation), proj_out.
+    # (attention and MLP projections). Add e.g. img_mod.1, txt_mod.1 (each block's timestep modulation).
     lora_targets: list[str] | None = None
     gradient_checkpointing: bool = False  # per transformer block, in the grad passes
     # What is frozen (base, teachers, teacher adapters): bf16 | fp32 | auto (bf16 on CUDA, fp32 on a CPU). What

@@ -227,6 +227,16 @@ def _refuse_root_adapters(base: FlowModel) -> None:
                         f"run.parallel fsdp adapters go on block modules only (drop them, or run unsharded)")
 
 
+def _check_targets(base: FlowModel, targets: list[str]) -> None:
+    """Every target names a Linear of the transformer, matched as peft matches it (the name or its last parts):
+    peft itself skips a target that matches nothing when another one matches, so a typo would train nothing there."""
+    names = [n for n, m in base.transformer.named_modules() if isinstance(m, nn.Linear)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if unmatched:
+        raise UserError(f"roles.lora_targets: {', '.join(unmatched)} match no linear layer of the transformer "
+                        f"(names end like {', '.join(sorted({n.split('.', 2)[-1] for n in names})[:6])}, ...)")
+
+
 def _shard_base(base: FlowModel, sharding: fsdp.Sharding) -> None:
     """The base with its adapters sharded as one module: rank 0's weights broadcast into every rank's shards."""
     full = dict(base.state_dict()) if sharding.dist.main else None
@@ -258,6 +268,7 @@ def add_adapters(base: FlowModel, recipe, family: Family, base_path: Path, names
     alpha = layout.lora_alpha or layout.lora_rank
     base.lora_spec = {"base": recipe.teachers[recipe.student.init_from], "rank": layout.lora_rank,
                       "alpha": float(alpha), "targets": layout.targets()}
+    _check_targets(base, layout.targets())
     config = LoraConfig(r=layout.lora_rank, lora_alpha=alpha, target_modules=layout.targets(),
                         init_lora_weights=True)
     with torch.random.fork_rng(devices=[]):
