@@ -128,7 +128,8 @@ def test_the_file_is_what_comfyuis_loader_reads_at_the_trained_strength(base, ex
     patched, unloaded = comfy_patch(lora, base_weights)
     assert not unloaded and not any(k.endswith(".alpha") for k in lora)  # every key consumed, no alpha tensor
     changed = [k for k in base_weights if not torch.equal(patched[k], base_weights[k])]
-    assert len(changed) == len(lora) // 2 == 24  # 12 targets x 2 blocks, each patched once
+    targets = load_recipe(RECIPE, base[1]).roles.targets()  # the recipe's (the blocks' modulation among them)
+    assert len(changed) == len(lora) // 2 == 2 * len(targets)  # each target in the 2 blocks, patched once
     for key in base_weights:
         assert torch.allclose(patched[key].float(), merged[key], atol=1e-6), key
     # only the EMA adapter is written: its lora_A as it is, its lora_B times alpha / rank; not the student's
@@ -166,13 +167,13 @@ def test_a_strength_scales_the_same_delta_in_diffusers_and_comfyui(base, exports
     assert (v_diffusers - v_full).abs().max() > 1e-3  # half strength is not full strength
 
 
-def test_the_header_says_scale_one_to_diffusers(exports):
+def test_the_header_says_scale_one_to_diffusers(base, exports):
     """The metadata diffusers reads first (`lora_adapter_metadata`) states what the folded weights need."""
     student, _ = exports["alpha=6.5"]
     with safe_open(str(student / "pytorch_lora_weights.safetensors"), "pt") as f:
         meta = json.loads(f.metadata()["lora_adapter_metadata"])
     assert meta["transformer.r"] == meta["transformer.lora_alpha"] == RANK
-    assert len(meta["transformer.target_modules"]) == 24
+    assert len(meta["transformer.target_modules"]) == 2 * len(load_recipe(RECIPE, base[1]).roles.targets())
 
 
 def docs_snippet() -> str:
