@@ -55,8 +55,8 @@ def cmd_plan(args) -> None:
     check_plan_args(args)
     if args.out:
         out_file(args.out)
-    config, teachers = plan_spec(args.spec, args.overrides)
     recipe = _recipe(args)
+    config, teachers = plan_spec(args.spec, args.overrides, recipe)
     settings = _plan_settings(args, teachers, recipe)
     rank = args.lora_rank or (recipe.roles.lora_rank if recipe else DEFAULT_RANK)
     counts = count(meta_transformer(config), rank, recipe.roles.targets() if recipe else DEFAULT_TARGETS)

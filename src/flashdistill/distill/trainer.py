@@ -63,9 +63,17 @@ class Scorer(Protocol):
     def __call__(self, ema, iteration: int, dist: Dist) -> dict | None: ...
 
 
+LAYOUTS = (CHECKPOINT_FILES, sharded_checkpoint.FILES)  # the files of a complete checkpoint: per role, or sharded
+
+
 def checkpoint_files(parallel: str, dist: Dist) -> tuple[str, ...]:
     """The files a complete checkpoint of this run holds: sharded (fsdp) or one file per role."""
     return sharded_checkpoint.FILES if fsdp.active(parallel, dist) else CHECKPOINT_FILES
+
+
+def holds_checkpoint(out: Path) -> bool:
+    """Whether `out` holds a complete checkpoint of either layout (restore_run refuses a layout the recipe's is not)."""
+    return any(find_checkpoint(out, files) is not None for files in LAYOUTS)
 
 
 def save(ctx: Context, out: Path, done: int, meta: dict) -> None:
@@ -98,7 +106,7 @@ def restore_run(roles: Roles, recipe: Recipe, out: Path, resume: bool, dist: Dis
     checkpoint when the newest does not read back). Changed resumable keys (dmd.lr, ...) are applied and reported;
     changed teacher weights or data files are refused unless `accept_inputs`."""
     files = checkpoint_files(recipe.run.parallel, dist)
-    other = CHECKPOINT_FILES if files != CHECKPOINT_FILES else sharded_checkpoint.FILES
+    other = next(layout for layout in LAYOUTS if layout != files)
     if find_checkpoint(out, files) is None and find_checkpoint(out, other) is not None:
         raise UserError(f"{out} holds a checkpoint of another run.parallel layout or world size: resume it with "
                         f"the run.parallel and torchrun ranks that wrote it")

@@ -35,6 +35,11 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj
 WEIGHTS = "pytorch_lora_weights.safetensors"
 
 
+def matches_target(name: str, targets) -> bool:
+    """Whether module `name` is one of `targets` as peft's target_modules match it: the name or its last parts."""
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
 def add_lora(model, rank: int, alpha: float | None, targets: list[str] | tuple[str, ...] | None, base: str):
     """Turn `model` (a FlowModel holding the base weights) into a LoRA model; returns its trainable parameters."""
     from peft import LoraConfig

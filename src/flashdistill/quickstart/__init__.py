@@ -26,14 +26,14 @@ iteration's split into parts; also `benchmarks/speed.py`'s), `report.py` (report
 """
 
 from flashdistill.quickstart.plan import (
-                                          PRESETS,
-                                          STATE_FILE,
-                                          QuickstartPreset,
-                                          Row,
-                                          State,
-                                          bench_rows,
-                                          recipe_path,
-                                          student_nfes,
+    PRESETS,
+    STATE_FILE,
+    QuickstartPreset,
+    Row,
+    State,
+    bench_rows,
+    recipe_path,
+    student_nfes,
 )
 from flashdistill.quickstart.stages import STAGES, quickstart
 

@@ -41,7 +41,7 @@ from flashdistill.distill.layouts import fsdp
 from flashdistill.distill.layouts.base import Roles, adamw_roles, frozen_dtype, trainable_copy
 from flashdistill.errors import UserError
 from flashdistill.models.folders import CONFIG_FILE, TRANSFORMER_FOLDER
-from flashdistill.models.lora import WEIGHTS
+from flashdistill.models.lora import WEIGHTS, matches_target
 from flashdistill.models.mmdit import FlowModel
 
 TRAINABLE = ("student", "critic")
@@ -231,7 +231,7 @@ def _check_targets(base: FlowModel, targets: list[str]) -> None:
     """Every target names a Linear of the transformer, matched as peft matches it (the name or its last parts):
     peft itself skips a target that matches nothing when another one matches, so a typo would train nothing there."""
     names = [n for n, m in base.transformer.named_modules() if isinstance(m, nn.Linear)]
-    unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    unmatched = [t for t in targets if not any(matches_target(n, [t]) for n in names)]
     if unmatched:
         raise UserError(f"roles.lora_targets: {', '.join(unmatched)} match no linear layer of the transformer "
                         f"(names end like {', '.join(sorted({n.split('.', 2)[-1] for n in names})[:6])}, ...)")

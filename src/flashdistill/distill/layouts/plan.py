@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from flashdistill.errors import UserError
-from flashdistill.models.lora import DEFAULT_TARGETS
+from flashdistill.models.lora import DEFAULT_TARGETS, matches_target
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 SHIPPED = {"qwen-image": ASSETS / "qwen-image" / "transformer" / "config.json"}
@@ -122,7 +122,7 @@ def lora_params(model: torch.nn.Module, rank: int, targets=DEFAULT_TARGETS) -> i
     """r·(in + out) for every Linear a peft LoraConfig(target_modules=targets) would wrap."""
     total = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in targets):
+        if isinstance(module, torch.nn.Linear) and matches_target(name, targets):
             total += rank * (module.in_features + module.out_features)
     return total
 
@@ -213,12 +213,13 @@ def render(spec: str, c: Counts, world: int, rank: int, teachers: int, frozen_by
     return "\n".join(lines)
 
 
-def plan_spec(spec: str, overrides: list[str] | None = None) -> tuple[Path, int]:
-    """(transformer config path, number of distinct teachers) from a recipe YAML or a model spec."""
+def plan_spec(spec: str, overrides: list[str] | None = None, recipe=None) -> tuple[Path, int]:
+    """(transformer config path, number of distinct teachers) from a recipe YAML (or its loaded `recipe`) or a
+    model spec."""
     if spec.endswith((".yaml", ".yml")):
         from flashdistill.distill.recipe import load_recipe
 
-        recipe = load_recipe(spec, overrides)
+        recipe = recipe or load_recipe(spec, overrides)
         base = recipe.teachers[recipe.student.init_from]
         return transformer_config_path(base), len(set(recipe.teachers.values()))
     if overrides:
