@@ -191,13 +191,11 @@ def _paired(a: dict, b: dict) -> dict:
     return {k: round(p[k], 4) if isinstance(p[k], float) else p[k] for k in ("mean_diff", "stderr", "n")}
 
 
-def distill_command(args, arm: str, seed: int, pairs: dict[str, Path]) -> list[str] | None:
-    """The arm's `flashdistill distill` arguments for one seed (with --resume when it holds a checkpoint), or None
-    once its student is exported."""
+def distill_command(args, arm: str, seed: int, pairs: dict[str, Path]) -> list[str]:
+    """The arm's `flashdistill distill` arguments for one seed, with --resume when it holds a checkpoint (a finished
+    run resumes to its end at once; one given more iterations through --set continues)."""
     recipe, overrides = ARMS[arm]
     run = args.out_dir / f"{arm}-seed{seed}"
-    if (run / "student" / "student.json").is_file():
-        return None
     keys = [o.replace("{pairs}", str(pairs.get(recipe, ""))) for o in overrides]
     resume = ["--resume"] if (run / "checkpoint").is_dir() else []
     return ["distill", recipe, "--out", str(run), *resume, "--set", *keys, f"dmd.seed={seed}",
@@ -235,8 +233,8 @@ def main() -> None:
     sets = {"full": {"t2i": None, "edit": None}, "fresh": dict(fresh)}
     sets = {name + (f"-limit{args.limit}" if args.limit else ""): sets[name] for name in args.sets}
     pairs = pairs_folders(args, args.arms)
-    commands = [(argv, out / f"{arm}-seed{seed}.log") for arm in args.arms for seed in args.seeds
-                if (argv := distill_command(args, arm, seed, pairs)) is not None]
+    commands = [(distill_command(args, arm, seed, pairs), out / f"{arm}-seed{seed}.log") for arm in args.arms
+                for seed in args.seeds]
     distill_all(commands, args.jobs)
     table = {"arms": {}, "targets": TARGETS, "set": args.set}
     for arm in args.arms:
@@ -246,7 +244,8 @@ def main() -> None:
             run, log = out / f"{arm}-seed{seed}", out / f"{arm}-seed{seed}.log"
             k = len(json.loads((run / "student" / "student.json").read_text())["timesteps"])
             model = run / "best" if args.checkpoint == "best" and (run / "best").is_dir() else run / "student"
-            runs[seed] = {name: bench(str(model), k, run / "bench" / name, cases, log, args.limit)
+            benched = run / ("bench" if model.name == "student" else "bench-best")  # one folder per checkpoint
+            runs[seed] = {name: bench(str(model), k, benched / name, cases, log, args.limit)
                           for name, cases in sets.items()}
         teacher = teacher_rows(out, sorted({k, *args.teacher_nfes}), sets, args.limit)
         table["teacher:base"] = teacher

@@ -125,6 +125,19 @@ def test_build_resumes_extends_and_refuses_another_identity(teachers, cache_dir,
         pairs.PairsCache(tmp_path / "grown")
 
 
+def test_a_recipe_builds_the_cache_its_pairs_section_names(teachers, cache_dir, encoder, tmp_path):
+    # configs/flash.yaml names runs/pairs16 and its header's first command builds it: the build must not need it
+    named = tmp_path / "named"
+    recipe = _recipe(teachers, cache_dir, f"pairs.folder={named}", "pairs.weight=3")
+    built = build_pairs(recipe, named, 2, nfe=2, batch_size=2, encoder=encoder, progress=False)
+    assert built["pairs"] == 2
+    plain = build_pairs(_recipe(teachers, cache_dir), tmp_path / "plain", 2, nfe=2, batch_size=2, encoder=encoder,
+                        progress=False)
+    assert plain["pairs"] == 2
+    index = {f: json.loads((tmp_path / f / "index.json").read_text())["identity"] for f in ("named", "plain")}
+    assert index["named"] == index["plain"]  # the pairs section is no input of the pairs
+
+
 def test_pairs_term_trains_logs_and_resumes_exactly(teachers, cache_dir, encoder, tmp_path):
     build_pairs(_recipe(teachers, cache_dir), tmp_path / "pairs", 6, nfe=2, batch_size=3, encoder=encoder,
                 progress=False)

@@ -12,12 +12,15 @@ from flashdistill.distill.pairs import index_path
 from flashdistill.runtime.inputs import fingerprint_inputs
 
 
-def input_fingerprint(recipe, family: Family) -> dict:
+def input_fingerprint(recipe, family: Family, with_pairs: bool = True) -> dict:
     """The identity of a run's inputs: every teacher's weight files (`family.resolve` gives each teacher's path)
-    and the data files of `recipe.data`. Pure: reads files, writes nothing; equal inputs give equal dicts."""
+    and the data files of `recipe.data`; with `with_pairs`, the index of the recipe's pairs cache when it trains on
+    one (the pairs command, which builds that cache, fingerprints without it). Pure: reads files, writes nothing;
+    equal inputs give equal dicts."""
     teachers = {f"teachers.{name}": spec for name, spec in recipe.teachers.items()}
     data = {f"data.{key}": getattr(recipe.data, key) for key in ("prompts", "edits")}
-    if recipe.pairs.enabled():  # its index holds every shard's sha256: a rebuilt or extended cache is another input
+    # its index holds every shard's sha256: a rebuilt or extended cache is another input
+    if with_pairs and recipe.pairs.enabled():
         data["pairs.folder"] = str(index_path(recipe.pairs.folder))
     return fingerprint_inputs(teachers, family.resolve, data, _named_images)
 

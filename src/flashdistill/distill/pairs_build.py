@@ -34,7 +34,7 @@ def pairs_identity(recipe, family, teachers: dict, sigmas: torch.Tensor, cfg_sca
     """What the pairs depend on: a folder built with another identity is refused."""
     from flashdistill.distill.inputs import input_fingerprint
 
-    inputs = input_fingerprint(recipe, family)["inputs"]
+    inputs = input_fingerprint(recipe, family, with_pairs=False)["inputs"]  # the recipe's cache may be this one
     return {"format": 1, "family": family.name, "teachers": {k: inputs[f"teachers.{k}"] for k in teachers},
             "data": {k: v for k, v in inputs.items() if k.startswith("data.")},
             "guidance": recipe.guidance, "timesteps": recipe.timesteps, "cfg_scale": float(cfg_scale),
