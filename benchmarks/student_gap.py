@@ -59,7 +59,8 @@ ARMS = {  # name: (recipe, overrides)
                                               "pairs.weight=3"]),
     "b32-600-pairs3-lr4e-5": ("configs/flash.yaml", ["dmd.batch_size=32", "dmd.iterations=600", "dmd.lr=4e-5",
                                                      "pairs.folder={pairs}", "pairs.weight=3"]),
-    # critic lr doubled to 2e-4, the student's left at 4e-5 (seed 0: +0.038 / +0.012 over "flash"; results.md stage 3)
+    # critic lr doubled to 2e-4, the student's left at 4e-5: seed 0 +0.038 / +0.012 over "flash", seed 1 level
+    # (+0.003 / +0.001), and flat from 600 to 900 iterations (docs/results.md stage 3)
     "flash-critic2e-4": ("configs/flash.yaml", ["pairs.folder={pairs}", "critic.lr=2e-4"]),
     "flash-critic2e-4-1200": ("configs/flash.yaml", ["pairs.folder={pairs}", "critic.lr=2e-4", "dmd.iterations=1200"]),
     "b64-3000": ("configs/flash.yaml", ["dmd.batch_size=64", "dmd.iterations=3000", *GPU_EVAL]),
